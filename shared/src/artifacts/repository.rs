@@ -1,0 +1,133 @@
+//! The artifact repository a server serves: the embedded built-ins plus user artifacts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use super::builtin;
+use super::load::{load, ArtifactKind, LoadError, LoadedArtifact};
+
+/// Repository errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    #[error("artifact {0} already exists")]
+    Exists(String),
+    #[error("artifact {0} not found")]
+    NotFound(String),
+    #[error("artifact {0} is built in and cannot be deleted")]
+    BuiltIn(String),
+}
+
+/// A cheap cloneable handle on the set of known artifacts.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<RwLock<BTreeMap<String, Arc<LoadedArtifact>>>>,
+}
+
+impl Default for Repository {
+    fn default() -> Self {
+        Self::with_builtins()
+    }
+}
+
+impl Repository {
+    /// A repository holding the embedded built-in artifacts.
+    pub fn with_builtins() -> Self {
+        let map = builtin::all()
+            .iter()
+            .map(|a| (a.def.name.clone(), Arc::new(a.clone())))
+            .collect();
+        Self {
+            inner: Arc::new(RwLock::new(map)),
+        }
+    }
+
+    /// Every artifact, sorted by name.
+    pub fn list(&self) -> Vec<Arc<LoadedArtifact>> {
+        self.inner
+            .read()
+            .expect("repository lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The artifact of that name.
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedArtifact>> {
+        self.inner
+            .read()
+            .expect("repository lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// The kind of the queue called `name` (`Artifact` or `Artifact/Source`), if one exists.
+    pub fn queue_kind(&self, name: &str) -> Option<ArtifactKind> {
+        let map = self.inner.read().expect("repository lock");
+        let (artifact, _) = name.split_once('/').unwrap_or((name, ""));
+        let a = map.get(artifact)?;
+        a.queue_names().iter().any(|q| q == name).then_some(a.kind)
+    }
+
+    /// Validates YAML into an artifact without adding it. `replace` allows an existing user
+    /// artifact of the same name.
+    pub fn check(&self, origin: &str, yaml: &str, replace: bool) -> Result<LoadedArtifact, Error> {
+        let a = load(origin, yaml)?;
+        if !replace && self.get(a.name()).is_some() {
+            return Err(Error::Exists(a.def.name));
+        }
+        Ok(a)
+    }
+
+    /// Adds or replaces a checked artifact.
+    pub fn insert(&self, a: LoadedArtifact) -> Arc<LoadedArtifact> {
+        let a = Arc::new(a);
+        self.inner
+            .write()
+            .expect("repository lock")
+            .insert(a.def.name.clone(), a.clone());
+        a
+    }
+
+    /// Removes a user artifact.
+    pub fn remove(&self, name: &str) -> Result<Arc<LoadedArtifact>, Error> {
+        let mut map = self.inner.write().expect("repository lock");
+        match map.get(name) {
+            None => Err(Error::NotFound(name.into())),
+            Some(a) if a.built_in => Err(Error::BuiltIn(name.into())),
+            Some(_) => Ok(map.remove(name).expect("present")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_resolve_by_artifact_and_source() {
+        let r = Repository::with_builtins();
+        assert_eq!(
+            r.queue_kind("Server.Audit.Logs"),
+            Some(ArtifactKind::ServerEvent)
+        );
+        assert_eq!(r.queue_kind("Nope"), None);
+        let a = r
+            .check("t", "name: A.B\ntype: SERVER_EVENT\nsources:\n- name: S\n  query: SELECT 1 FROM scope()\n", false)
+            .unwrap();
+        r.insert(a);
+        assert_eq!(r.queue_kind("A.B/S"), Some(ArtifactKind::ServerEvent));
+        assert_eq!(r.queue_kind("A.B"), None);
+        assert!(matches!(
+            r.check("t", "name: A.B\n", false),
+            Err(Error::Exists(_))
+        ));
+        assert!(matches!(
+            r.remove("Server.Audit.Logs"),
+            Err(Error::BuiltIn(_))
+        ));
+        r.remove("A.B").unwrap();
+        assert!(matches!(r.remove("A.B"), Err(Error::NotFound(_))));
+    }
+}

@@ -1,0 +1,227 @@
+//! The master's configuration as a pure pipeline: YAML text -> parsed (unknown keys refused)
+//! -> flag overrides -> validated (every problem reported at once) -> immutable [`Config`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::queue::{DEFAULT_BUFFER_BATCHES, DEFAULT_MAX_ROW_BYTES};
+use crate::telemetry::LogFormat;
+
+/// The validated configuration of a master.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub datastore: PathBuf,
+    pub api_addr: SocketAddr,
+    pub frontend_addr: SocketAddr,
+    pub debug_addr: SocketAddr,
+    pub max_row_bytes: usize,
+    pub queue_buffer_batches: usize,
+    pub retention: Retention,
+    pub log_format: LogFormat,
+}
+
+/// Days rows are kept; 0 keeps them forever.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default)]
+    pub default_days: u32,
+    #[serde(default)]
+    pub queues: BTreeMap<String, u32>,
+}
+
+impl Retention {
+    /// Retention of one queue in days.
+    pub fn days_for(&self, queue: &str) -> u32 {
+        self.queues.get(queue).copied().unwrap_or(self.default_days)
+    }
+}
+
+/// The YAML file's shape; every key optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub datastore: Option<PathBuf>,
+    pub api_addr: Option<String>,
+    pub frontend_addr: Option<String>,
+    pub debug_addr: Option<String>,
+    pub max_row_bytes: Option<usize>,
+    pub queue_buffer_batches: Option<usize>,
+    pub retention: Option<Retention>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// Values given on the command line; they win over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub datastore: Option<PathBuf>,
+    pub api_addr: Option<String>,
+    pub frontend_addr: Option<String>,
+    pub debug_addr: Option<String>,
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{origin}:{line}:{column}: {message}")]
+    Parse {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{origin}: {}", .problems.join("; "))]
+    Invalid {
+        origin: String,
+        problems: Vec<String>,
+    },
+}
+
+/// Defaults of ARCHITECTURE "Surfaces and defaults".
+pub const DEFAULT_DATASTORE: &str = "./talon-data";
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8001";
+pub const DEFAULT_FRONTEND_ADDR: &str = "127.0.0.1:8000";
+pub const DEFAULT_DEBUG_ADDR: &str = "127.0.0.1:8889";
+
+impl ConfigFile {
+    /// Parses YAML; `origin` names the file in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<Self, Error> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            let message = e.to_string();
+            let message = message
+                .find(" at line ")
+                .map(|i| message[..i].to_string())
+                .unwrap_or(message);
+            Error::Parse {
+                origin: origin.into(),
+                line,
+                column,
+                message,
+            }
+        })
+    }
+}
+
+impl Config {
+    /// Merges file and overrides over the defaults and validates the result.
+    pub fn build(origin: &str, file: ConfigFile, flags: Overrides) -> Result<Config, Error> {
+        let mut problems = Vec::new();
+        let mut addr = |what: &str, flag: Option<String>, file: Option<String>, default: &str| {
+            let text = flag.or(file).unwrap_or_else(|| default.to_string());
+            text.parse::<SocketAddr>().unwrap_or_else(|_| {
+                problems.push(format!(
+                    "{what} {text:?} is not HOST:PORT (for example 127.0.0.1:0)"
+                ));
+                default.parse().expect("default address parses")
+            })
+        };
+        let api_addr = addr("api_addr", flags.api_addr, file.api_addr, DEFAULT_API_ADDR);
+        let frontend_addr = addr(
+            "frontend_addr",
+            flags.frontend_addr,
+            file.frontend_addr,
+            DEFAULT_FRONTEND_ADDR,
+        );
+        let debug_addr = addr(
+            "debug_addr",
+            flags.debug_addr,
+            file.debug_addr,
+            DEFAULT_DEBUG_ADDR,
+        );
+        let max_row_bytes = file.max_row_bytes.unwrap_or(DEFAULT_MAX_ROW_BYTES);
+        if max_row_bytes < 64 {
+            problems.push(format!(
+                "max_row_bytes {max_row_bytes} is below the minimum of 64"
+            ));
+        }
+        let queue_buffer_batches = file.queue_buffer_batches.unwrap_or(DEFAULT_BUFFER_BATCHES);
+        if queue_buffer_batches == 0 {
+            problems.push("queue_buffer_batches must be at least 1".to_string());
+        }
+        let retention = file.retention.unwrap_or_default();
+        for name in retention.queues.keys() {
+            if crate::artifacts::load::validate_name(name.split('/').next().unwrap_or(name))
+                .is_err()
+            {
+                problems.push(format!("retention.queues: {name:?} is not a queue name"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Invalid {
+                origin: origin.into(),
+                problems,
+            });
+        }
+        Ok(Config {
+            datastore: flags
+                .datastore
+                .or(file.datastore)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATASTORE)),
+            api_addr,
+            frontend_addr,
+            debug_addr,
+            max_row_bytes,
+            queue_buffer_batches,
+            retention,
+            log_format: file.log_format.unwrap_or_default(),
+        })
+    }
+
+    /// The embedded defaults.
+    pub fn defaults() -> Config {
+        Self::build("defaults", ConfigFile::default(), Overrides::default())
+            .expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_in() {
+        let file = ConfigFile::parse(
+            "c.yaml",
+            "api_addr: 127.0.0.1:9001\ndebug_addr: 127.0.0.1:9002\nretention: {default_days: 30, queues: {Server.Audit.Logs: 0}}\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            api_addr: Some("127.0.0.1:0".into()),
+            ..Overrides::default()
+        };
+        let c = Config::build("c.yaml", file, flags).unwrap();
+        assert_eq!(c.api_addr.port(), 0);
+        assert_eq!(c.debug_addr.port(), 9002);
+        assert_eq!(c.frontend_addr.port(), 8000);
+        assert_eq!(c.retention.days_for("Server.Audit.Logs"), 0);
+        assert_eq!(c.retention.days_for("X"), 30);
+        assert_eq!(c.max_row_bytes, 10 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_reported() {
+        let e = ConfigFile::parse("c.yaml", "api_adr: x\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.yaml:1:1: unknown field `api_adr`"),
+            "{e}"
+        );
+        let file = ConfigFile::parse("c.yaml", "api_addr: nope\ndebug_addr: also\n").unwrap();
+        let e = Config::build("c.yaml", file, Overrides::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("api_addr \"nope\"") && msg.contains("debug_addr \"also\""),
+            "{msg}"
+        );
+    }
+}

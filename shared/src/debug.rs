@@ -1,0 +1,123 @@
+//! Debug HTTP: `/debug/queues` (HTML table, `?format=json` for JSON) and `/metrics`
+//! (Prometheus text format). Every node serves it.
+
+use std::fmt::Write;
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::queue::{QueueManager, QueueStats};
+
+/// The debug router over a queue manager.
+pub fn router(queues: QueueManager) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/debug/queues", get(queues_page))
+        .route("/metrics", get(metrics))
+        .with_state(queues)
+}
+
+async fn index() -> Response {
+    html("<h1>Talon debug</h1><ul><li><a href=\"/debug/queues\">queues</a></li><li><a href=\"/metrics\">metrics</a></li></ul>".into())
+}
+
+#[derive(Deserialize)]
+struct QueuesQuery {
+    format: Option<String>,
+    org: Option<String>,
+}
+
+fn all_stats(qm: &QueueManager, org: Option<&str>) -> Vec<QueueStats> {
+    match org {
+        Some(o) => qm.stats(o),
+        None => qm.orgs().iter().flat_map(|o| qm.stats(o)).collect(),
+    }
+}
+
+async fn queues_page(State(qm): State<QueueManager>, Query(q): Query<QueuesQuery>) -> Response {
+    let stats = all_stats(&qm, q.org.as_deref());
+    if q.format.as_deref() == Some("json") {
+        let body = serde_json::to_string_pretty(&stats).expect("stats serialise");
+        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
+    let mut body = String::from(
+        "<!doctype html><html><head><title>Talon queues</title></head><body><h1>Queues</h1>\
+         <table border=\"1\"><thead><tr><th>org</th><th>queue</th><th>type</th><th>durable</th>\
+         <th>watchers</th><th>rows pushed</th><th>rows dropped</th></tr></thead><tbody>",
+    );
+    for s in stats {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&s.org),
+            escape(&s.name),
+            s.kind,
+            s.durable,
+            s.watchers,
+            s.rows_pushed,
+            s.rows_dropped
+        );
+    }
+    body.push_str("</tbody></table></body></html>");
+    html(body)
+}
+
+async fn metrics(State(qm): State<QueueManager>) -> Response {
+    let stats = all_stats(&qm, None);
+    let mut out = String::new();
+    let families: [(&str, &str, &str, fn(&QueueStats) -> u64); 3] = [
+        (
+            "talon_queue_rows_pushed_total",
+            "counter",
+            "Rows pushed to a queue since start.",
+            |s| s.rows_pushed,
+        ),
+        (
+            "talon_queue_rows_dropped_total",
+            "counter",
+            "Rows slow watchers of a queue missed.",
+            |s| s.rows_dropped,
+        ),
+        (
+            "talon_queue_watchers",
+            "gauge",
+            "Watchers of a queue now.",
+            |s| s.watchers,
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in &stats {
+            let _ = writeln!(
+                out,
+                "{name}{{org=\"{}\",queue=\"{}\",type=\"{}\"}} {}",
+                label(&s.org),
+                label(&s.name),
+                s.kind,
+                get(s)
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn html(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,17 @@
+//! Talon's engine, used by every binary.
+//!
+//! - [`artifacts`]: the YAML model, the one loader, the embedded built-ins and the repository.
+//! - [`store`]: the master's redb store with its group-committing writer thread.
+//! - [`queue`]: the queue manager: push and watch per (org, queue), durable and INTERNAL.
+//! - [`config`]: the master's configuration: YAML and flags to an immutable `Config`.
+//! - [`debug`]: the debug HTTP pages and Prometheus metrics.
+//! - [`telemetry`]: the one tracing set-up binaries install.
+//! - [`timefmt`]: parsing and printing of times for CLI and API.
+
+pub mod artifacts;
+pub mod config;
+pub mod debug;
+pub mod queue;
+pub mod store;
+pub mod telemetry;
+pub mod timefmt;

@@ -1,0 +1,449 @@
+//! The queue manager: push and watch per (org, queue).
+//!
+//! Durable queues (SERVER_EVENT, CLIENT_EVENT) are logs in the store: a push returns once its
+//! rows are committed, and each committed batch is then published, in commit order, on a
+//! bounded broadcast channel. A watcher is a cursor (the next seq it wants): when it falls
+//! behind the channel it reads the missed rows from the store, so it loses nothing and never
+//! blocks a producer. INTERNAL queues live in memory only; a watcher that falls behind skips
+//! ahead and the skipped rows are counted as dropped.
+
+mod watcher;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{Map, Value};
+use tokio::sync::broadcast;
+
+use crate::artifacts::{ArtifactKind, Repository};
+use crate::store::{self, Store, StoredRow};
+pub use watcher::{Event, Watcher};
+
+/// The default org.
+pub const ROOT_ORG: &str = "root";
+/// Default largest accepted row, in bytes of JSON.
+pub const DEFAULT_MAX_ROW_BYTES: usize = 10 * 1024 * 1024;
+/// Default number of batches a queue buffers in memory for its watchers.
+pub const DEFAULT_BUFFER_BATCHES: usize = 1024;
+
+/// Queue errors; each names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown artifact {0}: no queue of that name")]
+    UnknownQueue(String),
+    #[error("queue {queue} is {kind}; {action}")]
+    WrongKind {
+        queue: String,
+        kind: ArtifactKind,
+        action: &'static str,
+    },
+    #[error("row {index}: invalid JSON: {message}")]
+    InvalidJson { index: usize, message: String },
+    #[error("row {index}: a row must be a JSON object, got {got}")]
+    NotAnObject { index: usize, got: &'static str },
+    #[error("row {index}: {size} bytes is over the row size limit of {limit} bytes")]
+    RowTooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+    #[error("invalid org {0:?}: use letters, digits, '_', '-' and '.'")]
+    InvalidOrg(String),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Result alias of the queue manager.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Limits of the queue manager.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_row_bytes: usize,
+    pub buffer_batches: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_row_bytes: DEFAULT_MAX_ROW_BYTES,
+            buffer_batches: DEFAULT_BUFFER_BATCHES,
+        }
+    }
+}
+
+/// Statistics of one queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    pub org: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub durable: bool,
+    pub watchers: u64,
+    pub rows_pushed: u64,
+    pub rows_dropped: u64,
+}
+
+/// A batch made durable (or, for INTERNAL queues, accepted), as watchers receive it.
+pub(crate) struct Published {
+    pub first_seq: u64,
+    pub rows: Arc<Vec<StoredRow>>,
+}
+
+/// One (org, queue): its broadcast channel, cursor head and counters.
+pub(crate) struct QueueState {
+    pub org: String,
+    pub name: String,
+    pub kind: ArtifactKind,
+    pub stream: String,
+    tx: broadcast::Sender<Arc<Published>>,
+    /// Last published seq; held while publishing and while subscribing, so a new watcher's
+    /// cursor and its receiver agree.
+    head: Mutex<u64>,
+    /// Serialises pushes so timestamps grow with seq; held only until the rows are queued.
+    push_order: tokio::sync::Mutex<PushClock>,
+    pub watchers: AtomicU64,
+    pub pushed: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct PushClock {
+    last_ts_us: i64,
+    /// Next seq of an INTERNAL queue (durable seqs come from the store).
+    next_internal: u64,
+}
+
+impl QueueState {
+    fn publish(&self, first_seq: u64, rows: Arc<Vec<StoredRow>>) {
+        let mut head = self.head.lock().expect("queue head");
+        *head = first_seq + rows.len() as u64 - 1;
+        // An error only means nobody is watching.
+        let _ = self.tx.send(Arc::new(Published { first_seq, rows }));
+    }
+}
+
+/// The queue manager handle; cheap to clone.
+#[derive(Clone)]
+pub struct QueueManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    repo: Repository,
+    store: Store,
+    limits: Limits,
+    queues: RwLock<HashMap<(String, String), Arc<QueueState>>>,
+}
+
+/// The store stream of one org's queue.
+pub fn stream_key(org: &str, queue: &str) -> String {
+    format!("{org}\u{1f}{queue}")
+}
+
+/// Splits a store stream back into (org, queue).
+pub fn split_stream_key(stream: &str) -> Option<(&str, &str)> {
+    stream.split_once('\u{1f}')
+}
+
+/// Checks an org id.
+pub fn validate_org(org: &str) -> Result<()> {
+    let ok = !org.is_empty()
+        && org.len() <= 64
+        && org
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidOrg(org.into()))
+    }
+}
+
+/// Microseconds since the epoch.
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+impl QueueManager {
+    /// A queue manager over a repository and a store.
+    pub fn new(repo: Repository, store: Store, limits: Limits) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                repo,
+                store,
+                limits,
+                queues: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The artifact repository the queues come from.
+    pub fn repository(&self) -> &Repository {
+        &self.inner.repo
+    }
+
+    /// The store behind the durable queues.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The kind of a queue, or an error naming the unknown artifact.
+    pub fn kind(&self, queue: &str) -> Result<ArtifactKind> {
+        self.inner
+            .repo
+            .queue_kind(queue)
+            .ok_or_else(|| Error::UnknownQueue(queue.into()))
+    }
+
+    fn state(&self, org: &str, queue: &str) -> Result<Arc<QueueState>> {
+        validate_org(org)?;
+        let kind = self.kind(queue)?;
+        let key = (org.to_string(), queue.to_string());
+        if let Some(s) = self.inner.queues.read().expect("queues lock").get(&key) {
+            if s.kind == kind {
+                return Ok(s.clone());
+            }
+        }
+        let mut map = self.inner.queues.write().expect("queues lock");
+        if let Some(s) = map.get(&key) {
+            if s.kind == kind {
+                return Ok(s.clone());
+            }
+        }
+        let stream = stream_key(org, queue);
+        let head = if kind.is_durable() {
+            self.inner.store.last_seq(&stream)?
+        } else {
+            0
+        };
+        let (tx, _) = broadcast::channel(self.inner.limits.buffer_batches.max(1));
+        let state = Arc::new(QueueState {
+            org: org.into(),
+            name: queue.into(),
+            kind,
+            stream,
+            tx,
+            head: Mutex::new(head),
+            push_order: tokio::sync::Mutex::new(PushClock {
+                last_ts_us: 0,
+                next_internal: head + 1,
+            }),
+            watchers: AtomicU64::new(0),
+            pushed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        map.insert(key, state.clone());
+        Ok(state)
+    }
+
+    /// Parses rows given as JSON text, checking each is an object within the size limit.
+    /// Nothing is pushed when any row is bad.
+    pub fn parse_rows<S: AsRef<str>>(&self, rows: &[S]) -> Result<Vec<Map<String, Value>>> {
+        rows.iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let text = text.as_ref();
+                let limit = self.inner.limits.max_row_bytes;
+                if text.len() > limit {
+                    return Err(Error::RowTooLarge {
+                        index,
+                        size: text.len(),
+                        limit,
+                    });
+                }
+                match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(m)) => Ok(m),
+                    Ok(other) => Err(Error::NotAnObject {
+                        index,
+                        got: json_type(&other),
+                    }),
+                    Err(e) => Err(Error::InvalidJson {
+                        index,
+                        message: e.to_string(),
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    /// Pushes rows to a queue of an org as `source` (for client rows, `client` is the client
+    /// id). `_ts` and `_Source` are added to each row. Returns once durable rows are committed.
+    pub async fn push(
+        &self,
+        org: &str,
+        queue: &str,
+        rows: Vec<Map<String, Value>>,
+        source: &str,
+        client: &str,
+    ) -> Result<u64> {
+        let state = self.state(org, queue)?;
+        let n = rows.len() as u64;
+        if n == 0 {
+            return Ok(0);
+        }
+        let limit = self.inner.limits.max_row_bytes;
+        let mut clock = state.push_order.lock().await;
+        let ts_us = now_us().max(clock.last_ts_us);
+        clock.last_ts_us = ts_us;
+        let ts_s = ts_us.div_euclid(1_000_000);
+        let mut stored = Vec::with_capacity(rows.len());
+        for (index, mut row) in rows.into_iter().enumerate() {
+            row.insert("_ts".into(), Value::from(ts_s));
+            row.insert("_Source".into(), Value::from(source));
+            let json = serde_json::to_string(&row).expect("a JSON map always serialises");
+            if json.len() > limit {
+                return Err(Error::RowTooLarge {
+                    index,
+                    size: json.len(),
+                    limit,
+                });
+            }
+            stored.push(StoredRow {
+                ts_us,
+                client: client.to_string(),
+                json,
+            });
+        }
+        let rows = Arc::new(stored);
+        if state.kind.is_durable() {
+            let publisher = state.clone();
+            let published = rows.clone();
+            let done = self
+                .inner
+                .store
+                .enqueue_append(
+                    state.stream.clone(),
+                    rows,
+                    Box::new(move |first| publisher.publish(first, published)),
+                )
+                .await?;
+            drop(clock);
+            done.await.map_err(|_| store::Error::Closed)??;
+        } else {
+            let first = clock.next_internal;
+            clock.next_internal += n;
+            state.publish(first, rows);
+        }
+        state.pushed.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Watches a queue from now on. `name` identifies the watcher on debug pages.
+    pub fn watch(&self, org: &str, queue: &str) -> Result<Watcher> {
+        let state = self.state(org, queue)?;
+        let store = state.kind.is_durable().then(|| self.inner.store.clone());
+        Ok(Watcher::new(state, store))
+    }
+
+    /// Visits stored rows of a durable queue with `start_us <= ts <= end_us`, oldest first.
+    /// Runs on the blocking pool; `visit` returns false to stop.
+    pub async fn read(
+        &self,
+        org: &str,
+        queue: &str,
+        client: Option<String>,
+        start_us: i64,
+        end_us: i64,
+        visit: impl FnMut(u64, StoredRow) -> bool + Send + 'static,
+    ) -> Result<()> {
+        validate_org(org)?;
+        let kind = self.kind(queue)?;
+        if !kind.is_durable() {
+            return Err(Error::WrongKind {
+                queue: queue.into(),
+                kind,
+                action: "its rows are not stored, watch it instead",
+            });
+        }
+        let store = self.inner.store.clone();
+        let stream = stream_key(org, queue);
+        tokio::task::spawn_blocking(move || {
+            store.read_time(&stream, start_us, end_us, client.as_deref(), visit)
+        })
+        .await
+        .expect("store read task")?;
+        Ok(())
+    }
+
+    /// Statistics of every queue of an org: each known queue, whether used yet or not.
+    pub fn stats(&self, org: &str) -> Vec<QueueStats> {
+        let map = self.inner.queues.read().expect("queues lock");
+        let mut out = Vec::new();
+        for a in self.inner.repo.list() {
+            for q in a.queue_names() {
+                let s = map.get(&(org.to_string(), q.clone()));
+                let get = |f: fn(&QueueState) -> &AtomicU64| {
+                    s.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0)
+                };
+                out.push(QueueStats {
+                    org: org.into(),
+                    name: q,
+                    kind: a.kind.to_string(),
+                    durable: a.kind.is_durable(),
+                    watchers: get(|s| &s.watchers),
+                    rows_pushed: get(|s| &s.pushed),
+                    rows_dropped: get(|s| &s.dropped),
+                });
+            }
+        }
+        out
+    }
+
+    /// Every org that has a queue in use, sorted.
+    pub fn orgs(&self) -> Vec<String> {
+        let map = self.inner.queues.read().expect("queues lock");
+        let mut orgs: Vec<String> = map.keys().map(|(o, _)| o.clone()).collect();
+        orgs.push(ROOT_ORG.into());
+        orgs.sort();
+        orgs.dedup();
+        orgs
+    }
+
+    /// Deletes stored rows older than each queue's retention; `days_for(queue)` gives the
+    /// retention in days, 0 keeping rows forever. Returns the number of rows deleted.
+    pub async fn apply_retention(
+        &self,
+        now_us: i64,
+        days_for: impl Fn(&str) -> u32,
+    ) -> Result<u64> {
+        let store = self.inner.store.clone();
+        let streams = tokio::task::spawn_blocking(move || store.streams())
+            .await
+            .expect("store streams task")?;
+        let mut deleted = 0;
+        for (stream, _) in streams {
+            let Some((_, queue)) = split_stream_key(&stream) else {
+                continue;
+            };
+            let days = days_for(queue);
+            if days == 0 {
+                continue;
+            }
+            let cutoff = now_us - i64::from(days) * 86_400 * 1_000_000;
+            deleted += self.inner.store.purge(stream.clone(), cutoff).await?;
+        }
+        Ok(deleted)
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests;

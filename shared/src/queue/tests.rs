@@ -1,0 +1,244 @@
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::*;
+
+fn rows(n: usize, from: usize) -> Vec<Map<String, Value>> {
+    (from..from + n)
+        .map(|i| json!({ "i": i }).as_object().unwrap().clone())
+        .collect()
+}
+
+fn manager(dir: &tempfile::TempDir, buffer_batches: usize) -> QueueManager {
+    let store = Store::open(&dir.path().join("talon.redb")).unwrap();
+    let limits = Limits {
+        buffer_batches,
+        ..Limits::default()
+    };
+    QueueManager::new(Repository::with_builtins(), store, limits)
+}
+
+async fn next(w: &mut Watcher) -> Value {
+    let ev = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .expect("row within 10 s")
+        .unwrap();
+    serde_json::from_str(&ev.row.json).unwrap()
+}
+
+const AUDIT: &str = "Server.Audit.Logs";
+
+#[tokio::test]
+async fn watchers_get_every_row_with_ts_and_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let qm = manager(&dir, 16);
+    let mut a = qm.watch(ROOT_ORG, AUDIT).unwrap();
+    let mut b = qm.watch(ROOT_ORG, AUDIT).unwrap();
+    qm.push(ROOT_ORG, AUDIT, rows(3, 0), "tester", "")
+        .await
+        .unwrap();
+    for w in [&mut a, &mut b] {
+        for i in 0..3 {
+            let v = next(w).await;
+            assert_eq!(v["i"], i);
+            assert_eq!(v["_Source"], "tester");
+            assert!(v["_ts"].as_i64().unwrap() > 1_600_000_000);
+        }
+    }
+    assert_eq!(
+        qm.stats(ROOT_ORG)
+            .iter()
+            .find(|s| s.name == AUDIT)
+            .unwrap()
+            .watchers,
+        2
+    );
+    drop(a);
+    assert_eq!(
+        qm.stats(ROOT_ORG)
+            .iter()
+            .find(|s| s.name == AUDIT)
+            .unwrap()
+            .watchers,
+        1
+    );
+}
+
+#[tokio::test]
+async fn slow_durable_watcher_catches_up_in_order_without_blocking_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    // A buffer of two batches: the watcher below falls far behind it.
+    let qm = manager(&dir, 2);
+    let mut w = qm.watch(ROOT_ORG, AUDIT).unwrap();
+    for b in 0..50 {
+        // Every push returns although nobody reads.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            qm.push(ROOT_ORG, AUDIT, rows(10, b * 10), "t", ""),
+        )
+        .await
+        .expect("push is not blocked by a slow watcher")
+        .unwrap();
+    }
+    for i in 0..500 {
+        assert_eq!(next(&mut w).await["i"], i);
+    }
+    let s = qm
+        .stats(ROOT_ORG)
+        .into_iter()
+        .find(|s| s.name == AUDIT)
+        .unwrap();
+    assert_eq!((s.rows_pushed, s.rows_dropped), (500, 0));
+}
+
+#[tokio::test]
+async fn slow_internal_watcher_drops_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let qm = manager(&dir, 2);
+    let q = "Server.Internal.Ping";
+    let mut w = qm.watch(ROOT_ORG, q).unwrap();
+    for b in 0..10 {
+        qm.push(ROOT_ORG, q, rows(1, b), "t", "").await.unwrap();
+    }
+    // Only the last two batches are still buffered.
+    assert_eq!(next(&mut w).await["i"], 8);
+    assert_eq!(next(&mut w).await["i"], 9);
+    let s = qm
+        .stats(ROOT_ORG)
+        .into_iter()
+        .find(|s| s.name == q)
+        .unwrap();
+    assert_eq!(s.rows_dropped, 8);
+}
+
+#[tokio::test]
+async fn orgs_are_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let qm = manager(&dir, 16);
+    let mut in_b = qm.watch("b", AUDIT).unwrap();
+    qm.push(ROOT_ORG, AUDIT, rows(1, 0), "t", "").await.unwrap();
+    qm.push("b", AUDIT, rows(1, 7), "t", "").await.unwrap();
+    assert_eq!(next(&mut in_b).await["i"], 7);
+    let mut seen = Vec::new();
+    qm.read("b", AUDIT, None, 0, i64::MAX, move |_, r| {
+        seen.push(r.json);
+        true
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn rows_survive_reopen_and_read_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let qm = manager(&dir, 16);
+        qm.push(ROOT_ORG, AUDIT, rows(5, 0), "t", "").await.unwrap();
+        qm.store().close().await;
+    }
+    let qm = manager(&dir, 16);
+    qm.push(ROOT_ORG, AUDIT, rows(1, 5), "t", "").await.unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    qm.read(ROOT_ORG, AUDIT, None, 0, i64::MAX, move |seq, r| {
+        tx.send((seq, r)).unwrap();
+        true
+    })
+    .await
+    .unwrap();
+    let got: Vec<_> = rx.try_iter().collect();
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5, 6]
+    );
+    // A time range that starts after the first five rows returns only the sixth.
+    let sixth_ts = got[5].1.ts_us;
+    let (tx, rx) = std::sync::mpsc::channel();
+    qm.read(
+        ROOT_ORG,
+        AUDIT,
+        None,
+        got[4].1.ts_us + 1,
+        i64::MAX,
+        move |s, _| {
+            tx.send(s).unwrap();
+            true
+        },
+    )
+    .await
+    .unwrap();
+    let after: Vec<u64> = rx.try_iter().collect();
+    assert!(after
+        .iter()
+        .all(|s| *s == 6 || got[(*s - 1) as usize].1.ts_us == sixth_ts));
+    assert!(after.contains(&6));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_limits = Limits {
+        max_row_bytes: 64,
+        buffer_batches: 4,
+    };
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    let qm = QueueManager::new(Repository::with_builtins(), store, dir_limits);
+    let e = qm.parse_rows(&["{\"a\":1}", "{oops"]).unwrap_err();
+    assert!(e.to_string().starts_with("row 1: invalid JSON"), "{e}");
+    let e = qm.parse_rows(&["[1]"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "row 0: a row must be a JSON object, got an array"
+    );
+    let big = format!("{{\"a\":\"{}\"}}", "x".repeat(100));
+    assert!(matches!(
+        qm.parse_rows(&[big]),
+        Err(Error::RowTooLarge { .. })
+    ));
+    let e = qm
+        .push(ROOT_ORG, "No.Such", rows(1, 0), "t", "")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "unknown artifact No.Such: no queue of that name"
+    );
+    let e = qm
+        .push("bad org", AUDIT, rows(1, 0), "t", "")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidOrg(_)));
+    let e = qm
+        .read(
+            ROOT_ORG,
+            "Server.Internal.Ping",
+            None,
+            0,
+            i64::MAX,
+            |_, _| true,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("INTERNAL"), "{e}");
+    assert_eq!(qm.store().streams().unwrap(), vec![]);
+}
+
+#[tokio::test]
+async fn retention_deletes_old_rows_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let qm = manager(&dir, 16);
+    qm.push(ROOT_ORG, AUDIT, rows(3, 0), "t", "").await.unwrap();
+    qm.push("b", AUDIT, rows(2, 0), "t", "").await.unwrap();
+    // Nothing is older than a day yet.
+    assert_eq!(qm.apply_retention(now_us(), |_| 1).await.unwrap(), 0);
+    // Three days on, one-day retention deletes them; 0 days keeps rows forever.
+    let later = now_us() + 3 * 86_400 * 1_000_000;
+    assert_eq!(qm.apply_retention(later, |_| 0).await.unwrap(), 0);
+    assert_eq!(qm.apply_retention(later, |_| 1).await.unwrap(), 5);
+    // Seqs continue after the purge, so watchers' cursors stay valid.
+    qm.push(ROOT_ORG, AUDIT, rows(1, 3), "t", "").await.unwrap();
+    assert_eq!(
+        qm.store().last_seq(&stream_key(ROOT_ORG, AUDIT)).unwrap(),
+        4
+    );
+}

@@ -1,0 +1,143 @@
+//! A watcher: a cursor on one queue that yields every row pushed after it started, in order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::{Published, QueueState, Result};
+use crate::store::{Store, StoredRow};
+
+/// Rows a lagging durable watcher reads from the store at a time.
+pub const CATCH_UP_CHUNK: usize = 10_000;
+
+/// One row as a watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position of the row in its queue.
+    pub seq: u64,
+    pub row: StoredRow,
+}
+
+/// Yields the rows of one queue; dropping it stops watching.
+pub struct Watcher {
+    state: Arc<QueueState>,
+    rx: broadcast::Receiver<Arc<Published>>,
+    /// The seq this watcher wants next.
+    next_seq: u64,
+    current: Option<(Arc<Published>, usize)>,
+    backlog: VecDeque<(u64, StoredRow)>,
+    /// Set while rows before this seq must come from the store.
+    catch_up_until: Option<u64>,
+    /// Present for durable queues.
+    store: Option<Store>,
+}
+
+impl Watcher {
+    pub(super) fn new(state: Arc<QueueState>, store: Option<Store>) -> Self {
+        let (rx, next_seq) = {
+            let head = state.head.lock().expect("queue head");
+            (state.tx.subscribe(), *head + 1)
+        };
+        state.watchers.fetch_add(1, Ordering::Relaxed);
+        Self {
+            state,
+            rx,
+            next_seq,
+            current: None,
+            backlog: VecDeque::new(),
+            catch_up_until: None,
+            store,
+        }
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.state.name
+    }
+
+    /// The next row; waits until one is pushed. Fails only when the store cannot be read.
+    pub async fn next(&mut self) -> Result<Event> {
+        loop {
+            if let Some((seq, row)) = self.backlog.pop_front() {
+                self.next_seq = seq + 1;
+                return Ok(Event { seq, row });
+            }
+            if let Some(end) = self.catch_up_until {
+                if self.next_seq < end {
+                    self.catch_up(end).await?;
+                    continue;
+                }
+                self.catch_up_until = None;
+            }
+            if let Some((batch, idx)) = &mut self.current {
+                while *idx < batch.rows.len() {
+                    let seq = batch.first_seq + *idx as u64;
+                    let row = &batch.rows[*idx];
+                    *idx += 1;
+                    if seq == self.next_seq {
+                        self.next_seq += 1;
+                        return Ok(Event {
+                            seq,
+                            row: row.clone(),
+                        });
+                    }
+                }
+                self.current = None;
+            }
+            match self.rx.recv().await {
+                Ok(batch) => {
+                    let end = batch.first_seq + batch.rows.len() as u64;
+                    if end <= self.next_seq {
+                        continue; // already seen, read from the store while catching up
+                    }
+                    if batch.first_seq > self.next_seq {
+                        if self.store.is_some() {
+                            self.catch_up_until = Some(batch.first_seq);
+                        } else {
+                            let lost = batch.first_seq - self.next_seq;
+                            self.state.dropped.fetch_add(lost, Ordering::Relaxed);
+                            tracing::warn!(queue = %self.state.name, org = %self.state.org, lost, "slow watcher of an INTERNAL queue dropped rows");
+                            self.next_seq = batch.first_seq;
+                        }
+                    }
+                    self.current = Some((batch, 0));
+                }
+                // Lagged: the next batch received shows the gap, which is handled above.
+                Err(RecvError::Lagged(_)) => continue,
+                // The queue state is held by this watcher, so the sender outlives it.
+                Err(RecvError::Closed) => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    async fn catch_up(&mut self, end: u64) -> Result<()> {
+        let store = self.store.clone().expect("durable watcher has a store");
+        let stream = self.state.stream.clone();
+        let from = self.next_seq;
+        let rows =
+            tokio::task::spawn_blocking(move || store.read_seq(&stream, from, end, CATCH_UP_CHUNK))
+                .await
+                .expect("store read task")?;
+        if rows.is_empty() {
+            // Purged by retention before this watcher got to them.
+            let lost = end - from;
+            self.state.dropped.fetch_add(lost, Ordering::Relaxed);
+            self.next_seq = end;
+        } else {
+            if rows[0].0 > from {
+                let lost = rows[0].0 - from;
+                self.state.dropped.fetch_add(lost, Ordering::Relaxed);
+            }
+            self.backlog.extend(rows);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.state.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}

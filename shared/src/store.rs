@@ -1,0 +1,541 @@
+//! The master's redb store: event rows keyed for ordered and time-range reads, and user
+//! artifacts. All writes go through one writer thread that group-commits whatever is queued,
+//! so a push costs one fsync per group, never one per row.
+//!
+//! Event rows live in one table keyed by `(stream, seq)`, where a stream is one org's queue and
+//! `seq` is dense per stream (1, 2, 3 ...). Timestamps never go backwards inside a stream, so a
+//! time range is found by binary search over `seq` and read in order.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+const ARTIFACTS: TableDefinition<&str, &str> = TableDefinition::new("artifacts");
+/// Last seq ever assigned per stream, so seqs never restart even when retention empties one.
+const HEADS: TableDefinition<&str, u64> = TableDefinition::new("heads");
+
+/// Pending write requests the writer thread holds at most; producers wait beyond that.
+pub const WRITE_QUEUE_DEPTH: usize = 1024;
+/// Rows one group commit takes at most before committing.
+pub const MAX_GROUP_ROWS: usize = 200_000;
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("store: {0}")]
+    Redb(String),
+    #[error("store is shut down")]
+    Closed,
+    #[error("stored row {stream}#{seq} is corrupt")]
+    Corrupt { stream: String, seq: u64 },
+}
+
+/// Result alias of the store.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+macro_rules! redb_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Redb(e.to_string())
+            }
+        }
+    )*};
+}
+redb_err!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// One stored event row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    /// Server time the row was accepted, microseconds since the epoch.
+    pub ts_us: i64,
+    /// The client the row belongs to; empty for server rows.
+    pub client: String,
+    /// The row as a JSON object.
+    pub json: String,
+}
+
+impl StoredRow {
+    fn encode(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&self.ts_us.to_le_bytes());
+        buf.extend_from_slice(&(self.client.len() as u16).to_le_bytes());
+        buf.extend_from_slice(self.client.as_bytes());
+        buf.extend_from_slice(self.json.as_bytes());
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let ts_us = i64::from_le_bytes(b.get(0..8)?.try_into().ok()?);
+        let n = u16::from_le_bytes(b.get(8..10)?.try_into().ok()?) as usize;
+        let client = std::str::from_utf8(b.get(10..10 + n)?).ok()?.to_string();
+        let json = std::str::from_utf8(b.get(10 + n..)?).ok()?.to_string();
+        Some(Self {
+            ts_us,
+            client,
+            json,
+        })
+    }
+
+    fn ts_of(b: &[u8]) -> Option<i64> {
+        Some(i64::from_le_bytes(b.get(0..8)?.try_into().ok()?))
+    }
+}
+
+/// Called on the writer thread right after the commit that made a batch durable, in commit
+/// order, with the first sequence number of the batch.
+pub type OnCommit = Box<dyn FnOnce(u64) + Send>;
+
+enum Command {
+    Append {
+        stream: String,
+        rows: Arc<Vec<StoredRow>>,
+        on_commit: OnCommit,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    PutArtifact {
+        name: String,
+        yaml: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    DeleteArtifact {
+        name: String,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    Purge {
+        stream: String,
+        before_us: i64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A cheap handle on the store; clones share one database and one writer thread.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    tx: mpsc::Sender<Command>,
+    writer: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        {
+            let w = db.begin_write()?;
+            w.open_table(EVENTS)?;
+            w.open_table(ARTIFACTS)?;
+            w.open_table(HEADS)?;
+            w.commit()?;
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_DEPTH);
+        let writer_db = db.clone();
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || Writer::new(writer_db).run(rx))
+            .expect("spawn store writer thread");
+        Ok(Self {
+            db,
+            tx,
+            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Queues rows for appending to a stream. Requests are committed in the order they are
+    /// queued; the returned receiver resolves once the rows are durable, with their first seq.
+    pub async fn enqueue_append(
+        &self,
+        stream: String,
+        rows: Arc<Vec<StoredRow>>,
+        on_commit: OnCommit,
+    ) -> Result<oneshot::Receiver<Result<u64>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append {
+                stream,
+                rows,
+                on_commit,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(rx)
+    }
+
+    /// Appends rows and waits until they are durable; returns the first new seq.
+    pub async fn append(&self, stream: String, rows: Vec<StoredRow>) -> Result<u64> {
+        let rx = self
+            .enqueue_append(stream, Arc::new(rows), Box::new(|_| {}))
+            .await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Stores a user artifact's YAML.
+    pub async fn put_artifact(&self, name: &str, yaml: &str) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::PutArtifact {
+            name: name.into(),
+            yaml: yaml.into(),
+            reply,
+        };
+        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Deletes a user artifact; false when it was not stored.
+    pub async fn delete_artifact(&self, name: &str) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::DeleteArtifact {
+            name: name.into(),
+            reply,
+        };
+        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Deletes the rows of a stream older than `before_us`; returns how many went.
+    pub async fn purge(&self, stream: String, before_us: i64) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Purge {
+            stream,
+            before_us,
+            reply,
+        };
+        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Every stored user artifact as (name, yaml).
+    pub fn artifacts(&self) -> Result<Vec<(String, String)>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(ARTIFACTS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Every stream that holds rows, with its row count.
+    pub fn streams(&self) -> Result<Vec<(String, u64)>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(EVENTS)?;
+        let mut out: Vec<(String, u64)> = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let next = match &cursor {
+                None => t.first()?,
+                Some(s) => t
+                    .range((s.as_str(), u64::MAX)..)?
+                    .find(|r| {
+                        r.as_ref()
+                            .map(|(k, _)| k.value().0 != s.as_str())
+                            .unwrap_or(true)
+                    })
+                    .transpose()?,
+            };
+            let Some((k, _)) = next else { break };
+            let stream = k.value().0.to_string();
+            let (first, last) = bounds(&t, &stream)?.unwrap_or((0, 0));
+            out.push((stream.clone(), last + 1 - first));
+            cursor = Some(stream);
+        }
+        Ok(out)
+    }
+
+    /// The last committed seq of a stream, 0 when it has none.
+    pub fn last_seq(&self, stream: &str) -> Result<u64> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(HEADS)?;
+        Ok(t.get(stream)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Rows of a stream with `from <= seq < to`, at most `limit`, in order.
+    pub fn read_seq(
+        &self,
+        stream: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, StoredRow)>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        for item in t.range((stream, from)..(stream, to))?.take(limit) {
+            let (k, v) = item?;
+            let seq = k.value().1;
+            let row = StoredRow::decode(v.value()).ok_or_else(|| Error::Corrupt {
+                stream: stream.into(),
+                seq,
+            })?;
+            out.push((seq, row));
+        }
+        Ok(out)
+    }
+
+    /// Visits the rows of a stream with `start_us <= ts <= end_us` (and of `client`, when
+    /// given) in order; the visitor returns false to stop.
+    pub fn read_time(
+        &self,
+        stream: &str,
+        start_us: i64,
+        end_us: i64,
+        client: Option<&str>,
+        mut visit: impl FnMut(u64, StoredRow) -> bool,
+    ) -> Result<()> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(EVENTS)?;
+        let Some((first, last)) = bounds(&t, stream)? else {
+            return Ok(());
+        };
+        // Lowest seq whose ts >= start_us (ts is non-decreasing in seq).
+        let (mut lo, mut hi) = (first, last + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ts = match t.get((stream, mid))? {
+                Some(v) => StoredRow::ts_of(v.value()).unwrap_or(i64::MAX),
+                None => i64::MIN, // purged concurrently: treat as old
+            };
+            if ts < start_us {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        for item in t.range((stream, lo)..=(stream, last))? {
+            let (k, v) = item?;
+            let seq = k.value().1;
+            let row = StoredRow::decode(v.value()).ok_or_else(|| Error::Corrupt {
+                stream: stream.into(),
+                seq,
+            })?;
+            if row.ts_us > end_us {
+                break;
+            }
+            if client.is_some_and(|c| c != row.client) {
+                continue;
+            }
+            if !visit(seq, row) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits everything queued before this call, then stops the writer; later writes fail
+    /// with [`Error::Closed`]. Safe to call more than once.
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self.writer.lock().expect("writer lock").take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+fn bounds<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+    t: &T,
+    stream: &str,
+) -> Result<Option<(u64, u64)>> {
+    let mut range = t.range((stream, 0)..=(stream, u64::MAX))?;
+    let first = match range.next() {
+        Some(item) => item?.0.value().1,
+        None => return Ok(None),
+    };
+    let last = match range.next_back() {
+        Some(item) => item?.0.value().1,
+        None => first,
+    };
+    Ok(Some((first, last)))
+}
+
+struct Writer {
+    db: Arc<Database>,
+    /// Next seq per stream, loaded on first use.
+    next: HashMap<String, u64>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn new(db: Arc<Database>) -> Self {
+        Self {
+            db,
+            next: HashMap::new(),
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            let mut rows = group_rows(&group[0]);
+            while rows < MAX_GROUP_ROWS {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        rows += group_rows(&cmd);
+                        group.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let stop = group.iter().any(|c| matches!(c, Command::Shutdown { .. }));
+            self.commit_group(group);
+            if stop {
+                break;
+            }
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    fn commit_group(&mut self, group: Vec<Command>) {
+        let saved_next = self.next.clone();
+        match self.write_group(&group) {
+            Ok(results) => {
+                for (cmd, res) in group.into_iter().zip(results) {
+                    match cmd {
+                        Command::Append {
+                            on_commit, reply, ..
+                        } => {
+                            if let Ok(first) = res {
+                                on_commit(first);
+                            }
+                            let _ = reply.send(res.map_err(Error::Redb));
+                        }
+                        Command::PutArtifact { reply, .. } => {
+                            let _ = reply.send(res.map(|_| ()).map_err(Error::Redb));
+                        }
+                        Command::DeleteArtifact { reply, .. } => {
+                            let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
+                        }
+                        Command::Purge { reply, .. } => {
+                            let _ = reply.send(res.map_err(Error::Redb));
+                        }
+                        Command::Shutdown { reply } => {
+                            let _ = reply.send(());
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.next = saved_next;
+                tracing::error!(error = %e, "store commit failed");
+                let msg = e.to_string();
+                for cmd in group {
+                    let err = || Error::Redb(msg.clone());
+                    match cmd {
+                        Command::Append { reply, .. } | Command::Purge { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Command::PutArtifact { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Command::DeleteArtifact { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Command::Shutdown { reply } => {
+                            let _ = reply.send(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a group in one transaction; per-command results (first seq, or a count).
+    fn write_group(&mut self, group: &[Command]) -> Result<Vec<Result<u64, String>>> {
+        let w = self.db.begin_write()?;
+        let mut results = Vec::with_capacity(group.len());
+        {
+            let mut events = w.open_table(EVENTS)?;
+            let mut artifacts = w.open_table(ARTIFACTS)?;
+            let mut heads = w.open_table(HEADS)?;
+            for cmd in group {
+                match cmd {
+                    Command::Append { stream, rows, .. } => {
+                        let next = match self.next.get(stream) {
+                            Some(n) => *n,
+                            None => heads
+                                .get(stream.as_str())?
+                                .map(|v| v.value() + 1)
+                                .unwrap_or(1),
+                        };
+                        for (i, row) in rows.iter().enumerate() {
+                            row.encode(&mut self.buf);
+                            events
+                                .insert((stream.as_str(), next + i as u64), self.buf.as_slice())?;
+                        }
+                        let end = next + rows.len() as u64;
+                        heads.insert(stream.as_str(), end - 1)?;
+                        self.next.insert(stream.clone(), end);
+                        results.push(Ok(next));
+                    }
+                    Command::PutArtifact { name, yaml, .. } => {
+                        artifacts.insert(name.as_str(), yaml.as_str())?;
+                        results.push(Ok(1));
+                    }
+                    Command::DeleteArtifact { name, .. } => {
+                        let gone = artifacts.remove(name.as_str())?.is_some();
+                        results.push(Ok(gone as u64));
+                    }
+                    Command::Purge {
+                        stream, before_us, ..
+                    } => {
+                        let mut doomed = Vec::new();
+                        for item in
+                            events.range((stream.as_str(), 0)..=(stream.as_str(), u64::MAX))?
+                        {
+                            let (k, v) = item?;
+                            match StoredRow::ts_of(v.value()) {
+                                Some(ts) if ts < *before_us => doomed.push(k.value().1),
+                                _ => break,
+                            }
+                        }
+                        for seq in &doomed {
+                            events.remove((stream.as_str(), *seq))?;
+                        }
+                        results.push(Ok(doomed.len() as u64));
+                    }
+                    Command::Shutdown { .. } => results.push(Ok(0)),
+                }
+            }
+        }
+        w.commit()?;
+        Ok(results)
+    }
+}
+
+fn group_rows(cmd: &Command) -> usize {
+    match cmd {
+        Command::Append { rows, .. } => rows.len(),
+        _ => 1,
+    }
+}
