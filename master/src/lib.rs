@@ -1,1 +1,134 @@
+//! The Talon master: opens the store, loads artifacts, runs the queue manager, the admin gRPC
+//! API, the debug HTTP server and retention, and shuts them down in one place.
+//!
+//! - [`api`]: the admin gRPC service.
+//! - [`artifacts`]: user artifact administration (store, announce, audit).
+//! - [`error`]: API errors and their gRPC status codes.
 
+pub mod api;
+pub mod artifacts;
+pub mod error;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use talon_proto::api::admin_server::AdminServer;
+use talon_shared::artifacts::Repository;
+use talon_shared::config::Config;
+use talon_shared::queue::{self, Limits, QueueManager};
+use talon_shared::store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// File name of the redb store inside the datastore directory.
+pub const STORE_FILE: &str = "talon.redb";
+/// How often retention runs.
+pub const RETENTION_PERIOD: Duration = Duration::from_secs(3600);
+/// How long in-flight API calls get to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Slack above the row size limit for the gRPC message carrying it.
+const MESSAGE_SLACK_BYTES: usize = 1024 * 1024;
+
+/// The addresses a running master bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub api: SocketAddr,
+    pub debug: SocketAddr,
+}
+
+/// Runs a master until `shutdown` fires; `on_ready` is called once every listener is bound.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.datastore)
+        .with_context(|| format!("cannot create datastore {}", config.datastore.display()))?;
+    let store_path = config.datastore.join(STORE_FILE);
+    let store = Store::open(&store_path)?;
+    let limits = Limits {
+        max_row_bytes: config.max_row_bytes,
+        buffer_batches: config.queue_buffer_batches,
+    };
+    let qm = QueueManager::new(Repository::with_builtins(), store.clone(), limits);
+    let user_artifacts = artifacts::load_stored(&qm)?;
+    tracing::info!(datastore = %config.datastore.display(), user_artifacts, "store open");
+
+    let api_listener = TcpListener::bind(config.api_addr)
+        .await
+        .with_context(|| format!("cannot listen on api address {}", config.api_addr))?;
+    let debug_listener = TcpListener::bind(config.debug_addr)
+        .await
+        .with_context(|| format!("cannot listen on debug address {}", config.debug_addr))?;
+    let bound = Bound {
+        api: api_listener.local_addr()?,
+        debug: debug_listener.local_addr()?,
+    };
+
+    let tasks = TaskTracker::new();
+    let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
+    let admin = AdminServer::new(api::AdminService::new(qm.clone(), shutdown.clone()))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let api_shutdown = shutdown.clone();
+    let api_task = tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(admin)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(api_listener),
+                api_shutdown.cancelled_owned(),
+            )
+            .await
+    });
+    let debug_shutdown = shutdown.clone();
+    let debug_router = talon_shared::debug::router(qm.clone());
+    tasks.spawn(async move {
+        axum::serve(debug_listener, debug_router)
+            .with_graceful_shutdown(debug_shutdown.cancelled_owned())
+            .await
+    });
+    let retention = config.retention.clone();
+    let retention_qm = qm.clone();
+    let retention_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(RETENTION_PERIOD);
+        loop {
+            tokio::select! {
+                _ = retention_shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match retention_qm
+                .apply_retention(queue::now_us(), |q| retention.days_for(q))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "retention deleted old rows"),
+                Err(e) => tracing::error!(error = %e, "retention failed"),
+            }
+        }
+    });
+    tasks.close();
+    on_ready(bound);
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: stopping intake");
+    // Stop intake and let in-flight calls finish, within the grace period.
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within the grace period");
+    }
+    // Flush the store: everything acknowledged is already committed; this waits for
+    // writes queued behind it and closes the file cleanly.
+    store.close().await;
+    tracing::info!("store closed");
+    if api_task.is_finished() {
+        if let Ok(Err(e)) = api_task.await {
+            return Err(e).context("api server failed");
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,108 @@
-fn main() {}
+//! `talon-master`: parses flags and config, installs telemetry, runs the master until
+//! SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use talon_shared::config::{Config, ConfigFile, Overrides};
+use tokio_util::sync::CancellationToken;
+
+/// The Talon master: event queues, store, admin API. Without --nats-url it is a complete
+/// standalone server.
+#[derive(Parser, Debug)]
+#[command(name = "talon-master", version)]
+struct Args {
+    /// Directory of the store and exports [default: ./talon-data]
+    #[arg(long, value_name = "DIR")]
+    datastore: Option<PathBuf>,
+    /// Admin gRPC API address; port 0 picks a free port [default: 127.0.0.1:8001]
+    #[arg(long, value_name = "HOST:PORT")]
+    api_addr: Option<String>,
+    /// Client frontend address (served once client connections land) [default: 127.0.0.1:8000]
+    #[arg(long, value_name = "HOST:PORT")]
+    frontend_addr: Option<String>,
+    /// Debug HTTP address (/debug/queues, /metrics) [default: 127.0.0.1:8889]
+    #[arg(long, value_name = "HOST:PORT")]
+    debug_addr: Option<String>,
+    /// YAML config file; flags override it
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("talon-master: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    talon_shared::telemetry::init(config.log_format, "info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("talon-master: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("talon-master: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_config(args: &Args) -> anyhow::Result<Config> {
+    let (origin, file) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+            let origin = path.display().to_string();
+            let file = ConfigFile::parse(&origin, &text)?;
+            (origin, file)
+        }
+        None => ("flags".to_string(), ConfigFile::default()),
+    };
+    let flags = Overrides {
+        datastore: args.datastore.clone(),
+        api_addr: args.api_addr.clone(),
+        frontend_addr: args.frontend_addr.clone(),
+        debug_addr: args.debug_addr.clone(),
+    };
+    Ok(Config::build(&origin, file, flags)?)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        signals.cancel();
+    });
+    let datastore = config.datastore.clone();
+    let frontend = config.frontend_addr;
+    talon_master::run(config, shutdown, |bound| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "talon-master {}", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(out, "datastore: {}", datastore.display());
+        let _ = writeln!(out, "api: {}", bound.api);
+        let _ = writeln!(out, "debug: http://{}/debug/queues", bound.debug);
+        let _ = writeln!(
+            out,
+            "frontend: {frontend} (reserved: client connections are not served yet)"
+        );
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+    })
+    .await
+}

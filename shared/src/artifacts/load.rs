@@ -196,15 +196,16 @@ pub(crate) fn load_with(
     }
     if !built_in {
         if let Some(b) = builtin::find(&def.name) {
-            let msg = if b.kind != kind {
-                format!(
-                    "artifact {} is the built-in {} queue and cannot be redefined as {}",
-                    def.name, b.kind, kind
-                )
-            } else {
-                format!("artifact {} is built in and cannot be replaced", def.name)
-            };
-            return Err(err(name_line, name_col, msg));
+            if b.kind != kind {
+                return Err(err(
+                    name_line,
+                    name_col,
+                    format!(
+                        "artifact {} is the built-in {} queue and cannot be redefined as {}",
+                        def.name, b.kind, kind
+                    ),
+                ));
+            }
         }
     }
     Ok(LoadedArtifact {

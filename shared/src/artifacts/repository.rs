@@ -15,7 +15,7 @@ pub enum Error {
     Exists(String),
     #[error("artifact {0} not found")]
     NotFound(String),
-    #[error("artifact {0} is built in and cannot be deleted")]
+    #[error("artifact {0} is built in and cannot be changed or deleted")]
     BuiltIn(String),
 }
 
@@ -74,10 +74,11 @@ impl Repository {
     /// artifact of the same name.
     pub fn check(&self, origin: &str, yaml: &str, replace: bool) -> Result<LoadedArtifact, Error> {
         let a = load(origin, yaml)?;
-        if !replace && self.get(a.name()).is_some() {
-            return Err(Error::Exists(a.def.name));
+        match self.get(a.name()) {
+            Some(existing) if existing.built_in => Err(Error::BuiltIn(a.def.name)),
+            Some(_) if !replace => Err(Error::Exists(a.def.name)),
+            _ => Ok(a),
         }
-        Ok(a)
     }
 
     /// Adds or replaces a checked artifact.

@@ -343,6 +343,20 @@ impl QueueManager {
         Ok(Watcher::new(state, store))
     }
 
+    /// Checks that a queue of an org exists and keeps its rows.
+    pub fn check_stored(&self, org: &str, queue: &str) -> Result<()> {
+        validate_org(org)?;
+        let kind = self.kind(queue)?;
+        if !kind.is_durable() {
+            return Err(Error::WrongKind {
+                queue: queue.into(),
+                kind,
+                action: "its rows are not stored, watch it instead",
+            });
+        }
+        Ok(())
+    }
+
     /// Visits stored rows of a durable queue with `start_us <= ts <= end_us`, oldest first.
     /// Runs on the blocking pool; `visit` returns false to stop.
     pub async fn read(
@@ -354,15 +368,7 @@ impl QueueManager {
         end_us: i64,
         visit: impl FnMut(u64, StoredRow) -> bool + Send + 'static,
     ) -> Result<()> {
-        validate_org(org)?;
-        let kind = self.kind(queue)?;
-        if !kind.is_durable() {
-            return Err(Error::WrongKind {
-                queue: queue.into(),
-                kind,
-                action: "its rows are not stored, watch it instead",
-            });
-        }
+        self.check_stored(org, queue)?;
         let store = self.inner.store.clone();
         let stream = stream_key(org, queue);
         tokio::task::spawn_blocking(move || {

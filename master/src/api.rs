@@ -1,0 +1,254 @@
+//! The admin gRPC API (`proto/api.proto`) over the queue manager and artifact repository.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use talon_proto::api::admin_server::Admin;
+use talon_proto::api::*;
+use talon_shared::artifacts::{ArtifactKind, LoadedArtifact};
+use talon_shared::queue::{QueueManager, ROOT_ORG};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::artifacts;
+use crate::error::{to_status, ApiError};
+
+/// Rows a `Read` call buffers between the store thread and the gRPC stream.
+const READ_BUFFER_ROWS: usize = 1024;
+/// Metadata key naming the calling user, for audit.
+pub const PRINCIPAL_HEADER: &str = "x-talon-principal";
+
+/// The admin service.
+pub struct AdminService {
+    qm: QueueManager,
+    shutdown: CancellationToken,
+}
+
+impl AdminService {
+    /// A service over a queue manager; streams end when `shutdown` fires.
+    pub fn new(qm: QueueManager, shutdown: CancellationToken) -> Self {
+        Self { qm, shutdown }
+    }
+}
+
+type RowStream = Pin<Box<dyn Stream<Item = Result<EventRow, Status>> + Send>>;
+
+fn org_of(org: &str) -> &str {
+    if org.is_empty() {
+        ROOT_ORG
+    } else {
+        org
+    }
+}
+
+fn principal<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get(PRINCIPAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("api")
+        .to_string()
+}
+
+fn artifact_msg(a: &LoadedArtifact) -> Artifact {
+    Artifact {
+        name: a.def.name.clone(),
+        r#type: a.kind.to_string(),
+        description: a.def.description.clone().unwrap_or_default(),
+        built_in: a.built_in,
+        yaml: a.yaml.clone(),
+    }
+}
+
+fn event_row(row: talon_shared::store::StoredRow) -> EventRow {
+    EventRow {
+        json: row.json,
+        timestamp_us: row.ts_us,
+        client_id: row.client,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let org = org_of(&r.org);
+        let kind = self.qm.kind(&r.artifact).map_err(|e| to_status(e.into()))?;
+        if kind != ArtifactKind::ServerEvent {
+            return Err(to_status(ApiError::PushRefused {
+                queue: r.artifact,
+                kind: kind.to_string(),
+            }));
+        }
+        let rows = self
+            .qm
+            .parse_rows(&r.rows_json)
+            .map_err(|e| to_status(e.into()))?;
+        let n = self
+            .qm
+            .push(org, &r.artifact, rows, &who, "")
+            .await
+            .map_err(|e| to_status(e.into()))?;
+        Ok(Response::new(PushResponse { rows: n }))
+    }
+
+    type WatchStream = RowStream;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<RowStream>, Status> {
+        let r = req.into_inner();
+        let watcher = self
+            .qm
+            .watch(org_of(&r.org), &r.artifact)
+            .map_err(|e| to_status(e.into()))?;
+        let shutdown = self.shutdown.clone();
+        let stream = futures::stream::unfold(Some(watcher), move |w| {
+            let shutdown = shutdown.clone();
+            async move {
+                let mut w = w?;
+                tokio::select! {
+                    _ = shutdown.cancelled() => None,
+                    ev = w.next() => match ev {
+                        Ok(ev) => Some((Ok(event_row(ev.row)), Some(w))),
+                        Err(e) => Some((Err(to_status(e.into())), None)),
+                    },
+                }
+            }
+        });
+        Ok(Response::new(stream.boxed()))
+    }
+
+    type ReadStream = RowStream;
+
+    async fn read(&self, req: Request<ReadRequest>) -> Result<Response<RowStream>, Status> {
+        let r = req.into_inner();
+        let end = if r.end_us == 0 { i64::MAX } else { r.end_us };
+        if end < r.start_us {
+            return Err(to_status(ApiError::BadRequest(format!(
+                "end {} is before start {}",
+                r.end_us, r.start_us
+            ))));
+        }
+        let client = (!r.client_id.is_empty()).then_some(r.client_id);
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_BUFFER_ROWS);
+        // Check the queue before answering, so a bad name is an error, not an empty stream.
+        self.qm
+            .check_stored(org_of(&r.org), &r.artifact)
+            .map_err(|e| to_status(e.into()))?;
+        let qm = self.qm.clone();
+        let org = org_of(&r.org).to_string();
+        tokio::spawn(async move {
+            let err_tx = tx.clone();
+            let res = qm
+                .read(&org, &r.artifact, client, r.start_us, end, move |_, row| {
+                    tx.blocking_send(Ok(event_row(row))).is_ok()
+                })
+                .await;
+            if let Err(e) = res {
+                let _ = err_tx.send(Err(to_status(e.into()))).await;
+            }
+        });
+        Ok(Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+        ))
+    }
+
+    async fn list_queues(
+        &self,
+        req: Request<ListQueuesRequest>,
+    ) -> Result<Response<ListQueuesResponse>, Status> {
+        let org = org_of(&req.get_ref().org).to_string();
+        talon_shared::queue::validate_org(&org).map_err(|e| to_status(e.into()))?;
+        let queues = self
+            .qm
+            .stats(&org)
+            .into_iter()
+            .map(|s| QueueStats {
+                name: s.name,
+                r#type: s.kind,
+                watchers: s.watchers,
+                rows_pushed: s.rows_pushed,
+                rows_dropped: s.rows_dropped,
+                durable: s.durable,
+            })
+            .collect();
+        Ok(Response::new(ListQueuesResponse { queues }))
+    }
+
+    async fn list_artifacts(
+        &self,
+        _req: Request<ListArtifactsRequest>,
+    ) -> Result<Response<ListArtifactsResponse>, Status> {
+        let artifacts = self
+            .qm
+            .repository()
+            .list()
+            .iter()
+            .map(|a| ArtifactSummary {
+                name: a.def.name.clone(),
+                r#type: a.kind.to_string(),
+                description: a.def.description.clone().unwrap_or_default(),
+                built_in: a.built_in,
+            })
+            .collect();
+        Ok(Response::new(ListArtifactsResponse { artifacts }))
+    }
+
+    async fn get_artifact(
+        &self,
+        req: Request<GetArtifactRequest>,
+    ) -> Result<Response<Artifact>, Status> {
+        let name = &req.get_ref().name;
+        match self.qm.repository().get(name) {
+            Some(a) => Ok(Response::new(artifact_msg(&a))),
+            None => Err(to_status(
+                talon_shared::artifacts::repository::Error::NotFound(name.clone()).into(),
+            )),
+        }
+    }
+
+    async fn add_artifact(
+        &self,
+        req: Request<SetArtifactRequest>,
+    ) -> Result<Response<Artifact>, Status> {
+        self.set_artifact(req, false).await
+    }
+
+    async fn update_artifact(
+        &self,
+        req: Request<SetArtifactRequest>,
+    ) -> Result<Response<Artifact>, Status> {
+        self.set_artifact(req, true).await
+    }
+
+    async fn delete_artifact(
+        &self,
+        req: Request<DeleteArtifactRequest>,
+    ) -> Result<Response<DeleteArtifactResponse>, Status> {
+        let who = principal(&req);
+        artifacts::delete(&self.qm, &req.get_ref().name, &who)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(DeleteArtifactResponse {}))
+    }
+}
+
+impl AdminService {
+    async fn set_artifact(
+        &self,
+        req: Request<SetArtifactRequest>,
+        replace: bool,
+    ) -> Result<Response<Artifact>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let origin = if r.origin.is_empty() {
+            "<request>".to_string()
+        } else {
+            r.origin
+        };
+        let a = artifacts::set(&self.qm, &origin, &r.yaml, replace, &who)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(artifact_msg(&a)))
+    }
+}
