@@ -143,7 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             serde_json::json!({
                                 "name": q.name, "type": q.r#type, "durable": q.durable,
                                 "watchers": q.watchers, "rows_pushed": q.rows_pushed,
-                                "rows_dropped": q.rows_dropped,
+                                "rows_dropped": q.rows_dropped, "rows_caught_up": q.rows_caught_up,
                             })
                         })
                         .collect();

@@ -170,6 +170,7 @@ impl Admin for AdminService {
                 rows_pushed: s.rows_pushed,
                 rows_dropped: s.rows_dropped,
                 durable: s.durable,
+                rows_caught_up: s.rows_caught_up,
             })
             .collect();
         Ok(Response::new(ListQueuesResponse { queues }))

@@ -47,19 +47,20 @@ async fn queues_page(State(qm): State<QueueManager>, Query(q): Query<QueuesQuery
     let mut body = String::from(
         "<!doctype html><html><head><title>Talon queues</title></head><body><h1>Queues</h1>\
          <table border=\"1\"><thead><tr><th>org</th><th>queue</th><th>type</th><th>durable</th>\
-         <th>watchers</th><th>rows pushed</th><th>rows dropped</th></tr></thead><tbody>",
+         <th>watchers</th><th>rows pushed</th><th>rows dropped</th><th>rows caught up</th></tr></thead><tbody>",
     );
     for s in stats {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&s.org),
             escape(&s.name),
             s.kind,
             s.durable,
             s.watchers,
             s.rows_pushed,
-            s.rows_dropped
+            s.rows_dropped,
+            s.rows_caught_up
         );
     }
     body.push_str("</tbody></table></body></html>");
@@ -69,7 +70,7 @@ async fn queues_page(State(qm): State<QueueManager>, Query(q): Query<QueuesQuery
 async fn metrics(State(qm): State<QueueManager>) -> Response {
     let stats = all_stats(&qm, None);
     let mut out = String::new();
-    let families: [(&str, &str, &str, fn(&QueueStats) -> u64); 3] = [
+    let families: [(&str, &str, &str, fn(&QueueStats) -> u64); 4] = [
         (
             "talon_queue_rows_pushed_total",
             "counter",
@@ -81,6 +82,12 @@ async fn metrics(State(qm): State<QueueManager>) -> Response {
             "counter",
             "Rows slow watchers of a queue missed.",
             |s| s.rows_dropped,
+        ),
+        (
+            "talon_queue_rows_caught_up_total",
+            "counter",
+            "Rows lagging watchers read back from the store.",
+            |s| s.rows_caught_up,
         ),
         (
             "talon_queue_watchers",

@@ -1,1 +1,279 @@
+//! Harness for Talon's cross-process tests: starts real `talon-master` processes on free
+//! loopback ports with temporary datastores, runs the real `talon` CLI against them, and
+//! stops every process it started (by its own pid) when dropped.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use talon_proto::api::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+/// How long a master gets to print `ready`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Path of a workspace binary built next to the test executable (`target/<profile>/NAME`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test does this)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns whether it succeeded.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `talon-master` process.
+pub struct Master {
+    child: Option<Child>,
+    pub datastore: PathBuf,
+    pub api: SocketAddr,
+    pub debug: SocketAddr,
+    stderr_log: PathBuf,
+}
+
+impl Master {
+    /// Starts a master on free ports with `datastore`; `extra` are further flags.
+    pub fn start(datastore: &Path, extra: &[&str]) -> Master {
+        let stderr_log = datastore.with_extension("stderr.log");
+        let log = std::fs::File::create(&stderr_log).expect("create master log");
+        let mut child = Command::new(bin("talon-master"))
+            .arg("--datastore")
+            .arg(datastore)
+            .args(["--api-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+            .args(["--frontend-addr", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn talon-master");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut master = Master {
+            child: Some(child),
+            datastore: datastore.to_path_buf(),
+            api: "0.0.0.0:0".parse().unwrap(),
+            debug: "0.0.0.0:0".parse().unwrap(),
+            stderr_log,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line == "ready" => break,
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("api: ") {
+                        master.api = a.parse().expect("api address");
+                    } else if let Some(d) = line.strip_prefix("debug: http://") {
+                        let d = d.trim_end_matches("/debug/queues");
+                        master.debug = d.parse().expect("debug address");
+                    }
+                }
+                Err(_) => panic!("master did not become ready: {}", master.stderr()),
+            }
+        }
+        master
+    }
+
+    /// What the master wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait master") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("master did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs the `talon` CLI against this master.
+    pub fn talon(&self, args: &[&str]) -> Output {
+        talon(&self.api.to_string(), args, None)
+    }
+
+    /// Runs the `talon` CLI with `stdin` as its input.
+    pub fn talon_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        talon(&self.api.to_string(), args, Some(stdin))
+    }
+
+    /// Starts `talon` in the background (for watches), its stdout piped.
+    pub fn talon_spawn(&self, args: &[&str]) -> Child {
+        Command::new(bin("talon"))
+            .env("TALON_API", self.api.to_string())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn talon")
+    }
+
+    /// The statistics of one queue of an org, from `talon queues --format json`.
+    pub fn queue_stats(&self, org: &str, queue: &str) -> serde_json::Value {
+        let out = ok(&self.talon(&["--org", org, "queues", "--format", "json"]));
+        let all: serde_json::Value = serde_json::from_str(&out).expect("queues JSON");
+        all.as_array()
+            .and_then(|a| a.iter().find(|q| q["name"] == queue).cloned())
+            .unwrap_or_else(|| panic!("queue {queue} not listed"))
+    }
+
+    /// A gRPC admin client.
+    pub async fn client(&self) -> AdminClient<Channel> {
+        AdminClient::connect(format!("http://{}", self.api))
+            .await
+            .expect("connect admin API")
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+
+    /// GET a path of the debug server; returns (status line, body).
+    pub fn http_get(&self, path: &str) -> (String, String) {
+        let mut s = std::net::TcpStream::connect(self.debug).expect("connect debug");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read response");
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        (
+            head.lines().next().unwrap_or("").to_string(),
+            body.to_string(),
+        )
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the `talon` CLI with `TALON_API` set to `api`.
+pub fn talon(api: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(bin("talon"))
+        .env("TALON_API", api)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn talon");
+    if let Some(text) = stdin {
+        let mut i = child.stdin.take().unwrap();
+        i.write_all(text.as_bytes()).unwrap();
+    }
+    child.wait_with_output().expect("talon output")
+}
+
+/// stdout of a CLI run, asserting it succeeded.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "talon failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr of a CLI run, asserting it exited with `code`.
+pub fn fails(out: &Output, code: i32) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit {code}; stdout: {} stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Parses JSON Lines.
+pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// Reads a background CLI's stdout lines on a thread, so tests can poll them.
+pub fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Kills a background child (by its own pid) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

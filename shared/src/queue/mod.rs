@@ -84,6 +84,8 @@ pub struct QueueStats {
     pub watchers: u64,
     pub rows_pushed: u64,
     pub rows_dropped: u64,
+    /// Rows lagging watchers read back from the store instead of the in-memory buffer.
+    pub rows_caught_up: u64,
 }
 
 /// A batch made durable (or, for INTERNAL queues, accepted), as watchers receive it.
@@ -107,6 +109,7 @@ pub(crate) struct QueueState {
     pub watchers: AtomicU64,
     pub pushed: AtomicU64,
     pub dropped: AtomicU64,
+    pub caught_up: AtomicU64,
 }
 
 #[derive(Default)]
@@ -239,6 +242,7 @@ impl QueueManager {
             watchers: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            caught_up: AtomicU64::new(0),
         });
         map.insert(key, state.clone());
         Ok(state)
@@ -397,6 +401,7 @@ impl QueueManager {
                     watchers: get(|s| &s.watchers),
                     rows_pushed: get(|s| &s.pushed),
                     rows_dropped: get(|s| &s.dropped),
+                    rows_caught_up: get(|s| &s.caught_up),
                 });
             }
         }

@@ -90,6 +90,10 @@ async fn slow_durable_watcher_catches_up_in_order_without_blocking_pushes() {
         .find(|s| s.name == AUDIT)
         .unwrap();
     assert_eq!((s.rows_pushed, s.rows_dropped), (500, 0));
+    assert!(
+        s.rows_caught_up > 0,
+        "the watcher read missed rows from the store"
+    );
 }
 
 #[tokio::test]

@@ -130,6 +130,9 @@ impl Watcher {
                 let lost = rows[0].0 - from;
                 self.state.dropped.fetch_add(lost, Ordering::Relaxed);
             }
+            self.state
+                .caught_up
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
             self.backlog.extend(rows);
         }
         Ok(())

@@ -1,0 +1,256 @@
+//! Bad input gets a clear error, nothing is written, and the server keeps serving.
+
+use talon_proto::api::{PushRequest, SetArtifactRequest};
+use talon_tests::*;
+
+const QUEUE: &str = "Server.Audit.Logs";
+
+fn stored(master: &Master) -> usize {
+    json_lines(&ok(&master.talon(&["events", "read", QUEUE]))).len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_rows_and_targets_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("talon.yaml");
+    std::fs::write(&config, "max_row_bytes: 1024\n").unwrap();
+    let master = Master::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    ok(&master.talon(&["events", "push", QUEUE, "--row", r#"{"keep":1}"#]));
+    assert_eq!(stored(&master), 1);
+
+    let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
+        (vec!["events", "push", QUEUE], Some("{\"a\":1}\n{\"a\":\n"), "stdin line 2: invalid JSON"),
+        (vec!["events", "push", QUEUE], Some("{\"a\":1}\n[1,2]\n"), "stdin line 2: a row must be a JSON object"),
+        (vec!["events", "push", "No.Such.Queue", "--row", "{}"], None, "unknown artifact No.Such.Queue"),
+        (vec!["events", "push", "Server.Internal.Ping", "--row", "{}"], None, "queue Server.Internal.Ping is INTERNAL; API users may push only to SERVER_EVENT queues"),
+        (vec!["events", "push", "Generic.Client.Stats", "--row", "{}"], None, "queue Generic.Client.Stats is CLIENT_EVENT; API users may push only to SERVER_EVENT queues"),
+        (vec!["events", "read", "Server.Internal.Ping"], None, "queue Server.Internal.Ping is INTERNAL; its rows are not stored"),
+        (vec!["events", "watch", "No.Such.Queue", "--count", "1"], None, "unknown artifact No.Such.Queue"),
+        (vec!["--org", "no org!", "events", "push", QUEUE, "--row", "{}"], None, "invalid org \"no org!\""),
+    ];
+    for (args, stdin, want) in &cases {
+        let out = match stdin {
+            Some(s) => master.talon_stdin(args, s),
+            None => master.talon(args),
+        };
+        let err = fails(&out, 1);
+        assert!(err.contains(want), "{args:?}: want {want:?}, got {err:?}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one line on stderr: {err:?}"
+        );
+    }
+
+    // An oversized row, between good ones: the whole push is refused, naming the row.
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    let stdin = format!("{{\"a\":1}}\n{big}\n{{\"a\":2}}\n");
+    let err = fails(&master.talon_stdin(&["events", "push", QUEUE], &stdin), 1);
+    assert!(
+        err.contains("stdin line 2: 2010 bytes is over the row size limit of 1024 bytes"),
+        "{err}"
+    );
+
+    // The same through the API directly: invalid JSON and non-objects, named by index.
+    let mut client = master.client().await;
+    for (rows, want) in [
+        (vec!["{\"a\":1}", "{nope"], "row 1: invalid JSON"),
+        (
+            vec!["\"text\""],
+            "row 0: a row must be a JSON object, got a string",
+        ),
+        (vec!["null"], "row 0: a row must be a JSON object, got null"),
+    ] {
+        let e = client
+            .push(PushRequest {
+                org: String::new(),
+                artifact: QUEUE.into(),
+                rows_json: rows.into_iter().map(String::from).collect(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains(want), "{}", e.message());
+    }
+    // Invalid protobuf on the wire: the server refuses the call and keeps serving.
+    let raw = raw_grpc_call(master.api, "/talon.api.Admin/Push", &[0x0a, 0xff, 0xff]).await;
+    assert!(raw.contains("Internal") && raw.contains("decode"), "{raw}");
+
+    assert_eq!(stored(&master), 1, "nothing was written by bad input");
+    ok(&master.talon(&["events", "push", QUEUE, "--row", r#"{"keep":2}"#]));
+    assert_eq!(stored(&master), 2, "the server keeps serving");
+}
+
+#[test]
+fn the_default_row_limit_is_10_mib() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(10 * 1024 * 1024));
+    let err = fails(&master.talon_stdin(&["events", "push", QUEUE], &big), 1);
+    assert!(
+        err.contains("over the row size limit of 10485760 bytes"),
+        "{err}"
+    );
+    let fits = format!("{{\"pad\":\"{}\"}}", "x".repeat(9 * 1024 * 1024));
+    ok(&master.talon_stdin(&["events", "push", QUEUE], &fits));
+    assert_eq!(stored(&master), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_artifacts_are_refused_with_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let files = dir.path();
+    let write = |name: &str, text: &str| {
+        let p = files.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let bad_yaml = write(
+        "bad.yaml",
+        "name: Custom.Bad\ntype: SERVER_EVENT\nsources:\n  - query: [unclosed\n",
+    );
+    let broken = write("broken.yaml", "name: Custom.Broken\n  type: x\n");
+    let other_type = write(
+        "alerts.yaml",
+        "name: Server.Internal.Alerts\ntype: INTERNAL\n",
+    );
+    let bad_name = write("name.yaml", "description: x\nname: Custom.9Lives\n");
+    let unknown_key = write(
+        "key.yaml",
+        "name: Custom.K\n\nparameters:\n- name: P\n  defualt: 1\n",
+    );
+
+    let err = fails(&master.talon(&["artifacts", "add", &bad_yaml]), 1);
+    assert!(
+        err.contains(&format!(
+            "{bad_yaml}:4:12: sources[0].query: invalid type: sequence, expected a string"
+        )),
+        "{err}"
+    );
+    let err = fails(&master.talon(&["artifacts", "add", &broken]), 1);
+    assert!(
+        err.contains(&format!(
+            "{broken}:2:7: mapping values are not allowed in this context"
+        )),
+        "{err}"
+    );
+    let err = fails(&master.talon(&["artifacts", "add", &other_type]), 1);
+    assert!(err.contains(&format!("{other_type}:1:1: artifact Server.Internal.Alerts is the built-in SERVER_EVENT queue and cannot be redefined as INTERNAL")), "{err}");
+    let err = fails(&master.talon(&["artifacts", "add", &bad_name]), 1);
+    assert!(
+        err.contains(&format!(
+            "{bad_name}:2:1: artifact name \"Custom.9Lives\": part \"9Lives\" starts with a digit"
+        )),
+        "{err}"
+    );
+    let err = fails(&master.talon(&["artifacts", "add", &unknown_key]), 1);
+    assert!(
+        err.contains(&format!(
+            "{unknown_key}:5:3: parameters[0]: unknown field `defualt`"
+        )),
+        "{err}"
+    );
+
+    // verify reports the same, offline, one line per file, exit 1.
+    let out = talon_tests::talon(
+        "127.0.0.1:1",
+        &["artifacts", "verify", files.to_str().unwrap()],
+        None,
+    );
+    fails(&out, 1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 5, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{unknown_key}:5:3: parameters[0]: unknown field `defualt`"
+        )),
+        "{stdout}"
+    );
+
+    // Through the API: nothing was added, and the server still serves.
+    let mut c = master.client().await;
+    let e = c
+        .add_artifact(SetArtifactRequest {
+            yaml: "name: [".into(),
+            origin: "api.yaml".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("api.yaml:1:"), "{}", e.message());
+    let list = ok(&master.talon(&["artifacts", "list", "--format", "json"]));
+    assert!(!list.contains("Custom."), "{list}");
+    ok(&master.talon(&["events", "push", QUEUE, "--row", "{}"]));
+}
+
+/// Sends one raw HTTP/2 gRPC request with `body` as the message; returns what came back.
+async fn raw_grpc_call(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> String {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = RawCodec;
+    let res: Result<tonic::Response<Vec<u8>>, tonic::Status> = grpc
+        .unary(
+            tonic::Request::new(body.to_vec()),
+            path.parse().unwrap(),
+            codec,
+        )
+        .await;
+    match res {
+        Ok(r) => format!("grpc-status: 0 ({} bytes)", r.into_inner().len()),
+        Err(s) => format!("grpc-status: {:?} {}", s.code(), s.message()),
+    }
+}
+
+/// A codec that passes bytes through, to send malformed protobuf.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf;
+        let mut v = vec![0; src.remaining()];
+        src.copy_to_slice(&mut v);
+        Ok(Some(v))
+    }
+}
