@@ -336,7 +336,7 @@ async fn export(
             },
         }
         rows += 1;
-        if rows % 100_000 == 0 {
+        if rows.is_multiple_of(100_000) {
             eprintln!(
                 "exported {rows} rows ({:.0} s)",
                 started.elapsed().as_secs_f64()

@@ -67,10 +67,18 @@ async fn queues_page(State(qm): State<QueueManager>, Query(q): Query<QueuesQuery
     html(body)
 }
 
+/// A Prometheus metric family: name, type, help, and how to read it from a queue's stats.
+type MetricFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&QueueStats) -> u64,
+);
+
 async fn metrics(State(qm): State<QueueManager>) -> Response {
     let stats = all_stats(&qm, None);
     let mut out = String::new();
-    let families: [(&str, &str, &str, fn(&QueueStats) -> u64); 4] = [
+    let families: [MetricFamily; 4] = [
         (
             "talon_queue_rows_pushed_total",
             "counter",

@@ -91,9 +91,18 @@ async fn sigterm_shuts_down_cleanly_and_keeps_everything() {
         .await
         .unwrap();
     // An open watch must not hold up shutdown.
-    let _watch = master.talon_spawn(&["events", "watch", QUEUE]);
+    let mut watch = KillOnDrop(master.talon_spawn(&["events", "watch", QUEUE]));
+    assert!(wait_until(Duration::from_secs(20), || {
+        master.queue_stats("root", QUEUE)["watchers"] == 1
+    }));
     let status = master.terminate();
     assert!(status.success(), "exit status {status}");
+    // The server ended the watch rather than waiting for it.
+    assert!(wait_until(Duration::from_secs(10), || watch
+        .0
+        .try_wait()
+        .unwrap()
+        .is_some()));
 
     let master = Master::start(&store, &[]);
     let mut stream = master

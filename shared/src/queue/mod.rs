@@ -294,15 +294,15 @@ impl QueueManager {
             return Ok(0);
         }
         let limit = self.inner.limits.max_row_bytes;
-        let mut clock = state.push_order.lock().await;
-        let ts_us = now_us().max(clock.last_ts_us);
-        clock.last_ts_us = ts_us;
-        let ts_s = ts_us.div_euclid(1_000_000);
+        // Rows are stamped and serialised before taking the queue's push lock, so producers
+        // of one queue serialise in parallel; the lock only orders timestamps and seqs. A
+        // clamp below can move the stored time later than `_ts` by microseconds, never more.
+        let now = now_us();
+        let ts_s = now.div_euclid(1_000_000);
         let mut stored = Vec::with_capacity(rows.len());
-        for (index, mut row) in rows.into_iter().enumerate() {
-            row.insert("_ts".into(), Value::from(ts_s));
-            row.insert("_Source".into(), Value::from(source));
-            let json = serde_json::to_string(&row).expect("a JSON map always serialises");
+        let mut size_hint = 256;
+        for (index, row) in rows.iter().enumerate() {
+            let json = stamp(row, ts_s, source, size_hint);
             if json.len() > limit {
                 return Err(Error::RowTooLarge {
                     index,
@@ -310,11 +310,21 @@ impl QueueManager {
                     limit,
                 });
             }
+            size_hint = json.len() + 16;
             stored.push(StoredRow {
-                ts_us,
+                ts_us: now,
                 client: client.to_string(),
                 json,
             });
+        }
+        drop(rows);
+        let mut clock = state.push_order.lock().await;
+        let ts_us = now.max(clock.last_ts_us);
+        clock.last_ts_us = ts_us;
+        if ts_us != now {
+            for r in &mut stored {
+                r.ts_us = ts_us;
+            }
         }
         let rows = Arc::new(stored);
         if state.kind.is_durable() {
@@ -443,6 +453,27 @@ impl QueueManager {
         }
         Ok(deleted)
     }
+}
+
+/// Serialises a row with `_ts` and `_Source` set, structurally: the row's own entries of
+/// those names are replaced, never duplicated, and no text is spliced.
+fn stamp(row: &Map<String, Value>, ts_s: i64, source: &str, size_hint: usize) -> String {
+    use serde::ser::{SerializeMap, Serializer};
+    let mut out = Vec::with_capacity(size_hint);
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let result = (|| {
+        let mut map = ser.serialize_map(None)?;
+        for (k, v) in row {
+            if k != "_ts" && k != "_Source" {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        map.serialize_entry("_ts", &ts_s)?;
+        map.serialize_entry("_Source", source)?;
+        map.end()
+    })();
+    result.expect("a JSON map always serialises");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 fn json_type(v: &Value) -> &'static str {

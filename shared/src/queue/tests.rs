@@ -116,6 +116,16 @@ async fn slow_internal_watcher_drops_are_counted() {
     assert_eq!(s.rows_dropped, 8);
 }
 
+#[test]
+fn stamping_replaces_given_ts_and_source_without_duplicates() {
+    let row = json!({"_Source": "forged", "a": {"b": "}{"}, "_ts": 1})
+        .as_object()
+        .unwrap()
+        .clone();
+    let text = stamp(&row, 42, "server", 0);
+    assert_eq!(text, r#"{"a":{"b":"}{"},"_ts":42,"_Source":"server"}"#);
+}
+
 #[tokio::test]
 async fn orgs_are_isolated() {
     let dir = tempfile::tempdir().unwrap();
