@@ -96,10 +96,16 @@ impl Admin for AdminService {
     type WatchStream = RowStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<RowStream>, Status> {
+        let who = principal(&req);
         let r = req.into_inner();
+        let name = if r.watcher_name.is_empty() {
+            who
+        } else {
+            r.watcher_name
+        };
         let watcher = self
             .qm
-            .watch(org_of(&r.org), &r.artifact)
+            .watch(org_of(&r.org), &r.artifact, &name)
             .map_err(|e| to_status(e.into()))?;
         let shutdown = self.shutdown.clone();
         let stream = futures::stream::unfold(Some(watcher), move |w| {

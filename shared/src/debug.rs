@@ -49,7 +49,7 @@ async fn queues_page(State(qm): State<QueueManager>, Query(q): Query<QueuesQuery
          <table border=\"1\"><thead><tr><th>org</th><th>queue</th><th>type</th><th>durable</th>\
          <th>watchers</th><th>rows pushed</th><th>rows dropped</th><th>rows caught up</th></tr></thead><tbody>",
     );
-    for s in stats {
+    for s in &stats {
         let _ = write!(
             body,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -62,6 +62,22 @@ async fn queues_page(State(qm): State<QueueManager>, Query(q): Query<QueuesQuery
             s.rows_dropped,
             s.rows_caught_up
         );
+    }
+    body.push_str(
+        "</tbody></table><h2>Watchers</h2><table border=\"1\"><thead><tr><th>org</th>\
+         <th>queue</th><th>watcher</th><th>rows behind</th></tr></thead><tbody>",
+    );
+    for s in &stats {
+        for w in &s.watcher_list {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&s.org),
+                escape(&s.name),
+                escape(&w.name),
+                w.lag
+            );
+        }
     }
     body.push_str("</tbody></table></body></html>");
     html(body)

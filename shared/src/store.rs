@@ -539,3 +539,65 @@ fn group_rows(cmd: &Command) -> usize {
         _ => 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ts_us: i64, client: &str, n: u32) -> StoredRow {
+        StoredRow {
+            ts_us,
+            client: client.into(),
+            json: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    fn read(store: &Store, start: i64, end: i64, client: Option<&str>) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        store
+            .read_time("s", start, end, client, |seq, r| {
+                out.push((seq, r.json));
+                true
+            })
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn time_ranges_and_client_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.redb")).unwrap();
+        let rows = vec![
+            row(10, "C.a", 1),
+            row(20, "C.b", 2),
+            row(20, "C.a", 3),
+            row(30, "C.b", 4),
+        ];
+        assert_eq!(store.append("s".into(), rows).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .append("other".into(), vec![row(15, "", 9)])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(read(&store, 0, i64::MAX, None).len(), 4);
+        let seqs = |v: Vec<(u64, String)>| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(seqs(read(&store, 20, 20, None)), vec![2, 3]);
+        assert_eq!(seqs(read(&store, 11, 30, Some("C.b"))), vec![2, 4]);
+        assert_eq!(seqs(read(&store, 0, i64::MAX, Some("C.a"))), vec![1, 3]);
+        assert_eq!(seqs(read(&store, 31, i64::MAX, None)), Vec::<u64>::new());
+        assert_eq!(store.read_seq("s", 2, 4, 10).unwrap().len(), 2);
+        let mut streams = store.streams().unwrap();
+        streams.sort();
+        assert_eq!(
+            streams,
+            vec![("other".to_string(), 1), ("s".to_string(), 4)]
+        );
+        store.close().await;
+        assert!(matches!(
+            store.append("s".into(), vec![row(40, "", 5)]).await,
+            Err(Error::Closed)
+        ));
+    }
+}

@@ -98,10 +98,17 @@ fn debug_pages_show_queue_statistics() {
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(&dir.path().join("data"), &[]);
     ok(&master.talon_stdin(&["events", "push", QUEUE], "{}\n{}\n{}\n"));
+    let mut watch = KillOnDrop(master.talon_spawn(&["events", "watch", QUEUE]));
+    let rx = lines_of(&mut watch.0);
+    assert!(wait_until(std::time::Duration::from_secs(20), || {
+        master.queue_stats("root", QUEUE)["watchers"] == 1
+    }));
+    ok(&master.talon_stdin(&["events", "push", QUEUE], "{}\n"));
+    rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
     let (status, html) = master.http_get("/debug/queues");
     assert!(status.contains("200"), "{status}");
     assert!(html.contains("<table"), "{html}");
-    assert!(html.contains("<td>Server.Audit.Logs</td><td>SERVER_EVENT</td><td>true</td><td>0</td><td>3</td><td>0</td><td>0</td></tr>"), "{html}");
+    assert!(html.contains("<td>Server.Audit.Logs</td><td>SERVER_EVENT</td><td>true</td><td>1</td><td>4</td><td>0</td><td>0</td></tr>"), "{html}");
     let (_, json) = master.http_get("/debug/queues?format=json");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let q = v
@@ -110,13 +117,18 @@ fn debug_pages_show_queue_statistics() {
         .iter()
         .find(|q| q["name"] == QUEUE && q["org"] == "root")
         .unwrap();
-    assert_eq!(q["rows_pushed"], 3);
+    assert_eq!(q["rows_pushed"], 4);
+    // The watcher is listed by name (the CLI's principal) with its lag.
+    let w = &q["watcher_list"][0];
+    assert!(w["name"].as_str().unwrap().starts_with("cli:"), "{w}");
+    assert!(html.contains("<h2>Watchers</h2>"), "{html}");
+    assert!(w["lag"].as_u64().unwrap() <= 1, "{w}");
     let (_, metrics) = master.http_get("/metrics");
     assert!(
         metrics.contains("# TYPE talon_queue_rows_pushed_total counter"),
         "{metrics}"
     );
-    assert!(metrics.contains("talon_queue_rows_pushed_total{org=\"root\",queue=\"Server.Audit.Logs\",type=\"SERVER_EVENT\"} 3"), "{metrics}");
+    assert!(metrics.contains("talon_queue_rows_pushed_total{org=\"root\",queue=\"Server.Audit.Logs\",type=\"SERVER_EVENT\"} 4"), "{metrics}");
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 mod watcher;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -86,6 +86,23 @@ pub struct QueueStats {
     pub rows_dropped: u64,
     /// Rows lagging watchers read back from the store instead of the in-memory buffer.
     pub rows_caught_up: u64,
+    /// Each watcher by name, with how many rows it is behind.
+    pub watcher_list: Vec<WatcherStats>,
+}
+
+/// One watcher of a queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WatcherStats {
+    pub name: String,
+    /// Rows pushed that this watcher has not yet taken.
+    pub lag: u64,
+}
+
+/// A watcher's entry in its queue's registry.
+pub(crate) struct WatcherEntry {
+    pub name: String,
+    /// The next seq the watcher wants, updated as it reads.
+    pub cursor: Arc<AtomicU64>,
 }
 
 /// A batch made durable (or, for INTERNAL queues, accepted), as watchers receive it.
@@ -106,7 +123,8 @@ pub(crate) struct QueueState {
     head: Mutex<u64>,
     /// Serialises pushes so timestamps grow with seq; held only until the rows are queued.
     push_order: tokio::sync::Mutex<PushClock>,
-    pub watchers: AtomicU64,
+    pub watchers: Mutex<BTreeMap<u64, WatcherEntry>>,
+    pub next_watcher_id: AtomicU64,
     pub pushed: AtomicU64,
     pub dropped: AtomicU64,
     pub caught_up: AtomicU64,
@@ -120,6 +138,19 @@ struct PushClock {
 }
 
 impl QueueState {
+    fn watcher_stats(&self) -> Vec<WatcherStats> {
+        let head = *self.head.lock().expect("queue head");
+        self.watchers
+            .lock()
+            .expect("watchers lock")
+            .values()
+            .map(|w| WatcherStats {
+                name: w.name.clone(),
+                lag: (head + 1).saturating_sub(w.cursor.load(Ordering::Relaxed)),
+            })
+            .collect()
+    }
+
     fn publish(&self, first_seq: u64, rows: Arc<Vec<StoredRow>>) {
         let mut head = self.head.lock().expect("queue head");
         *head = first_seq + rows.len() as u64 - 1;
@@ -239,7 +270,8 @@ impl QueueManager {
                 last_ts_us: 0,
                 next_internal: head + 1,
             }),
-            watchers: AtomicU64::new(0),
+            watchers: Mutex::new(BTreeMap::new()),
+            next_watcher_id: AtomicU64::new(0),
             pushed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             caught_up: AtomicU64::new(0),
@@ -351,10 +383,10 @@ impl QueueManager {
     }
 
     /// Watches a queue from now on. `name` identifies the watcher on debug pages.
-    pub fn watch(&self, org: &str, queue: &str) -> Result<Watcher> {
+    pub fn watch(&self, org: &str, queue: &str, name: &str) -> Result<Watcher> {
         let state = self.state(org, queue)?;
         let store = state.kind.is_durable().then(|| self.inner.store.clone());
-        Ok(Watcher::new(state, store))
+        Ok(Watcher::new(state, store, name))
     }
 
     /// Checks that a queue of an org exists and keeps its rows.
@@ -403,15 +435,17 @@ impl QueueManager {
                 let get = |f: fn(&QueueState) -> &AtomicU64| {
                     s.map(|s| f(s).load(Ordering::Relaxed)).unwrap_or(0)
                 };
+                let watcher_list = s.map(|s| s.watcher_stats()).unwrap_or_default();
                 out.push(QueueStats {
                     org: org.into(),
                     name: q,
                     kind: a.kind.to_string(),
                     durable: a.kind.is_durable(),
-                    watchers: get(|s| &s.watchers),
+                    watchers: watcher_list.len() as u64,
                     rows_pushed: get(|s| &s.pushed),
                     rows_dropped: get(|s| &s.dropped),
                     rows_caught_up: get(|s| &s.caught_up),
+                    watcher_list,
                 });
             }
         }

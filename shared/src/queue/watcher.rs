@@ -1,12 +1,12 @@
 //! A watcher: a cursor on one queue that yields every row pushed after it started, in order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{Published, QueueState, Result};
+use super::{Published, QueueState, Result, WatcherEntry};
 use crate::store::{Store, StoredRow};
 
 /// Rows a lagging durable watcher reads from the store at a time.
@@ -32,16 +32,29 @@ pub struct Watcher {
     catch_up_until: Option<u64>,
     /// Present for durable queues.
     store: Option<Store>,
+    /// This watcher's key in the queue's registry, and its published cursor.
+    id: u64,
+    cursor: Arc<AtomicU64>,
 }
 
 impl Watcher {
-    pub(super) fn new(state: Arc<QueueState>, store: Option<Store>) -> Self {
+    pub(super) fn new(state: Arc<QueueState>, store: Option<Store>, name: &str) -> Self {
         let (rx, next_seq) = {
             let head = state.head.lock().expect("queue head");
             (state.tx.subscribe(), *head + 1)
         };
-        state.watchers.fetch_add(1, Ordering::Relaxed);
+        let id = state.next_watcher_id.fetch_add(1, Ordering::Relaxed);
+        let cursor = Arc::new(AtomicU64::new(next_seq));
+        state.watchers.lock().expect("watchers lock").insert(
+            id,
+            WatcherEntry {
+                name: name.to_string(),
+                cursor: cursor.clone(),
+            },
+        );
         Self {
+            id,
+            cursor,
             state,
             rx,
             next_seq,
@@ -62,6 +75,7 @@ impl Watcher {
         loop {
             if let Some((seq, row)) = self.backlog.pop_front() {
                 self.next_seq = seq + 1;
+                self.cursor.store(self.next_seq, Ordering::Relaxed);
                 return Ok(Event { seq, row });
             }
             if let Some(end) = self.catch_up_until {
@@ -78,6 +92,7 @@ impl Watcher {
                     *idx += 1;
                     if seq == self.next_seq {
                         self.next_seq += 1;
+                        self.cursor.store(self.next_seq, Ordering::Relaxed);
                         return Ok(Event {
                             seq,
                             row: row.clone(),
@@ -141,6 +156,10 @@ impl Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.state.watchers.fetch_sub(1, Ordering::Relaxed);
+        self.state
+            .watchers
+            .lock()
+            .expect("watchers lock")
+            .remove(&self.id);
     }
 }
