@@ -1,0 +1,10 @@
+//! Talon's VQL engine (SPEC-VQL): the lexer ([`lexer`]), the chumsky parser ([`parser`])
+//! producing a syntax tree with spans ([`ast`]), and the formatter that gives canonical
+//! column names ([`format`]).
+
+pub mod ast;
+pub mod format;
+pub mod lexer;
+pub mod parser;
+
+pub use parser::{parse, ParseError};
