@@ -1,6 +1,7 @@
 //! The syntax tree of VQL, with byte spans into the source.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 /// A byte range of the source.
 pub type Span = Range<usize>;
@@ -33,7 +34,7 @@ pub struct Let {
 /// What a LET binds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LetValue {
-    Query(Box<Select>),
+    Query(Arc<Select>),
     Expr(Expr),
 }
 
@@ -81,7 +82,7 @@ pub enum Column {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ColumnValue {
     Expr(Expr),
-    Query(Box<Select>),
+    Query(Arc<Select>),
     /// `* AS x`: the whole row under one name.
     Star,
 }
@@ -113,7 +114,7 @@ pub struct Arg {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ArgValue {
     /// `{ SELECT ... }`: passed as an unevaluated query.
-    Query(Box<Select>),
+    Query(Arc<Select>),
     /// `[a, b]`: evaluated before the call.
     List(Vec<Expr>),
     /// An expression: passed lazily to functions, evaluated before plugins.

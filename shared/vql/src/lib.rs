@@ -8,3 +8,15 @@ pub mod lexer;
 pub mod parser;
 
 pub use parser::{parse, ParseError};
+pub mod engine;
+pub mod eval;
+pub mod functions;
+pub mod plugins;
+pub mod query;
+pub mod registry;
+pub mod runner;
+pub mod scope;
+pub mod value;
+
+pub use runner::Runner;
+pub use value::{Row, Value};

@@ -5,6 +5,8 @@
 //! `*` and `/` is a bare primary, brace subqueries only as columns and arguments).
 
 use chumsky::prelude::*;
+use std::sync::Arc;
+
 use chumsky::Stream;
 
 use crate::ast::*;
@@ -49,6 +51,23 @@ pub fn parse(src: &str) -> Result<Program, ParseError> {
         }
     })?;
     let len = src.len();
+    let mut depth = 0usize;
+    for (t, span) in &tokens {
+        match t {
+            Tok::Op("(" | "[" | "{") => depth += 1,
+            Tok::Op(")" | "]" | "}") => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        if depth > crate::engine::MAX_NESTING {
+            let (line, column) = line_col(src, span.start);
+            return Err(ParseError {
+                line,
+                column,
+                offset: span.start,
+                message: format!("brackets nested deeper than {}", crate::engine::MAX_NESTING),
+            });
+        }
+    }
     if tokens.is_empty() {
         let (line, column) = line_col(src, len);
         return Err(ParseError {
@@ -59,13 +78,96 @@ pub fn parse(src: &str) -> Result<Program, ParseError> {
         });
     }
     let stream = Stream::from_iter(len..len + 1, tokens.into_iter());
-    program().parse(stream).map_err(|errs| {
+    let program = program().parse(stream).map_err(|errs| {
         let e = errs
             .into_iter()
             .max_by_key(|e| e.span().start)
             .expect("chumsky reports at least one error");
         to_error(src, e)
-    })
+    })?;
+    check_depth(src, &program)?;
+    Ok(program)
+}
+
+/// Deepest expression tree the evaluator accepts (evaluation recurses once per level).
+pub const MAX_EXPR_DEPTH: usize = 128;
+
+fn check_depth(src: &str, p: &Program) -> Result<(), ParseError> {
+    fn depth(e: &Expr, at: usize, deepest: &mut (usize, usize)) {
+        if at > deepest.0 {
+            *deepest = (at, e.span.start);
+        }
+        if at > MAX_EXPR_DEPTH {
+            return;
+        }
+        let mut sub = |x: &Expr| depth(x, at + 1, deepest);
+        match &e.kind {
+            ExprKind::List(items) => items.iter().for_each(&mut sub),
+            ExprKind::Paren(x) | ExprKind::Not(x) | ExprKind::Member(x, _) => sub(x),
+            ExprKind::Index(x, i) => {
+                sub(x);
+                if let Some(i) = i {
+                    sub(i);
+                }
+            }
+            ExprKind::Slice(x, a, b) => {
+                sub(x);
+                a.iter().chain(b.iter()).for_each(|y| sub(y));
+            }
+            ExprKind::Binary(_, l, r) => {
+                sub(l);
+                sub(r);
+            }
+            ExprKind::Symbol {
+                call: Some(args), ..
+            } => {
+                for a in args {
+                    match &a.value {
+                        ArgValue::Expr(x) => sub(x),
+                        ArgValue::List(items) => items.iter().for_each(&mut sub),
+                        ArgValue::Query(_) => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut deepest = (0, 0);
+    let mut visit = |e: &Expr| depth(e, 1, &mut deepest);
+    for stmt in &p.stmts {
+        match stmt {
+            Stmt::Let(l) => {
+                if let LetValue::Expr(e) = &l.value {
+                    visit(e);
+                }
+            }
+            Stmt::Select(s) => {
+                for c in &s.columns {
+                    if let Column::Value {
+                        value: ColumnValue::Expr(e),
+                        ..
+                    } = c
+                    {
+                        visit(e);
+                    }
+                }
+                s.where_
+                    .iter()
+                    .chain(s.group_by.iter())
+                    .for_each(&mut visit);
+            }
+        }
+    }
+    if deepest.0 > MAX_EXPR_DEPTH {
+        let (line, column) = line_col(src, deepest.1);
+        return Err(ParseError {
+            line,
+            column,
+            offset: deepest.1,
+            message: format!("expression nested deeper than {MAX_EXPR_DEPTH} levels"),
+        });
+    }
+    Ok(())
 }
 
 fn to_error(src: &str, e: Simple<Tok>) -> ParseError {
@@ -185,7 +287,7 @@ fn parsers() -> (P<Select>, P<Expr>, P<ArgValue>) {
                 select
                     .clone()
                     .delimited_by(op("{"), op("}"))
-                    .map(|s| ArgValue::Query(Box::new(s))),
+                    .map(|s| ArgValue::Query(Arc::new(s))),
                 list.clone()
                     .or_not()
                     .delimited_by(op("["), op("]"))
@@ -356,7 +458,7 @@ fn parsers() -> (P<Select>, P<Expr>, P<ArgValue>) {
             select
                 .clone()
                 .delimited_by(op("{"), op("}"))
-                .map(|s| ColumnValue::Query(Box::new(s))),
+                .map(|s| ColumnValue::Query(Arc::new(s))),
             expr.clone().map(ColumnValue::Expr),
         ))
         .then(just(Tok::As).ignore_then(ident()).or_not())
@@ -440,7 +542,7 @@ fn program() -> P<Program> {
         .then(
             select
                 .clone()
-                .map(|s| LetValue::Query(Box::new(s)))
+                .map(|s| LetValue::Query(Arc::new(s)))
                 .or(expr.map(LetValue::Expr)),
         )
         .map_with_span(|(((name, params), materialize), value), span| {

@@ -1,0 +1,180 @@
+//! The engine: the registry of functions and plugins, the host the server provides (queues,
+//! stored rows, alert dedup), and the per-query context (logging, cancellation, caches).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::value::{Row, Value};
+
+/// Where a query runs; functions and plugins declare where they may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Server,
+    Client,
+    Both,
+}
+
+/// A log line of a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    /// DEFAULT, INFO, WARN, ERROR, DEBUG or ALERT.
+    pub level: String,
+    pub message: String,
+}
+
+/// What the server provides to queries: queues, stored rows, persistent alert dedup.
+pub trait Host: Send + Sync {
+    /// Pushes one row to an event queue of the org (send_event). Errors are messages.
+    fn send_event(
+        &self,
+        org: &str,
+        artifact: &str,
+        row: Row,
+    ) -> BoxFuture<'static, Result<(), String>>;
+    /// Watches an event queue from now on.
+    fn watch(&self, org: &str, artifact: &str) -> Result<BoxStream<'static, Row>, String>;
+    /// Stored rows of a queue in a time range (microseconds), oldest first.
+    fn read(
+        &self,
+        org: &str,
+        artifact: &str,
+        client_id: Option<String>,
+        start_us: i64,
+        end_us: i64,
+    ) -> BoxStream<'static, Result<Row, String>>;
+    /// True when an alert of this name may fire now (and records it); false inside the window.
+    fn alert_allowed(&self, org: &str, name: &str, window_secs: i64) -> BoxFuture<'static, bool>;
+    /// Every artifact definition as a row.
+    fn artifact_definitions(&self) -> Vec<Row>;
+    /// A server metadata value.
+    fn metadata(&self, org: &str, key: &str) -> Option<String>;
+}
+
+/// A host with no server behind it: event functions report that they are unavailable.
+pub struct NoHost;
+
+impl Host for NoHost {
+    fn send_event(&self, _: &str, _: &str, _: Row) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Err("no server: events are not available here".to_string()) })
+    }
+    fn watch(&self, _: &str, _: &str) -> Result<BoxStream<'static, Row>, String> {
+        Err("no server: events are not available here".into())
+    }
+    fn read(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<String>,
+        _: i64,
+        _: i64,
+    ) -> BoxStream<'static, Result<Row, String>> {
+        Box::pin(futures::stream::once(async {
+            Err("no server: stored rows are not available here".to_string())
+        }))
+    }
+    fn alert_allowed(&self, _: &str, _: &str, _: i64) -> BoxFuture<'static, bool> {
+        Box::pin(async { true })
+    }
+    fn artifact_definitions(&self) -> Vec<Row> {
+        Vec::new()
+    }
+    fn metadata(&self, _: &str, _: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Facts about the running query, used by alert() and log().
+#[derive(Debug, Clone)]
+pub struct QueryInfo {
+    pub org: String,
+    /// The artifact whose query this is, if any.
+    pub artifact: String,
+    pub artifact_type: String,
+    /// `server` for server-side queries.
+    pub client_id: String,
+}
+
+impl Default for QueryInfo {
+    fn default() -> Self {
+        Self {
+            org: "root".into(),
+            artifact: String::new(),
+            artifact_type: "SERVER_MONITORING".into(),
+            client_id: "server".into(),
+        }
+    }
+}
+
+/// Receives a query's log lines.
+pub type LogSink = Arc<dyn Fn(LogLine) + Send + Sync>;
+
+/// State shared by one running query tree.
+pub struct Context {
+    pub engine: Arc<crate::registry::Registry>,
+    pub host: Arc<dyn Host>,
+    pub info: QueryInfo,
+    pub cancel: CancellationToken,
+    log: LogSink,
+    pub(crate) regex_cache: Mutex<HashMap<String, Option<regex::Regex>>>,
+    pub(crate) log_dedup: Mutex<HashMap<String, Instant>>,
+}
+
+impl Context {
+    /// A context for one query tree.
+    pub fn new(
+        engine: Arc<crate::registry::Registry>,
+        host: Arc<dyn Host>,
+        info: QueryInfo,
+        cancel: CancellationToken,
+        log: LogSink,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            host,
+            info,
+            cancel,
+            log,
+            regex_cache: Mutex::new(HashMap::new()),
+            log_dedup: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Logs a line at a level.
+    pub fn log(&self, level: &str, message: impl Into<String>) {
+        (self.log)(LogLine {
+            level: level.into(),
+            message: message.into(),
+        });
+    }
+
+    /// A case-insensitive regex, compiled once per query tree; None when invalid.
+    pub fn regex(&self, pattern: &str) -> Option<regex::Regex> {
+        let mut cache = self.regex_cache.lock().expect("regex cache");
+        if let Some(r) = cache.get(pattern) {
+            return r.clone();
+        }
+        let compiled = regex::Regex::new(&format!("(?i){pattern}")).ok();
+        if compiled.is_none() {
+            self.log("ERROR", format!("invalid regex {pattern:?}"));
+        }
+        cache.insert(pattern.to_string(), compiled.clone());
+        compiled
+    }
+}
+
+/// Deep enough for any real query; `LET X = 1 + X` stops here with NULL.
+pub const MAX_DEPTH: usize = 100;
+/// Depth a call of a LET expression or function counts for (recursion stops after 25).
+pub const CALL_WEIGHT: usize = 4;
+/// Deepest bracket nesting the parser accepts.
+pub const MAX_NESTING: usize = 64;
+
+/// Shorthand for a NULL value.
+pub fn null() -> Value {
+    Value::Null
+}

@@ -1,0 +1,354 @@
+//! Running queries: sources (plugins, LET queries, values), lazy columns, WHERE, GROUP BY,
+//! ORDER BY, LIMIT, and programs of LET and SELECT statements.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{self, BoxStream};
+use futures::StreamExt;
+use indexmap::IndexMap;
+
+use crate::ast::*;
+use crate::eval::{self, bind_params, eval, materialize, materialize_deep, truthy};
+use crate::format;
+use crate::registry::PluginCall;
+use crate::scope::{AggState, Binding, Found, Frame, LazyColumns, Scope};
+use crate::value::{self, Row, StoredQuery, Value};
+
+/// The rows of a value used as a query source or stored query.
+pub fn query_rows(v: Value, scope: Scope) -> BoxStream<'static, Row> {
+    match v {
+        Value::Query(StoredQuery::Lazy { select, scope }) => run_select(select, scope),
+        Value::Query(StoredQuery::Rows(rows)) => stream::iter((*rows).clone()).boxed(),
+        Value::List(items) => {
+            let _ = scope;
+            stream::iter(items.into_iter().filter(|v| !v.is_null()).map(|v| match v {
+                Value::Dict(d) => d,
+                other => single("_value", other),
+            }))
+            .boxed()
+        }
+        Value::Dict(d) => stream::iter(std::iter::once(d)).boxed(),
+        Value::Null => stream::empty().boxed(),
+        other => stream::iter(std::iter::once(single("_value", other))).boxed(),
+    }
+}
+
+/// A one-column row.
+pub fn single(name: &str, v: Value) -> Row {
+    let mut r = Row::new();
+    r.insert(name.to_string(), v);
+    r
+}
+
+/// Output names of a select's columns (alias or canonical text), by column index.
+fn column_names(sel: &Select) -> Vec<Option<String>> {
+    sel.columns
+        .iter()
+        .map(|c| match c {
+            Column::Star => None,
+            Column::Value { value, alias, .. } => {
+                Some(alias.clone().unwrap_or_else(|| format::column_name(value)))
+            }
+        })
+        .collect()
+}
+
+/// Computes a lazy column the first time it is used.
+pub async fn lazy_column(cols: &Arc<LazyColumns>, i: usize, _at: &Scope) -> Value {
+    if let Some(v) = cols
+        .values
+        .lock()
+        .expect("lazy columns")
+        .get(i)
+        .cloned()
+        .flatten()
+    {
+        return v;
+    }
+    let v = match &cols.select.columns[i] {
+        Column::Value { value, .. } => column_value(value, &cols.base).await,
+        Column::Star => Value::Null,
+    };
+    cols.values.lock().expect("lazy columns")[i] = Some(v.clone());
+    v
+}
+
+async fn column_value(value: &ColumnValue, base: &Scope) -> Value {
+    match value {
+        ColumnValue::Expr(e) => materialize_deep(eval(e, base).await, base).await,
+        ColumnValue::Star => Value::Dict(base.snapshot()),
+        ColumnValue::Query(q) => {
+            let rows: Vec<Row> = run_select(q.clone(), base.clone()).collect().await;
+            let mut items: Vec<Value> = rows
+                .into_iter()
+                .map(|r| {
+                    if r.len() == 1 {
+                        r.into_iter().next().map(|(_, v)| v).unwrap_or_default()
+                    } else {
+                        Value::Dict(r)
+                    }
+                })
+                .collect();
+            match items.len() {
+                0 => Value::Null,
+                1 => items.pop().unwrap_or_default(),
+                _ => Value::List(items),
+            }
+        }
+    }
+}
+
+struct RowCtx {
+    source: Row,
+    lazy: Arc<LazyColumns>,
+    /// The scope WHERE and GROUP BY see: base plus the lazy columns.
+    filter: Scope,
+}
+
+fn row_ctx(
+    sel: &Arc<Select>,
+    by_name: &HashMap<String, usize>,
+    scope: &Scope,
+    source: Row,
+) -> RowCtx {
+    let base = scope.push(Frame::Row(source.clone()));
+    let lazy = Arc::new(LazyColumns {
+        select: sel.clone(),
+        base: base.clone(),
+        by_name: by_name.clone(),
+        values: Mutex::new(vec![None; sel.columns.len()]),
+    });
+    let filter = base.push(Frame::Lazy(lazy.clone()));
+    RowCtx {
+        source,
+        lazy,
+        filter,
+    }
+}
+
+async fn emit(sel: &Select, names: &[Option<String>], rc: &RowCtx) -> Row {
+    let mut out = Row::new();
+    for (i, c) in sel.columns.iter().enumerate() {
+        match c {
+            Column::Star => {
+                for (k, v) in &rc.source {
+                    if !out.contains_key(k) {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Column::Value { .. } => {
+                let v = lazy_column(&rc.lazy, i, &rc.filter).await;
+                let name = names[i].clone().unwrap_or_default();
+                out.shift_remove(&name);
+                out.insert(name, v);
+            }
+        }
+    }
+    out
+}
+
+/// Runs a SELECT in a scope; the stream ends when the source does (or at LIMIT).
+pub fn run_select(sel: Arc<Select>, scope: Scope) -> BoxStream<'static, Row> {
+    Box::pin(async_stream::stream! {
+        let names = column_names(&sel);
+        let by_name: HashMap<String, usize> = names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.clone().map(|n| (n, i)))
+            .collect();
+        let limit = sel.limit.filter(|l| *l >= 0).map(|l| l as usize);
+        if limit == Some(0) {
+            return;
+        }
+        let buffered = sel.group_by.is_some() || sel.order_by.is_some();
+        let mut source = source_rows(&sel.from, &scope).await;
+        let mut emitted = 0usize;
+        let mut bins: IndexMap<String, (AggState, Row)> = IndexMap::new();
+        let mut buffer: Vec<Row> = Vec::new();
+        let cancel = scope.ctx().cancel.clone();
+        loop {
+            let row = tokio::select! {
+                _ = cancel.cancelled() => None,
+                r = source.next() => r,
+            };
+            let Some(row) = row else { break };
+            let rc = row_ctx(&sel, &by_name, &scope, row);
+            if let Some(w) = &sel.where_ {
+                let v = eval(w, &rc.filter).await;
+                if !truthy(&v, &rc.filter).await {
+                    continue;
+                }
+            }
+            if let Some(g) = &sel.group_by {
+                let key = materialize_deep(eval(g, &rc.filter).await, &rc.filter).await.to_text();
+                let agg = bins.entry(key.clone()).or_insert_with(|| (AggState::default(), Row::new())).0.clone();
+                let binned = row_ctx(&sel, &by_name, &scope.with_agg(agg), rc.source);
+                let out = emit(&sel, &names, &binned).await;
+                bins.get_mut(&key).expect("bin inserted above").1 = out;
+                continue;
+            }
+            let out = emit(&sel, &names, &rc).await;
+            if buffered {
+                buffer.push(out);
+                continue;
+            }
+            yield out;
+            emitted += 1;
+            if limit.is_some_and(|l| emitted >= l) {
+                return;
+            }
+        }
+        if !buffered {
+            return;
+        }
+        if sel.group_by.is_some() {
+            buffer = bins.into_values().map(|(_, r)| r).collect();
+        }
+        if let Some(o) = &sel.order_by {
+            buffer.sort_by(|a, b| {
+                let (x, y) = (a.get(&o.column).cloned().unwrap_or_default(), b.get(&o.column).cloned().unwrap_or_default());
+                value::sort_cmp(&x, &y)
+            });
+            if o.desc {
+                buffer.reverse();
+            }
+        }
+        for row in buffer.into_iter().take(limit.unwrap_or(usize::MAX)) {
+            yield row;
+        }
+    })
+}
+
+/// The rows of a FROM clause.
+async fn source_rows(from: &Source, scope: &Scope) -> BoxStream<'static, Row> {
+    let ctx = scope.ctx().clone();
+    let name = from.name();
+    let args: &[Arg] = from.args.as_deref().unwrap_or(&[]);
+    if let Some(p) = ctx.engine.get_plugin(&name) {
+        let mut values = Vec::with_capacity(args.len());
+        for a in args {
+            let v = eval::arg_value(&crate::registry::ArgSrc::Ast(&a.value), scope).await;
+            if a.name == "**" {
+                if let Value::Dict(d) = v {
+                    values.extend(d);
+                }
+                continue;
+            }
+            values.push((a.name.clone(), v));
+        }
+        return (p.imp)(PluginCall {
+            name: name.clone(),
+            args: values,
+            scope: scope.clone(),
+        });
+    }
+    if from.path.len() == 1 {
+        match scope.find(&name) {
+            Some(Found::Binding(Binding::Query(select))) => {
+                let child = bind_params(&[], args, scope).await;
+                return run_select(select, child);
+            }
+            Some(Found::Binding(Binding::Func { params, body })) => {
+                for a in args {
+                    if !params.iter().any(|p| p.name == a.name) {
+                        ctx.log(
+                            "ERROR",
+                            format!("Extra unrecognized arg {} in call to {name}", a.name),
+                        );
+                    }
+                }
+                for p in &params {
+                    if p.default.is_none() && !args.iter().any(|a| a.name == p.name) {
+                        ctx.log("ERROR", format!("Missing arg {} in call to {name}", p.name));
+                    }
+                }
+                let child = bind_params(&params, args, scope).await.with_new_agg();
+                return match body {
+                    LetValue::Query(select) => run_select(select, child),
+                    LetValue::Expr(e) => {
+                        let v = eval(&e, &child).await;
+                        query_rows(v, child)
+                    }
+                };
+            }
+            Some(Found::Binding(Binding::Value(v))) | Some(Found::Value(v)) => {
+                return query_rows(v, scope.clone());
+            }
+            Some(Found::Binding(Binding::Expr(e))) => {
+                let v = eval(&e, scope).await;
+                return query_rows(v, scope.clone());
+            }
+            Some(Found::Column(cols, i, at)) => {
+                let v = lazy_column(&cols, i, &at).await;
+                return query_rows(v, scope.clone());
+            }
+            None => {}
+        }
+    }
+    ctx.log("ERROR", format!("Plugin {name} not found"));
+    stream::empty().boxed()
+}
+
+/// Runs statements in order: LETs bind in `scope`, each SELECT's rows are yielded.
+pub fn run_program(program: Arc<Program>, scope: Scope) -> BoxStream<'static, Row> {
+    Box::pin(async_stream::stream! {
+        for stmt in &program.stmts {
+            match stmt {
+                Stmt::Let(l) => bind_let(l, &scope).await,
+                Stmt::Select(sel) => {
+                    let mut rows = run_select(Arc::new(sel.clone()), scope.clone());
+                    while let Some(r) = rows.next().await {
+                        yield r;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Applies one LET statement to a scope.
+pub async fn bind_let(l: &Let, scope: &Scope) {
+    if let Some(params) = &l.params {
+        if l.materialize {
+            scope.ctx().log(
+                "WARN",
+                format!(
+                    "LET {} has parameters, so <= does not materialize it",
+                    l.name
+                ),
+            );
+        }
+        scope.set(
+            &l.name,
+            Binding::Func {
+                params: params.clone(),
+                body: l.value.clone(),
+            },
+        );
+        return;
+    }
+    if scope.ctx().engine.get_function(&l.name).is_some() {
+        scope.ctx().log(
+            "WARN",
+            format!(
+                "LET {} shadows a built-in function name outside calls",
+                l.name
+            ),
+        );
+    }
+    let binding = match (&l.value, l.materialize) {
+        (LetValue::Query(q), false) => Binding::Query(q.clone()),
+        (LetValue::Query(q), true) => {
+            let rows: Vec<Row> = run_select(q.clone(), scope.clone()).collect().await;
+            Binding::Value(Value::Query(StoredQuery::Rows(Arc::new(rows))))
+        }
+        (LetValue::Expr(e), false) => Binding::Expr(e.clone()),
+        (LetValue::Expr(e), true) => {
+            let v = eval(e, scope).await;
+            Binding::Value(materialize(v, scope).await)
+        }
+    };
+    scope.set(&l.name, binding);
+}

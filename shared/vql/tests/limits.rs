@@ -1,0 +1,46 @@
+//! Deep input is an error, never a crash (stack overflow would take the server down).
+
+fn run(q: &str) -> Result<Vec<talon_vql::Row>, talon_vql::ParseError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(talon_vql::Runner::default().collect(q))
+        .map(|r| r.0)
+}
+
+#[test]
+fn recursion_stops_with_null() {
+    let rows = run("LET X = 1 + X SELECT X AS a, X(X=1) AS b FROM scope()").unwrap();
+    assert_eq!(
+        talon_vql::Value::Dict(rows[0].clone())
+            .to_json()
+            .to_string(),
+        r#"{"a":null,"b":2}"#
+    );
+    let rows = run("LET F(n) = F(n=n + 1) SELECT F(n=1) AS a FROM scope()").unwrap();
+    assert!(rows[0]["a"].is_null());
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    let q = format!(
+        "SELECT {}1{} FROM scope()",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    assert!(run(&q).unwrap_err().message.contains("nested deeper"));
+    let q = format!("SELECT {}TRUE FROM scope()", "NOT ".repeat(5000));
+    assert!(run(&q)
+        .unwrap_err()
+        .message
+        .contains("expression nested deeper than 128"));
+    let q = format!("SELECT 1{} FROM scope()", " + 1".repeat(5000));
+    assert!(run(&q)
+        .unwrap_err()
+        .message
+        .contains("expression nested deeper"));
+    // The deepest accepted expression evaluates.
+    let q = format!("SELECT 1{} AS n FROM scope()", " + 1".repeat(120));
+    assert_eq!(run(&q).unwrap()[0]["n"], talon_vql::Value::Int(121));
+}
