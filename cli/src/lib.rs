@@ -3,10 +3,12 @@
 //! - [`artifacts`]: list, show, add, delete, and offline verify.
 //! - [`events`]: push, watch, read and export rows of queues.
 //! - [`output`]: tables, JSON and CSV.
+//! - [`query`]: run VQL on the server.
 
 pub mod artifacts;
 pub mod events;
 pub mod output;
+pub mod query;
 
 use std::process::ExitCode;
 
@@ -47,6 +49,19 @@ pub enum Command {
     /// Push, watch, read and export queue rows
     #[command(subcommand)]
     Events(events::EventsCmd),
+    /// Run VQL on the server, streaming rows as they arrive (log lines go to stderr)
+    Query {
+        /// The VQL text
+        vql: String,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: query::QueryFormat,
+        /// Stop after this many seconds (event queries run until then or Ctrl-C), exit 0
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<f64>,
+        /// A variable for the query, as KEY=VALUE; repeatable
+        #[arg(long = "env", value_name = "K=V")]
+        env: Vec<String>,
+    },
     /// List the queues of the org with their statistics
     Queues {
         #[arg(long, value_enum, default_value = "table")]
@@ -127,6 +142,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Artifacts(cmd) => artifacts::run(&cli.api, cmd).await,
         Command::Events(cmd) => events::run(&cli.api, &cli.org, cmd).await,
+        Command::Query {
+            vql,
+            format,
+            timeout,
+            env,
+        } => query::run(&cli.api, &cli.org, vql, format, timeout, env).await,
         Command::Queues { format } => {
             let mut c = connect(&cli.api).await?;
             let r = c

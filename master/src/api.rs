@@ -7,6 +7,7 @@ use talon_proto::api::admin_server::Admin;
 use talon_proto::api::*;
 use talon_shared::artifacts::{ArtifactKind, LoadedArtifact};
 use talon_shared::queue::{QueueManager, ROOT_ORG};
+use talon_shared::vql_host::{Output, Vql};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -21,13 +22,18 @@ pub const PRINCIPAL_HEADER: &str = "x-talon-principal";
 /// The admin service.
 pub struct AdminService {
     qm: QueueManager,
+    vql: Vql,
     shutdown: CancellationToken,
 }
 
 impl AdminService {
     /// A service over a queue manager; streams end when `shutdown` fires.
     pub fn new(qm: QueueManager, shutdown: CancellationToken) -> Self {
-        Self { qm, shutdown }
+        Self {
+            vql: Vql::new(qm.clone()),
+            qm,
+            shutdown,
+        }
     }
 }
 
@@ -226,6 +232,49 @@ impl Admin for AdminService {
         req: Request<SetArtifactRequest>,
     ) -> Result<Response<Artifact>, Status> {
         self.set_artifact(req, true).await
+    }
+
+    type QueryStream = Pin<Box<dyn Stream<Item = Result<QueryResponse, Status>> + Send>>;
+
+    async fn query(
+        &self,
+        req: Request<QueryRequest>,
+    ) -> Result<Response<Self::QueryStream>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        talon_shared::queue::validate_org(&org).map_err(|e| to_status(e.into()))?;
+        let env = r
+            .env
+            .into_iter()
+            .map(|(k, v)| (k, talon_vql::Value::Str(v)))
+            .collect();
+        let info = talon_vql::engine::QueryInfo {
+            org,
+            ..Default::default()
+        };
+        // The query stops when the caller goes away (the stream is dropped) or at shutdown.
+        let cancel = self.shutdown.child_token();
+        let outputs = self
+            .vql
+            .run(&r.query, env, info, &who, cancel.clone())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let guard = cancel.drop_guard();
+        // The item type is fixed by tonic's generated trait.
+        #[allow(clippy::result_large_err)]
+        let stream = outputs.map(move |o| {
+            let _keep = &guard;
+            Ok(QueryResponse {
+                item: Some(match o {
+                    Output::Row(json) => query_response::Item::RowJson(json),
+                    Output::Log(l) => query_response::Item::Log(LogMessage {
+                        level: l.level,
+                        message: l.message,
+                    }),
+                }),
+            })
+        });
+        Ok(Response::new(stream.boxed()))
     }
 
     async fn delete_artifact(

@@ -7,6 +7,7 @@
 //! - [`debug`]: the debug HTTP pages and Prometheus metrics.
 //! - [`telemetry`]: the one tracing set-up binaries install.
 //! - [`timefmt`]: parsing and printing of times for CLI and API.
+//! - [`vql_host`]: VQL on the server: queues, stored rows and alerts for queries.
 
 pub mod artifacts;
 pub mod config;
@@ -15,3 +16,4 @@ pub mod queue;
 pub mod store;
 pub mod telemetry;
 pub mod timefmt;
+pub mod vql_host;

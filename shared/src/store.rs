@@ -18,6 +18,8 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 const ARTIFACTS: TableDefinition<&str, &str> = TableDefinition::new("artifacts");
 /// Last seq ever assigned per stream, so seqs never restart even when retention empties one.
 const HEADS: TableDefinition<&str, u64> = TableDefinition::new("heads");
+/// When each alert name of an org last fired (unix microseconds), for alert() dedup.
+const ALERTS: TableDefinition<(&str, &str), i64> = TableDefinition::new("alert_dedup");
 
 /// Pending write requests the writer thread holds at most; producers wait beyond that.
 pub const WRITE_QUEUE_DEPTH: usize = 1024;
@@ -125,6 +127,13 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    AlertDedup {
+        org: String,
+        name: String,
+        now_us: i64,
+        window_us: i64,
+        reply: oneshot::Sender<Result<bool>>,
+    },
 }
 
 /// A cheap handle on the store; clones share one database and one writer thread.
@@ -147,6 +156,7 @@ impl Store {
             w.open_table(EVENTS)?;
             w.open_table(ARTIFACTS)?;
             w.open_table(HEADS)?;
+            w.open_table(ALERTS)?;
             w.commit()?;
         }
         let db = Arc::new(db);
@@ -221,6 +231,27 @@ impl Store {
         let cmd = Command::Purge {
             stream,
             before_us,
+            reply,
+        };
+        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Whether an alert of `name` may fire at `now_us` given a dedup window: true (and the
+    /// time recorded, durably) when it last fired longer ago than the window or never.
+    pub async fn alert_allowed(
+        &self,
+        org: &str,
+        name: &str,
+        now_us: i64,
+        window_us: i64,
+    ) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::AlertDedup {
+            org: org.into(),
+            name: name.into(),
+            now_us,
+            window_us,
             reply,
         };
         self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
@@ -442,6 +473,9 @@ impl Writer {
                         Command::Shutdown { reply } => {
                             let _ = reply.send(());
                         }
+                        Command::AlertDedup { reply, .. } => {
+                            let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
+                        }
                     }
                 }
             }
@@ -464,6 +498,9 @@ impl Writer {
                         Command::Shutdown { reply } => {
                             let _ = reply.send(());
                         }
+                        Command::AlertDedup { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
                     }
                 }
             }
@@ -478,6 +515,7 @@ impl Writer {
             let mut events = w.open_table(EVENTS)?;
             let mut artifacts = w.open_table(ARTIFACTS)?;
             let mut heads = w.open_table(HEADS)?;
+            let mut alerts = w.open_table(ALERTS)?;
             for cmd in group {
                 match cmd {
                     Command::Append { stream, rows, .. } => {
@@ -525,6 +563,21 @@ impl Writer {
                         results.push(Ok(doomed.len() as u64));
                     }
                     Command::Shutdown { .. } => results.push(Ok(0)),
+                    Command::AlertDedup {
+                        org,
+                        name,
+                        now_us,
+                        window_us,
+                        ..
+                    } => {
+                        let key = (org.as_str(), name.as_str());
+                        let last = alerts.get(key)?.map(|v| v.value());
+                        let allowed = last.is_none_or(|t| now_us.saturating_sub(t) >= *window_us);
+                        if allowed {
+                            alerts.insert(key, *now_us)?;
+                        }
+                        results.push(Ok(u64::from(allowed)));
+                    }
                 }
             }
         }

@@ -1,0 +1,257 @@
+//! VQL on the server: the [`Host`] over the queue manager and store, and [`Vql`], which runs
+//! a query as a stream of rows and log lines, turning ALERT log lines into rows of
+//! `Server.Internal.Alerts`.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde_json::Map;
+use talon_vql::engine::{Host, LogLine, QueryInfo};
+use talon_vql::registry::Registry;
+use talon_vql::{ParseError, Row, Runner, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::artifacts::ArtifactKind;
+use crate::queue::{now_us, QueueManager};
+
+/// Queue that receives alerts.
+pub const ALERTS_QUEUE: &str = "Server.Internal.Alerts";
+
+/// The server's side of VQL for one principal.
+pub struct ServerHost {
+    qm: QueueManager,
+    principal: String,
+}
+
+fn row_of_json(json: &str) -> Row {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(v @ serde_json::Value::Object(_)) => match Value::from_json(&v) {
+            Value::Dict(d) => d,
+            _ => Row::new(),
+        },
+        _ => Row::new(),
+    }
+}
+
+fn json_map(row: &Row) -> Map<String, serde_json::Value> {
+    match Value::Dict(row.clone()).to_json() {
+        serde_json::Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+impl Host for ServerHost {
+    fn send_event(
+        &self,
+        org: &str,
+        artifact: &str,
+        row: Row,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let qm = self.qm.clone();
+        let (org, artifact, source) = (
+            org.to_string(),
+            artifact.to_string(),
+            self.principal.clone(),
+        );
+        Box::pin(async move {
+            let kind = qm.kind(&artifact).map_err(|e| e.to_string())?;
+            if kind != ArtifactKind::ServerEvent {
+                return Err(format!(
+                    "queue {artifact} is {kind}; send_event may write SERVER_EVENT queues only"
+                ));
+            }
+            qm.push(&org, &artifact, vec![json_map(&row)], &source, "")
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn watch(&self, org: &str, artifact: &str) -> Result<BoxStream<'static, Row>, String> {
+        let watcher = self
+            .qm
+            .watch(org, artifact, &format!("vql:{}", self.principal))
+            .map_err(|e| e.to_string())?;
+        Ok(futures::stream::unfold(watcher, |mut w| async move {
+            match w.next().await {
+                Ok(ev) => Some((row_of_json(&ev.row.json), w)),
+                Err(e) => {
+                    tracing::error!(error = %e, "watch_monitoring stopped");
+                    None
+                }
+            }
+        })
+        .boxed())
+    }
+
+    fn read(
+        &self,
+        org: &str,
+        artifact: &str,
+        client_id: Option<String>,
+        start_us: i64,
+        end_us: i64,
+    ) -> BoxStream<'static, Result<Row, String>> {
+        let (tx, rx) = mpsc::channel::<Result<Row, String>>(1024);
+        let qm = self.qm.clone();
+        let (org, artifact) = (org.to_string(), artifact.to_string());
+        tokio::spawn(async move {
+            let rows_tx = tx.clone();
+            let res = qm
+                .read(&org, &artifact, client_id, start_us, end_us, move |_, r| {
+                    rows_tx.blocking_send(Ok(row_of_json(&r.json))).is_ok()
+                })
+                .await;
+            if let Err(e) = res {
+                let _ = tx.send(Err(e.to_string())).await;
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+
+    fn alert_allowed(&self, org: &str, name: &str, window_secs: i64) -> BoxFuture<'static, bool> {
+        let store = self.qm.store().clone();
+        let (org, name) = (org.to_string(), name.to_string());
+        Box::pin(async move {
+            match store
+                .alert_allowed(&org, &name, now_us(), window_secs.saturating_mul(1_000_000))
+                .await
+            {
+                Ok(allowed) => allowed,
+                Err(e) => {
+                    // Better a duplicate alert than a lost one.
+                    tracing::error!(error = %e, alert = %name, "alert dedup unavailable");
+                    true
+                }
+            }
+        })
+    }
+
+    fn artifact_definitions(&self) -> Vec<Row> {
+        self.qm
+            .repository()
+            .list()
+            .iter()
+            .map(|a| {
+                let v = serde_json::to_value(&a.def).unwrap_or_default();
+                let mut row = match Value::from_json(&v) {
+                    Value::Dict(d) => d,
+                    _ => Row::new(),
+                };
+                row.insert("type".into(), Value::from(a.kind.as_str()));
+                row.insert("built_in".into(), Value::Bool(a.built_in));
+                row
+            })
+            .collect()
+    }
+
+    fn metadata(&self, _org: &str, _key: &str) -> Option<String> {
+        None
+    }
+}
+
+/// One item of a running query's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A row as a JSON object.
+    Row(String),
+    Log(LogLine),
+}
+
+/// Runs VQL on the server.
+#[derive(Clone)]
+pub struct Vql {
+    qm: QueueManager,
+    registry: Arc<Registry>,
+}
+
+impl Vql {
+    /// VQL over a queue manager with the built-in functions and plugins.
+    pub fn new(qm: QueueManager) -> Self {
+        Self {
+            qm,
+            registry: Arc::new(Registry::builtin()),
+        }
+    }
+
+    /// The function and plugin registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Parses and starts a query; its rows and log lines arrive in order on the stream, which
+    /// ends after the query does and every alert it raised is stored.
+    pub fn run(
+        &self,
+        query: &str,
+        env: Vec<(String, Value)>,
+        info: QueryInfo,
+        principal: &str,
+        cancel: CancellationToken,
+    ) -> Result<BoxStream<'static, Output>, ParseError> {
+        let host = Arc::new(ServerHost {
+            qm: self.qm.clone(),
+            principal: principal.to_string(),
+        });
+        let runner = Runner {
+            registry: self.registry.clone(),
+            host,
+        };
+        let (log_tx, mut log_rx) = mpsc::unbounded_channel::<LogLine>();
+        let sink: talon_vql::engine::LogSink = Arc::new(move |l| {
+            let _ = log_tx.send(l);
+        });
+        let mut rows = runner.run(query, env, info.clone(), cancel, sink)?;
+        let qm = self.qm.clone();
+        Ok(Box::pin(async_stream::stream! {
+            let mut rows_done = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    log = log_rx.recv() => match log {
+                        Some(l) => {
+                            if l.level == "ALERT" {
+                                store_alert(&qm, &info, &l.message).await;
+                            }
+                            yield Output::Log(l);
+                        }
+                        None => break,
+                    },
+                    row = rows.next(), if !rows_done => match row {
+                        Some(r) => yield Output::Row(Value::Dict(r).to_json().to_string()),
+                        None => {
+                            rows_done = true;
+                            // Dropping the query drops the log sink, closing the channel.
+                            rows = futures::stream::empty().boxed();
+                        }
+                    },
+                }
+            }
+        }))
+    }
+}
+
+/// Pushes an alert (the JSON an ALERT log line carries) to `Server.Internal.Alerts`.
+async fn store_alert(qm: &QueueManager, info: &QueryInfo, message: &str) {
+    let mut row = match serde_json::from_str::<serde_json::Value>(message) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => {
+            let mut m = Map::new();
+            m.insert("name".into(), serde_json::Value::from(message));
+            m
+        }
+    };
+    row.insert("client_id".into(), info.client_id.clone().into());
+    row.insert("artifact".into(), info.artifact.clone().into());
+    row.insert("artifact_type".into(), info.artifact_type.clone().into());
+    row.insert("flow_id".into(), "".into());
+    if let Err(e) = qm
+        .push(&info.org, ALERTS_QUEUE, vec![row], "server", "")
+        .await
+    {
+        tracing::error!(error = %e, "could not store an alert");
+    }
+}

@@ -1,0 +1,210 @@
+//! VQL through the server: `talon query`, send_event and watch_monitoring across queries,
+//! alert() dedup kept in the store, and bad queries that harm nothing else.
+
+use std::time::Duration;
+
+use talon_tests::*;
+
+#[test]
+fn or_binds_tighter_than_and() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let out = ok(&master.talon(&["query", "SELECT TRUE OR FALSE AND FALSE AS X FROM scope()"]));
+    assert_eq!(json_lines(&out), vec![serde_json::json!({"X": false})]);
+}
+
+#[test]
+fn watch_monitoring_sees_rows_sent_by_another_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let mut watch = KillOnDrop(master.talon_spawn(&[
+        "query",
+        "SELECT * FROM watch_monitoring(artifact='Server.Audit.Logs')",
+        "--timeout",
+        "30",
+    ]));
+    let rx = lines_of(&mut watch.0);
+    assert!(wait_until(Duration::from_secs(20), || {
+        master.queue_stats("root", "Server.Audit.Logs")["watchers"] == 1
+    }));
+    let sent = ok(&master.talon(&[
+        "query",
+        "SELECT send_event(artifact='Server.Audit.Logs', row=dict(operation='vql', n=7)) AS sent FROM scope()",
+    ]));
+    assert_eq!(json_lines(&sent)[0]["sent"]["n"], 7);
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the watcher saw the row");
+    let row: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(row["n"], 7);
+    assert_eq!(row["_Source"], "Server.Audit.Logs");
+    assert!(row["_ts"].as_i64().unwrap() > 1_700_000_000);
+    // The row is stored too, with the sender as _Source.
+    let stored = json_lines(&ok(&master.talon(&["events", "read", "Server.Audit.Logs"])));
+    assert!(
+        stored[0]["_Source"].as_str().unwrap().starts_with("cli:"),
+        "{stored:?}"
+    );
+}
+
+#[test]
+fn send_event_refuses_internal_and_client_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    for (queue, kind) in [
+        ("Server.Internal.Ping", "INTERNAL"),
+        ("Generic.Client.Stats", "CLIENT_EVENT"),
+    ] {
+        let q = format!("SELECT send_event(artifact='{queue}', row=dict(a=1)) AS s FROM scope()");
+        let out = master.talon(&["query", &q]);
+        assert_eq!(json_lines(&ok(&out)), vec![serde_json::json!({"s": null})]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "queue {queue} is {kind}; send_event may write SERVER_EVENT queues only"
+            )),
+            "{err}"
+        );
+    }
+    let out = master.talon(&[
+        "query",
+        "SELECT send_event(artifact='Server.Audit.Logs', row='text') AS s FROM scope()",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("send_event: row must be a dict, got string")
+    );
+    assert!(json_lines(&ok(&master.talon(&["events", "read", "Server.Audit.Logs"]))).is_empty());
+}
+
+fn alerts_named(master: &Master, name: &str) -> usize {
+    json_lines(&ok(&master.talon(&[
+        "events",
+        "read",
+        "Server.Internal.Alerts",
+    ])))
+    .iter()
+    .filter(|r| r["name"] == name)
+    .count()
+}
+
+#[test]
+fn ten_alerts_give_one_row_and_nine_info_lines_and_the_window_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let mut master = Master::start(&store, &[]);
+    let out = master.talon(&[
+        "query",
+        "SELECT alert(name='Ten', source='test') AS a FROM range(end=10)",
+    ]);
+    let rows = json_lines(&ok(&out));
+    assert_eq!(rows.iter().filter(|r| r["a"] == true).count(), 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("INFO: Alert Ten (Sup): "))
+            .count(),
+        9,
+        "{err}"
+    );
+    assert_eq!(alerts_named(&master, "Ten"), 1);
+    let stored = json_lines(&ok(&master.talon(&[
+        "events",
+        "read",
+        "Server.Internal.Alerts",
+    ])));
+    assert_eq!(stored[0]["client_id"], "server");
+    assert_eq!(stored[0]["event_data"]["source"], "test");
+
+    ok(&master.talon(&[
+        "query",
+        "SELECT alert(name='Every', dedup=-1) FROM range(end=10)",
+    ]));
+    assert_eq!(alerts_named(&master, "Every"), 10);
+
+    // The dedup window is kept in the store: a restart does not reopen it.
+    master.kill9();
+    let master = Master::start(&store, &[]);
+    ok(&master.talon(&["query", "SELECT alert(name='Ten') FROM scope()"]));
+    assert_eq!(alerts_named(&master, "Ten"), 1);
+    // A short window reopens.
+    ok(&master.talon(&[
+        "query",
+        "SELECT alert(name='Short', dedup=0) FROM range(end=2)",
+    ]));
+    assert_eq!(alerts_named(&master, "Short"), 2);
+}
+
+#[test]
+fn bad_queries_get_clear_errors_and_harm_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let mut watch = KillOnDrop(master.talon_spawn(&[
+        "query",
+        "SELECT * FROM watch_monitoring(artifact='Server.Audit.Logs')",
+        "--timeout",
+        "60",
+    ]));
+    let rx = lines_of(&mut watch.0);
+    assert!(wait_until(Duration::from_secs(20), || {
+        master.queue_stats("root", "Server.Audit.Logs")["watchers"] == 1
+    }));
+    let err = fails(&master.talon(&["query", "SELECT *\nFROM info(a=1,)"]), 1);
+    assert!(err.contains("talon: 2:15: "), "{err}");
+    let err = fails(
+        &master.talon(&["query", "SELECT 1 FROM scope() WHERE $x"]),
+        1,
+    );
+    assert!(err.contains("1:29: unexpected character '$'"), "{err}");
+    let out = master.talon(&["query", "SELECT * FROM no_such_plugin()"]);
+    assert!(ok(&out).is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Plugin no_such_plugin not found"));
+    let out = master.talon(&["query", "SELECT * FROM range(end='x')"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("range: end must be a number, got string")
+    );
+    let out = master.talon(&[
+        "query",
+        "SELECT * FROM watch_monitoring(artifact='No.Such')",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("watch_monitoring: unknown artifact No.Such")
+    );
+    // The long-running query was not disturbed.
+    ok(&master.talon(&[
+        "events",
+        "push",
+        "Server.Audit.Logs",
+        "--row",
+        r#"{"still":"here"}"#,
+    ]));
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(line.contains("\"still\":\"here\""), "{line}");
+}
+
+#[test]
+fn query_timeout_ends_an_event_query_with_exit_0_and_env_binds_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let out = master.talon(&["query", "SELECT Unix FROM clock(ms=100)", "--timeout", "1"]);
+    let rows = json_lines(&ok(&out));
+    assert!((3..=12).contains(&rows.len()), "{} rows", rows.len());
+    // The server stopped the clock: its watcher count is back to nothing to check, so check
+    // that a new query still runs at once.
+    let out = master.talon(&[
+        "query",
+        "SELECT Name + '!' AS x FROM scope()",
+        "--env",
+        "Name=bob",
+    ]);
+    assert_eq!(
+        json_lines(&ok(&out)),
+        vec![serde_json::json!({"x": "bob!"})]
+    );
+    let out = master.talon(&[
+        "query",
+        "SELECT 1 AS a, 2 AS b FROM scope()",
+        "--format",
+        "table",
+    ]);
+    assert_eq!(ok(&out).lines().collect::<Vec<_>>(), vec!["a  b", "1  2"]);
+}
