@@ -28,17 +28,22 @@ pub enum ArtifactsCmd {
     },
     /// Delete a user artifact
     Delete { name: String },
-    /// Check YAML files, or every *.yaml below directories, without a server
+    /// Check YAML files, or every *.yaml below directories, without a server: the schema,
+    /// every query's syntax, source shape, and unknown functions and plugins
     Verify {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Check the YAML schema and VQL syntax only (for artifacts written for Velociraptor
+        /// that call functions Talon lacks)
+        #[arg(long)]
+        syntax_only: bool,
     },
 }
 
 /// Runs an artifacts subcommand.
 pub async fn run(api: &str, cmd: ArtifactsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        ArtifactsCmd::Verify { paths } => verify(&paths),
+        ArtifactsCmd::Verify { paths, syntax_only } => verify(&paths, syntax_only),
         ArtifactsCmd::List { format } => {
             let r = connect(api)
                 .await?
@@ -139,7 +144,14 @@ pub async fn run(api: &str, cmd: ArtifactsCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// Loads each file (or every `*.yaml` below a directory); prints OK or `file:line:col: message`.
-fn verify(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn verify(paths: &[PathBuf], syntax_only: bool) -> anyhow::Result<ExitCode> {
+    use talon_shared::artifacts::verify::{verify as check_vql, Level};
+    let registry = talon_vql::registry::Registry::builtin();
+    let level = if syntax_only {
+        Level::Syntax
+    } else {
+        Level::Full
+    };
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
@@ -154,15 +166,24 @@ fn verify(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     for f in &files {
         let origin = f.display().to_string();
         let result = std::fs::read_to_string(f)
-            .map_err(|e| format!("{origin}:1:1: cannot read: {e}"))
+            .map_err(|e| vec![format!("{origin}:1:1: cannot read: {e}")])
             .and_then(|text| {
-                talon_shared::artifacts::load(&origin, &text).map_err(|e| e.to_string())
+                let a = talon_shared::artifacts::load(&origin, &text)
+                    .map_err(|e| vec![e.to_string()])?;
+                let problems = check_vql(&a, &registry, level, &origin);
+                if problems.is_empty() {
+                    Ok(a)
+                } else {
+                    Err(problems.iter().map(ToString::to_string).collect())
+                }
             });
         match result {
             Ok(a) => println!("OK {origin} ({} {})", a.def.name, a.kind),
-            Err(e) => {
+            Err(lines) => {
                 failed += 1;
-                println!("{e}");
+                for l in lines {
+                    println!("{l}");
+                }
             }
         }
     }

@@ -1,10 +1,12 @@
 //! Artifacts: the YAML model ([`model`]), the one loader ([`load`]), the embedded built-ins
-//! ([`builtin`]) and the repository the server serves ([`repository`]).
+//! ([`builtin`]), the repository the server serves ([`repository`]) and the VQL checks of
+//! [`verify`].
 
 pub mod builtin;
 pub mod load;
 pub mod model;
 pub mod repository;
+pub mod verify;
 
 pub use load::{load, ArtifactKind, LoadError, LoadedArtifact};
 pub use repository::Repository;

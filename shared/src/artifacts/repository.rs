@@ -74,6 +74,15 @@ impl Repository {
     /// artifact of the same name.
     pub fn check(&self, origin: &str, yaml: &str, replace: bool) -> Result<LoadedArtifact, Error> {
         let a = load(origin, yaml)?;
+        let problems = super::verify::verify(
+            &a,
+            &talon_vql::registry::Registry::new(),
+            super::verify::Level::Structure,
+            origin,
+        );
+        if let Some(first) = problems.into_iter().next() {
+            return Err(Error::Invalid(first));
+        }
         match self.get(a.name()) {
             Some(existing) if existing.built_in => Err(Error::BuiltIn(a.def.name)),
             Some(_) if !replace => Err(Error::Exists(a.def.name)),
