@@ -28,6 +28,13 @@ pub enum ArtifactsCmd {
     },
     /// Delete a user artifact
     Delete { name: String },
+    /// Run a SERVER artifact on the server and print its rows as JSON Lines
+    Collect {
+        name: String,
+        /// A parameter as K=V; repeatable
+        #[arg(long = "param", value_name = "K=V")]
+        params: Vec<String>,
+    },
     /// Check YAML files, or every *.yaml below directories, without a server: the schema,
     /// every query's syntax, source shape, and unknown functions and plugins
     Verify {
@@ -131,6 +138,7 @@ pub async fn run(api: &str, cmd: ArtifactsCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ArtifactsCmd::Collect { .. } => unreachable!("collect is dispatched in lib.rs"),
         ArtifactsCmd::Delete { name } => {
             connect(api)
                 .await?

@@ -2,11 +2,13 @@
 //!
 //! - [`artifacts`]: list, show, add, delete, and offline verify.
 //! - [`events`]: push, watch, read and export rows of queues.
+//! - [`monitoring`]: the server monitoring table, monitoring logs, collect, metadata.
 //! - [`output`]: tables, JSON and CSV.
 //! - [`query`]: run VQL on the server.
 
 pub mod artifacts;
 pub mod events;
+pub mod monitoring;
 pub mod output;
 pub mod query;
 
@@ -62,6 +64,12 @@ pub enum Command {
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
     },
+    /// The server monitoring table and monitoring logs
+    #[command(subcommand)]
+    Monitoring(monitoring::MonitoringCmd),
+    /// Server metadata (read by VQL's server_metadata())
+    #[command(subcommand)]
+    Metadata(monitoring::MetadataCmd),
     /// List the queues of the org with their statistics
     Queues {
         #[arg(long, value_enum, default_value = "table")]
@@ -140,8 +148,13 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
 /// Runs one command; returns the exit code for success paths that are not 0.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Artifacts(artifacts::ArtifactsCmd::Collect { name, params }) => {
+            monitoring::collect(&cli.api, &cli.org, &name, &params).await
+        }
         Command::Artifacts(cmd) => artifacts::run(&cli.api, cmd).await,
         Command::Events(cmd) => events::run(&cli.api, &cli.org, cmd).await,
+        Command::Monitoring(cmd) => monitoring::run(&cli.api, &cli.org, cmd).await,
+        Command::Metadata(cmd) => monitoring::metadata(&cli.api, &cli.org, cmd).await,
         Command::Query {
             vql,
             format,

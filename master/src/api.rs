@@ -7,7 +7,9 @@ use talon_proto::api::admin_server::Admin;
 use talon_proto::api::*;
 use talon_shared::artifacts::{ArtifactKind, LoadedArtifact};
 use talon_shared::queue::{QueueManager, ROOT_ORG};
-use talon_shared::vql_host::{Output, Vql};
+use talon_shared::vql_host::{metadata_namespace, Output, Vql};
+
+use crate::monitor::ServerMonitor;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -23,17 +25,46 @@ pub const PRINCIPAL_HEADER: &str = "x-talon-principal";
 pub struct AdminService {
     qm: QueueManager,
     vql: Vql,
+    monitor: ServerMonitor,
     shutdown: CancellationToken,
 }
 
 impl AdminService {
     /// A service over a queue manager; streams end when `shutdown` fires.
-    pub fn new(qm: QueueManager, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        qm: QueueManager,
+        vql: Vql,
+        monitor: ServerMonitor,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
-            vql: Vql::new(qm.clone()),
             qm,
+            vql,
+            monitor,
             shutdown,
         }
+    }
+
+    // Status is tonic's error type; every handler returns it.
+    #[allow(clippy::result_large_err)]
+    fn table(&self, org: &str) -> Result<Response<ServerMonitoringTable>, Status> {
+        let list = self.monitor.list(org).map_err(monitor_status)?;
+        Ok(Response::new(ServerMonitoringTable {
+            artifacts: list
+                .into_iter()
+                .map(|(artifact, params)| MonitoredArtifact {
+                    artifact,
+                    params: params.into_iter().collect(),
+                })
+                .collect(),
+        }))
+    }
+}
+
+fn monitor_status(e: crate::monitor::Error) -> Status {
+    match e {
+        crate::monitor::Error::Invalid(m) => Status::invalid_argument(m),
+        crate::monitor::Error::Store(e) => to_status(e.into()),
     }
 }
 
@@ -277,6 +308,124 @@ impl Admin for AdminService {
         Ok(Response::new(stream.boxed()))
     }
 
+    async fn list_server_monitoring(
+        &self,
+        req: Request<ServerMonitoringRequest>,
+    ) -> Result<Response<ServerMonitoringTable>, Status> {
+        self.table(org_of(&req.get_ref().org))
+    }
+
+    async fn add_server_monitoring(
+        &self,
+        req: Request<ServerMonitoringRequest>,
+    ) -> Result<Response<ServerMonitoringTable>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        self.monitor
+            .add(&org, &r.artifact, r.params.clone().into_iter().collect())
+            .await
+            .map_err(monitor_status)?;
+        audit(
+            &self.qm,
+            &org,
+            "server_monitoring_add",
+            &who,
+            serde_json::json!({"artifact": r.artifact, "params": r.params}),
+        )
+        .await;
+        self.table(&org)
+    }
+
+    async fn remove_server_monitoring(
+        &self,
+        req: Request<ServerMonitoringRequest>,
+    ) -> Result<Response<ServerMonitoringTable>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        if !self
+            .monitor
+            .remove(&org, &r.artifact)
+            .await
+            .map_err(monitor_status)?
+        {
+            return Err(Status::not_found(format!(
+                "artifact {} is not in the server monitoring table of org {org}",
+                r.artifact
+            )));
+        }
+        audit(
+            &self.qm,
+            &org,
+            "server_monitoring_remove",
+            &who,
+            serde_json::json!({"artifact": r.artifact}),
+        )
+        .await;
+        self.table(&org)
+    }
+
+    async fn set_metadata(
+        &self,
+        req: Request<SetMetadataRequest>,
+    ) -> Result<Response<Metadata>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        talon_shared::queue::validate_org(&org).map_err(|e| to_status(e.into()))?;
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument("metadata key is empty"));
+        }
+        self.qm
+            .store()
+            .set_setting(&metadata_namespace(&org), &r.key, Some(&r.value))
+            .await
+            .map_err(|e| to_status(e.into()))?;
+        let row = serde_json::json!({"client_id": "server", "key": r.key, "value": r.value, "principal": who});
+        if let serde_json::Value::Object(m) = row {
+            if let Err(e) = self
+                .qm
+                .push(
+                    &org,
+                    "Server.Internal.MetadataModifications",
+                    vec![m],
+                    &who,
+                    "",
+                )
+                .await
+            {
+                tracing::error!(error = %e, "could not announce a metadata change");
+            }
+        }
+        self.get_metadata(Request::new(GetMetadataRequest { org, key: r.key }))
+            .await
+    }
+
+    async fn get_metadata(
+        &self,
+        req: Request<GetMetadataRequest>,
+    ) -> Result<Response<Metadata>, Status> {
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        let all = self
+            .qm
+            .store()
+            .settings(&metadata_namespace(&org))
+            .map_err(|e| to_status(e.into()))?;
+        let values: std::collections::HashMap<String, String> = all
+            .into_iter()
+            .filter(|(k, _)| r.key.is_empty() || *k == r.key)
+            .collect();
+        if !r.key.is_empty() && values.is_empty() {
+            return Err(Status::not_found(format!(
+                "no metadata key {} in org {org}",
+                r.key
+            )));
+        }
+        Ok(Response::new(Metadata { values }))
+    }
+
     async fn delete_artifact(
         &self,
         req: Request<DeleteArtifactRequest>,
@@ -306,5 +455,25 @@ impl AdminService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(artifact_msg(&a)))
+    }
+}
+
+/// Records an auditable action on `Server.Audit.Logs`.
+async fn audit(
+    qm: &QueueManager,
+    org: &str,
+    operation: &str,
+    principal: &str,
+    details: serde_json::Value,
+) {
+    let row =
+        serde_json::json!({"operation": operation, "principal": principal, "details": details});
+    if let serde_json::Value::Object(m) = row {
+        if let Err(e) = qm
+            .push(org, "Server.Audit.Logs", vec![m], "server", "")
+            .await
+        {
+            tracing::error!(error = %e, operation, "could not audit");
+        }
     }
 }

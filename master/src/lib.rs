@@ -4,10 +4,12 @@
 //! - [`api`]: the admin gRPC service.
 //! - [`artifacts`]: user artifact administration (store, announce, audit).
 //! - [`error`]: API errors and their gRPC status codes.
+//! - [`monitor`]: the server monitoring table and its running queries.
 
 pub mod api;
 pub mod artifacts;
 pub mod error;
+pub mod monitor;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -68,10 +70,20 @@ pub async fn run(
     };
 
     let tasks = TaskTracker::new();
+    let vql = talon_shared::vql_host::Vql::new(qm.clone());
+    let monitor =
+        monitor::ServerMonitor::new(qm.clone(), vql.clone(), shutdown.clone(), tasks.clone());
+    let monitored = monitor.start_stored()?;
+    tracing::info!(monitored, "server monitoring table started");
     let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
-    let admin = AdminServer::new(api::AdminService::new(qm.clone(), shutdown.clone()))
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let admin = AdminServer::new(api::AdminService::new(
+        qm.clone(),
+        vql,
+        monitor,
+        shutdown.clone(),
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
     let api_shutdown = shutdown.clone();
     let api_task = tasks.spawn(async move {
         tonic::transport::Server::builder()

@@ -18,6 +18,8 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 const ARTIFACTS: TableDefinition<&str, &str> = TableDefinition::new("artifacts");
 /// Last seq ever assigned per stream, so seqs never restart even when retention empties one.
 const HEADS: TableDefinition<&str, u64> = TableDefinition::new("heads");
+/// Small settings by (namespace, key): monitoring tables, server metadata.
+const SETTINGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("settings");
 /// When each alert name of an org last fired (unix microseconds), for alert() dedup.
 const ALERTS: TableDefinition<(&str, &str), i64> = TableDefinition::new("alert_dedup");
 
@@ -127,6 +129,13 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    SetSetting {
+        namespace: String,
+        key: String,
+        /// None deletes.
+        value: Option<String>,
+        reply: oneshot::Sender<Result<bool>>,
+    },
     AlertDedup {
         org: String,
         name: String,
@@ -157,6 +166,7 @@ impl Store {
             w.open_table(ARTIFACTS)?;
             w.open_table(HEADS)?;
             w.open_table(ALERTS)?;
+            w.open_table(SETTINGS)?;
             w.commit()?;
         }
         let db = Arc::new(db);
@@ -256,6 +266,40 @@ impl Store {
         };
         self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Sets (or with None, deletes) a setting; true when something changed.
+    pub async fn set_setting(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::SetSetting {
+            namespace: namespace.into(),
+            key: key.into(),
+            value: value.map(str::to_string),
+            reply,
+        };
+        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Every setting of a namespace as (key, value), sorted by key.
+    pub fn settings(&self, namespace: &str) -> Result<Vec<(String, String)>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SETTINGS)?;
+        let mut out = Vec::new();
+        for item in t.range((namespace, "")..)? {
+            let (k, v) = item?;
+            let (ns, key) = k.value();
+            if ns != namespace {
+                break;
+            }
+            out.push((key.to_string(), v.value().to_string()));
+        }
+        Ok(out)
     }
 
     /// Every stored user artifact as (name, yaml).
@@ -473,7 +517,7 @@ impl Writer {
                         Command::Shutdown { reply } => {
                             let _ = reply.send(());
                         }
-                        Command::AlertDedup { reply, .. } => {
+                        Command::AlertDedup { reply, .. } | Command::SetSetting { reply, .. } => {
                             let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
                         }
                     }
@@ -498,7 +542,7 @@ impl Writer {
                         Command::Shutdown { reply } => {
                             let _ = reply.send(());
                         }
-                        Command::AlertDedup { reply, .. } => {
+                        Command::AlertDedup { reply, .. } | Command::SetSetting { reply, .. } => {
                             let _ = reply.send(Err(err()));
                         }
                     }
@@ -516,6 +560,7 @@ impl Writer {
             let mut artifacts = w.open_table(ARTIFACTS)?;
             let mut heads = w.open_table(HEADS)?;
             let mut alerts = w.open_table(ALERTS)?;
+            let mut settings = w.open_table(SETTINGS)?;
             for cmd in group {
                 match cmd {
                     Command::Append { stream, rows, .. } => {
@@ -563,6 +608,21 @@ impl Writer {
                         results.push(Ok(doomed.len() as u64));
                     }
                     Command::Shutdown { .. } => results.push(Ok(0)),
+                    Command::SetSetting {
+                        namespace,
+                        key,
+                        value,
+                        ..
+                    } => {
+                        let k = (namespace.as_str(), key.as_str());
+                        let changed = match value {
+                            Some(v) => settings
+                                .insert(k, v.as_str())?
+                                .is_none_or(|old| old.value() != v),
+                            None => settings.remove(k)?.is_some(),
+                        };
+                        results.push(Ok(u64::from(changed)));
+                    }
                     Command::AlertDedup {
                         org,
                         name,

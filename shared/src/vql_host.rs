@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Map;
-use talon_vql::engine::{Host, LogLine, QueryInfo};
+use talon_vql::engine::{ArtifactQuery, Host, LogLine, QueryInfo};
 use talon_vql::registry::Registry;
 use talon_vql::{ParseError, Row, Runner, Value};
 use tokio::sync::mpsc;
@@ -148,8 +148,95 @@ impl Host for ServerHost {
             .collect()
     }
 
-    fn metadata(&self, _org: &str, _key: &str) -> Option<String> {
-        None
+    fn metadata(&self, org: &str, key: &str) -> Option<String> {
+        self.qm
+            .store()
+            .settings(&metadata_namespace(org))
+            .ok()?
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    fn metadata_all(&self, org: &str) -> Row {
+        self.qm
+            .store()
+            .settings(&metadata_namespace(org))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, Value::Str(v)))
+            .collect()
+    }
+
+    fn artifact_query(
+        &self,
+        name: &str,
+        params: Vec<(String, String)>,
+    ) -> Result<Vec<ArtifactQuery>, String> {
+        let compiled = crate::artifacts::compile::compile(self.qm.repository(), name, &params)
+            .map_err(|e| e.to_string())?;
+        Ok(compiled
+            .into_iter()
+            .map(|c| ArtifactQuery {
+                name: c.queue,
+                precondition: c.precondition,
+                query: c.query,
+                env: c.env,
+            })
+            .collect())
+    }
+
+    fn read_logs(
+        &self,
+        org: &str,
+        artifact: &str,
+        start_us: i64,
+        end_us: i64,
+    ) -> BoxStream<'static, Result<Row, String>> {
+        let store = self.qm.store().clone();
+        let stream = log_stream(org, artifact);
+        let (tx, rx) = mpsc::channel::<Result<Row, String>>(1024);
+        tokio::task::spawn_blocking(move || {
+            let res = store.read_time(&stream, start_us, end_us, None, |_, r| {
+                tx.blocking_send(Ok(row_of_json(&r.json))).is_ok()
+            });
+            if let Err(e) = res {
+                let _ = tx.blocking_send(Err(e.to_string()));
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    }
+}
+
+/// The settings namespace of an org's server metadata.
+pub fn metadata_namespace(org: &str) -> String {
+    format!("metadata/{org}")
+}
+
+/// The store stream holding a server monitoring artifact's log lines.
+pub fn log_stream(org: &str, artifact: &str) -> String {
+    crate::queue::stream_key(org, &format!("{artifact}\u{1f}logs"))
+}
+
+/// Appends one log line of a server monitoring artifact to its monitoring log.
+pub async fn append_log(qm: &QueueManager, org: &str, artifact: &str, line: &LogLine) {
+    let ts = now_us();
+    let mut row = Map::new();
+    row.insert("Timestamp".into(), serde_json::Value::from(ts / 1_000_000));
+    row.insert("Level".into(), line.level.clone().into());
+    row.insert("Message".into(), line.message.clone().into());
+    row.insert("Artifact".into(), artifact.into());
+    let stored = crate::store::StoredRow {
+        ts_us: ts,
+        client: String::new(),
+        json: serde_json::Value::Object(row).to_string(),
+    };
+    if let Err(e) = qm
+        .store()
+        .append(log_stream(org, artifact), vec![stored])
+        .await
+    {
+        tracing::error!(error = %e, artifact, "could not store a monitoring log line");
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`verify`].
 
 pub mod builtin;
+pub mod compile;
 pub mod load;
 pub mod model;
 pub mod repository;

@@ -53,6 +53,42 @@ pub trait Host: Send + Sync {
     fn artifact_definitions(&self) -> Vec<Row>;
     /// A server metadata value.
     fn metadata(&self, org: &str, key: &str) -> Option<String>;
+    /// Every server metadata key of an org.
+    fn metadata_all(&self, org: &str) -> Row {
+        let _ = org;
+        Row::new()
+    }
+    /// The runnable sources of an artifact called as `Artifact.Name(...)`.
+    fn artifact_query(
+        &self,
+        name: &str,
+        params: Vec<(String, String)>,
+    ) -> Result<Vec<ArtifactQuery>, String> {
+        let _ = params;
+        Err(format!("artifact {name} cannot be run here"))
+    }
+    /// Log lines of a server monitoring artifact in a time range (microseconds).
+    fn read_logs(
+        &self,
+        org: &str,
+        artifact: &str,
+        start_us: i64,
+        end_us: i64,
+    ) -> BoxStream<'static, Result<Row, String>> {
+        let _ = (org, start_us, end_us);
+        let msg = format!("no monitoring logs of {artifact} here");
+        Box::pin(futures::stream::once(async move { Err(msg) }))
+    }
+}
+
+/// One runnable source of an artifact.
+#[derive(Debug, Clone)]
+pub struct ArtifactQuery {
+    /// `Artifact` or `Artifact/Source`.
+    pub name: String,
+    pub precondition: Option<String>,
+    pub query: String,
+    pub env: Vec<(String, Value)>,
 }
 
 /// A host with no server behind it: event functions report that they are unavailable.

@@ -19,6 +19,8 @@ pub const ASYNC_WORKERS: usize = 100;
 
 /// Registers every built-in plugin.
 pub fn register(r: &mut Registry) {
+    r.plugin("monitoring_logs", Place::Server, false, monitoring_logs);
+    r.plugin("parse_csv", Place::Both, false, parse_csv);
     r.plugin("scope", Place::Both, false, scope);
     r.plugin("range", Place::Both, false, range);
     r.plugin("foreach", Place::Both, false, foreach);
@@ -375,4 +377,92 @@ fn artifact_definitions(c: PluginCall) -> BoxStream<'static, Row> {
         names.is_empty() || d.get("name").is_some_and(|n| names.contains(&n.to_text()))
     }))
     .boxed()
+}
+
+fn monitoring_logs(c: PluginCall) -> BoxStream<'static, Row> {
+    if !c.check(
+        &["artifact", "start_time", "end_time", "client_id", "flow_id"],
+        &["artifact"],
+    ) {
+        return stream::empty().boxed();
+    }
+    let artifact = c.get("artifact").map(Value::to_text).unwrap_or_default();
+    let start = c.get("start_time").and_then(time_arg_us).unwrap_or(0);
+    let end = c.get("end_time").and_then(time_arg_us).unwrap_or(i64::MAX);
+    let ctx = c.scope.ctx().clone();
+    let rows = ctx.host.read_logs(&ctx.info.org, &artifact, start, end);
+    rows.filter_map(move |r| {
+        let ctx = ctx.clone();
+        async move {
+            r.map_err(|e| ctx.log("ERROR", format!("monitoring_logs: {e}")))
+                .ok()
+        }
+    })
+    .boxed()
+}
+
+/// Splits CSV text into records (quotes, doubled quotes, newlines inside quotes).
+pub fn csv_records(text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut rec = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', true) => quoted = false,
+            ('"', false) if field.is_empty() => quoted = true,
+            (',', false) => rec.push(std::mem::take(&mut field)),
+            ('\r', false) => {}
+            ('\n', false) => {
+                rec.push(std::mem::take(&mut field));
+                out.push(std::mem::take(&mut rec));
+            }
+            (c, _) => field.push(c),
+        }
+    }
+    if !field.is_empty() || !rec.is_empty() {
+        rec.push(field);
+        out.push(rec);
+    }
+    out
+}
+
+fn parse_csv(c: PluginCall) -> BoxStream<'static, Row> {
+    if !c.check(
+        &["filename", "accessor", "auto_headers", "separator"],
+        &["filename"],
+    ) {
+        return stream::empty().boxed();
+    }
+    let name = c.get("filename").map(Value::to_text).unwrap_or_default();
+    let text = match c.get("accessor").map(Value::to_text).as_deref() {
+        Some("data") => name,
+        _ => match std::fs::read_to_string(&name) {
+            Ok(t) => t,
+            Err(e) => {
+                c.fail(format!("cannot read {name}: {e}"));
+                return stream::empty().boxed();
+            }
+        },
+    };
+    let mut records = csv_records(&text).into_iter();
+    let Some(header) = records.next() else {
+        return stream::empty().boxed();
+    };
+    let rows: Vec<Row> = records
+        .filter(|r| !(r.len() == 1 && r[0].is_empty()))
+        .map(|r| {
+            header
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.clone(), Value::Str(r.get(i).cloned().unwrap_or_default())))
+                .collect()
+        })
+        .collect();
+    stream::iter(rows).boxed()
 }

@@ -244,6 +244,9 @@ async fn source_rows(from: &Source, scope: &Scope) -> BoxStream<'static, Row> {
             scope: scope.clone(),
         });
     }
+    if let Some(artifact) = name.strip_prefix("Artifact.") {
+        return artifact_rows(artifact, args, scope).await;
+    }
     if from.path.len() == 1 {
         match scope.find(&name) {
             Some(Found::Binding(Binding::Query(select))) => {
@@ -289,6 +292,68 @@ async fn source_rows(from: &Source, scope: &Scope) -> BoxStream<'static, Row> {
     }
     ctx.log("ERROR", format!("Plugin {name} not found"));
     stream::empty().boxed()
+}
+
+/// `Artifact.Name(params..., source='S')`: runs the artifact's sources in a scope of its
+/// own (parameters as strings, then its preamble), each gated by its precondition.
+async fn artifact_rows(artifact: &str, args: &[Arg], scope: &Scope) -> BoxStream<'static, Row> {
+    let ctx = scope.ctx().clone();
+    let mut params = Vec::new();
+    let mut only_source = None;
+    for a in args {
+        let v = eval::arg_value(&crate::registry::ArgSrc::Ast(&a.value), scope).await;
+        if a.name == "source" {
+            only_source = Some(v.to_text());
+        } else {
+            params.push((a.name.clone(), v.to_text()));
+        }
+    }
+    let sources = match ctx.host.artifact_query(artifact, params) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.log("ERROR", format!("Artifact.{artifact}: {e}"));
+            return stream::empty().boxed();
+        }
+    };
+    let scope = scope.clone();
+    let artifact = artifact.to_string();
+    Box::pin(async_stream::stream! {
+        for src in sources {
+            if let Some(want) = &only_source {
+                if !src.name.ends_with(&format!("/{want}")) {
+                    continue;
+                }
+            }
+            let mut vars = IndexMap::new();
+            for (k, v) in src.env {
+                vars.insert(k, Binding::Value(v));
+            }
+            let child = scope.with_vars(vars);
+            if let Some(pre) = &src.precondition {
+                match crate::parse(pre) {
+                    Ok(p) => {
+                        let mut rows = run_program(Arc::new(p), child.clone());
+                        if rows.next().await.is_none() {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        child.ctx().log("ERROR", format!("Artifact.{artifact} precondition: {e}"));
+                        continue;
+                    }
+                }
+            }
+            match crate::parse(&src.query) {
+                Ok(p) => {
+                    let mut rows = run_program(Arc::new(p), child);
+                    while let Some(r) = rows.next().await {
+                        yield r;
+                    }
+                }
+                Err(e) => child.ctx().log("ERROR", format!("Artifact.{artifact}: {e}")),
+            }
+        }
+    })
 }
 
 /// Runs statements in order: LETs bind in `scope`, each SELECT's rows are yielded.

@@ -21,6 +21,24 @@ pub(super) fn register(r: &mut Registry) {
     r.function("send_event", Place::Server, send_event);
     r.function("alert", Place::Both, alert);
     r.function("log", Place::Both, log);
+    r.function("server_metadata", Place::Server, server_metadata);
+}
+
+fn server_metadata<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
+    Box::pin(async move {
+        if !c.check(&["key"], &[]).await {
+            return Value::Null;
+        }
+        let ctx = c.scope.ctx().clone();
+        match c.args.get("key").await {
+            Some(k) => ctx
+                .host
+                .metadata(&ctx.info.org, &k.to_text())
+                .map(Value::Str)
+                .unwrap_or_default(),
+            None => Value::Dict(ctx.host.metadata_all(&ctx.info.org)),
+        }
+    })
 }
 
 fn send_event<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {

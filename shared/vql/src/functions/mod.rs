@@ -25,6 +25,7 @@ pub fn register(r: &mut Registry) {
     r.function("timestamp", Place::Both, timestamp);
     r.function("get", Place::Both, get);
     r.function("int", Place::Both, int);
+    r.function("parse_float", Place::Both, parse_float);
     r.function("str", Place::Both, str_);
     r.function("len", Place::Both, len);
     r.function("sleep", Place::Both, sleep);
@@ -242,6 +243,22 @@ fn int<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
                 .unwrap_or(Value::Int(0)),
             Some(Value::Time(t)) => Value::Int(t.timestamp()),
             _ => Value::Int(0),
+        }
+    })
+}
+
+fn parse_float<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
+    Box::pin(async move {
+        match c.args.get("string").await {
+            Some(Value::Float(f)) => Value::Float(f),
+            Some(Value::Int(i)) => Value::Float(i as f64),
+            Some(v) => v
+                .to_text()
+                .trim()
+                .parse::<f64>()
+                .map(Value::Float)
+                .unwrap_or(Value::Float(0.0)),
+            None => Value::Float(0.0),
         }
     })
 }

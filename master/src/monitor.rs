@@ -1,0 +1,316 @@
+//! The server monitoring table: per org, the SERVER_EVENT artifacts (with parameters) the
+//! master runs continuously, one query per source, rows pushed to the source's queue. Log
+//! lines go to the artifact's monitoring log; ALERT lines become alerts. A query that fails
+//! or ends is logged and restarted with backoff. The table is kept in the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use talon_shared::artifacts::compile::compile;
+use talon_shared::artifacts::ArtifactKind;
+use talon_shared::queue::QueueManager;
+use talon_shared::vql_host::{append_log, Output, Vql};
+use talon_vql::engine::{LogLine, QueryInfo};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Settings namespace of the table; keys are `org/artifact`, values the parameters as JSON.
+const NAMESPACE: &str = "server_monitoring";
+/// First restart delay; doubles up to [`MAX_BACKOFF`], and resets after a long run.
+pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest restart delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Rows pushed to a queue in one commit at most.
+const PUSH_BATCH_ROWS: usize = 1000;
+
+/// Parameters of one monitored artifact.
+pub type Params = BTreeMap<String, String>;
+
+/// Errors of table changes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] talon_shared::store::Error),
+}
+
+/// A cheap handle on the server monitoring service.
+#[derive(Clone)]
+pub struct ServerMonitor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    qm: QueueManager,
+    vql: Vql,
+    running: Mutex<HashMap<(String, String), CancellationToken>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl ServerMonitor {
+    /// A monitor whose queries stop when `shutdown` fires; `tasks` tracks them.
+    pub fn new(
+        qm: QueueManager,
+        vql: Vql,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                qm,
+                vql,
+                running: Mutex::new(HashMap::new()),
+                shutdown,
+                tasks,
+            }),
+        }
+    }
+
+    /// Starts every artifact of the stored table.
+    pub fn start_stored(&self) -> Result<usize, Error> {
+        let entries = self.inner.qm.store().settings(NAMESPACE)?;
+        let n = entries.len();
+        for (key, value) in entries {
+            let Some((org, artifact)) = key.split_once('/') else {
+                continue;
+            };
+            let params: Params = serde_json::from_str(&value).unwrap_or_default();
+            self.start(org, artifact, params);
+        }
+        Ok(n)
+    }
+
+    /// The table of an org: artifact -> parameters.
+    pub fn list(&self, org: &str) -> Result<BTreeMap<String, Params>, Error> {
+        let prefix = format!("{org}/");
+        Ok(self
+            .inner
+            .qm
+            .store()
+            .settings(NAMESPACE)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let artifact = k.strip_prefix(&prefix)?.to_string();
+                Some((artifact, serde_json::from_str(&v).unwrap_or_default()))
+            })
+            .collect())
+    }
+
+    /// Adds (or re-parameterises) an artifact and (re)starts it.
+    pub async fn add(&self, org: &str, artifact: &str, params: Params) -> Result<(), Error> {
+        talon_shared::queue::validate_org(org).map_err(|e| Error::Invalid(e.to_string()))?;
+        let repo = self.inner.qm.repository();
+        let a = repo
+            .get(artifact)
+            .ok_or_else(|| Error::Invalid(format!("unknown artifact {artifact}")))?;
+        if a.kind != ArtifactKind::ServerEvent {
+            return Err(Error::Invalid(format!(
+                "artifact {artifact} is {}; the server monitoring table takes SERVER_EVENT artifacts",
+                a.kind
+            )));
+        }
+        let list: Vec<(String, String)> = params.clone().into_iter().collect();
+        compile(repo, artifact, &list).map_err(|e| Error::Invalid(e.to_string()))?;
+        let value = serde_json::to_string(&params).expect("params serialise");
+        self.inner
+            .qm
+            .store()
+            .set_setting(NAMESPACE, &format!("{org}/{artifact}"), Some(&value))
+            .await?;
+        self.start(org, artifact, params);
+        Ok(())
+    }
+
+    /// Removes an artifact and stops its queries; false when it was not in the table.
+    pub async fn remove(&self, org: &str, artifact: &str) -> Result<bool, Error> {
+        let removed = self
+            .inner
+            .qm
+            .store()
+            .set_setting(NAMESPACE, &format!("{org}/{artifact}"), None)
+            .await?;
+        if let Some(token) = self
+            .inner
+            .running
+            .lock()
+            .expect("running lock")
+            .remove(&(org.to_string(), artifact.to_string()))
+        {
+            token.cancel();
+        }
+        Ok(removed)
+    }
+
+    fn start(&self, org: &str, artifact: &str, params: Params) {
+        let token = self.inner.shutdown.child_token();
+        let key = (org.to_string(), artifact.to_string());
+        if let Some(old) = self
+            .inner
+            .running
+            .lock()
+            .expect("running lock")
+            .insert(key, token.clone())
+        {
+            old.cancel();
+        }
+        let list: Vec<(String, String)> = params.into_iter().collect();
+        let sources = match compile(self.inner.qm.repository(), artifact, &list) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(org, artifact, error = %e, "monitoring artifact cannot start");
+                return;
+            }
+        };
+        for s in sources {
+            let runner = SourceRunner {
+                inner: self.inner.clone(),
+                org: org.to_string(),
+                artifact: artifact.to_string(),
+                queue: s.queue,
+                params: list.clone(),
+                cancel: token.clone(),
+            };
+            self.inner.tasks.spawn(runner.run());
+        }
+    }
+}
+
+struct SourceRunner {
+    inner: Arc<Inner>,
+    org: String,
+    artifact: String,
+    queue: String,
+    params: Vec<(String, String)>,
+    cancel: CancellationToken,
+}
+
+impl SourceRunner {
+    async fn log(&self, level: &str, message: String) {
+        let line = LogLine {
+            level: level.into(),
+            message,
+        };
+        append_log(&self.inner.qm, &self.org, &self.artifact, &line).await;
+    }
+
+    async fn run(self) {
+        let mut backoff = MIN_BACKOFF;
+        while !self.cancel.is_cancelled() {
+            let started = Instant::now();
+            match self.run_once().await {
+                Ok(()) if self.cancel.is_cancelled() => break,
+                Ok(()) => {
+                    self.log(
+                        "ERROR",
+                        format!(
+                            "{}: query ended; restarting in {}s",
+                            self.queue,
+                            backoff.as_secs()
+                        ),
+                    )
+                    .await
+                }
+                Err(e) => {
+                    self.log(
+                        "ERROR",
+                        format!("{}: {e}; restarting in {}s", self.queue, backoff.as_secs()),
+                    )
+                    .await
+                }
+            }
+            if started.elapsed() > MAX_BACKOFF {
+                backoff = MIN_BACKOFF;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        tracing::info!(org = %self.org, queue = %self.queue, "monitoring query stopped");
+    }
+
+    /// Runs the source once, until it ends or is cancelled.
+    async fn run_once(&self) -> Result<(), String> {
+        // Compiled afresh each time, so a changed artifact takes effect on restart.
+        let sources = compile(self.inner.qm.repository(), &self.artifact, &self.params)
+            .map_err(|e| e.to_string())?;
+        let source = sources
+            .into_iter()
+            .find(|s| s.queue == self.queue)
+            .ok_or_else(|| format!("artifact {} no longer has this source", self.artifact))?;
+        let info = QueryInfo {
+            org: self.org.clone(),
+            artifact: self.artifact.clone(),
+            artifact_type: "SERVER_EVENT".into(),
+            client_id: "server".into(),
+        };
+        if let Some(p) = &source.precondition {
+            let mut rows = self
+                .inner
+                .vql
+                .run(
+                    p,
+                    source.env.clone(),
+                    info.clone(),
+                    "server",
+                    self.cancel.child_token(),
+                )
+                .map_err(|e| format!("precondition does not parse: {e}"))?;
+            let mut met = false;
+            while let Some(o) = rows.next().await {
+                if matches!(o, Output::Row(_)) {
+                    met = true;
+                }
+            }
+            if !met {
+                self.log(
+                    "INFO",
+                    format!("{}: precondition not met; not running", self.queue),
+                )
+                .await;
+                self.cancel.cancelled().await;
+                return Ok(());
+            }
+        }
+        let outputs = self
+            .inner
+            .vql
+            .run(
+                &source.query,
+                source.env,
+                info,
+                "server",
+                self.cancel.child_token(),
+            )
+            .map_err(|e| format!("query does not parse: {e}"))?;
+        let mut chunks = outputs.ready_chunks(PUSH_BATCH_ROWS);
+        while let Some(chunk) = chunks.next().await {
+            let mut rows = Vec::new();
+            for o in chunk {
+                match o {
+                    Output::Row(json) => {
+                        if let Ok(serde_json::Value::Object(m)) = serde_json::from_str(&json) {
+                            rows.push(m);
+                        }
+                    }
+                    Output::Log(l) => {
+                        append_log(&self.inner.qm, &self.org, &self.artifact, &l).await
+                    }
+                }
+            }
+            if !rows.is_empty() {
+                self.inner
+                    .qm
+                    .push(&self.org, &self.queue, rows, "server", "")
+                    .await
+                    .map_err(|e| format!("cannot push rows: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
