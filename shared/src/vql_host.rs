@@ -288,23 +288,25 @@ impl Vql {
             host,
         };
         let (log_tx, mut log_rx) = mpsc::unbounded_channel::<LogLine>();
+        // Alerts are stored as they are raised, whether or not the caller keeps reading;
+        // the stream ends only after every one of them is stored.
+        let alerts = tokio_util::task::TaskTracker::new();
+        let (alert_tasks, qm, alert_info) = (alerts.clone(), self.qm.clone(), info.clone());
         let sink: talon_vql::engine::LogSink = Arc::new(move |l| {
+            if l.level == "ALERT" {
+                let (qm, info, message) = (qm.clone(), alert_info.clone(), l.message.clone());
+                alert_tasks.spawn(async move { store_alert(&qm, &info, &message).await });
+            }
             let _ = log_tx.send(l);
         });
-        let mut rows = runner.run(query, env, info.clone(), cancel, sink)?;
-        let qm = self.qm.clone();
+        let mut rows = runner.run(query, env, info, cancel, sink)?;
         Ok(Box::pin(async_stream::stream! {
             let mut rows_done = false;
             loop {
                 tokio::select! {
                     biased;
                     log = log_rx.recv() => match log {
-                        Some(l) => {
-                            if l.level == "ALERT" {
-                                store_alert(&qm, &info, &l.message).await;
-                            }
-                            yield Output::Log(l);
-                        }
+                        Some(l) => yield Output::Log(l),
                         None => break,
                     },
                     row = rows.next(), if !rows_done => match row {
@@ -317,6 +319,8 @@ impl Vql {
                     },
                 }
             }
+            alerts.close();
+            alerts.wait().await;
         }))
     }
 }
