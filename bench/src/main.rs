@@ -10,6 +10,8 @@ use talon_shared::artifacts::Repository;
 use talon_shared::queue::{Limits, QueueManager, ROOT_ORG};
 use talon_shared::store::Store;
 
+mod vql;
+
 #[derive(Parser)]
 #[command(name = "talon-bench")]
 struct Args {
@@ -31,6 +33,15 @@ enum Bench {
         #[arg(long, default_value_t = 2000)]
         latency_samples: usize,
     },
+    /// VQL parse rate, and a filter over in-memory rows beside a hand-written Rust loop
+    Vql {
+        /// Rows to filter
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Seconds the parse measurement runs
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
 }
 
 const QUEUE: &str = "Server.Audit.Logs";
@@ -41,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
     match args.bench {
+        Bench::Vql { rows, seconds } => rt.block_on(vql::run(rows, seconds)),
         Bench::Store {
             row_bytes,
             seconds,

@@ -156,7 +156,8 @@ pub struct Context {
     pub info: QueryInfo,
     pub cancel: CancellationToken,
     log: LogSink,
-    pub(crate) regex_cache: Mutex<HashMap<String, Option<regex::Regex>>>,
+    /// Shared, not cloned: a cloned `Regex` would start a new match-cache pool.
+    pub(crate) regex_cache: Mutex<HashMap<String, Option<Arc<regex::Regex>>>>,
     pub(crate) log_dedup: Mutex<HashMap<String, Instant>>,
 }
 
@@ -189,12 +190,14 @@ impl Context {
     }
 
     /// A case-insensitive regex, compiled once per query tree; None when invalid.
-    pub fn regex(&self, pattern: &str) -> Option<regex::Regex> {
+    pub fn regex(&self, pattern: &str) -> Option<Arc<regex::Regex>> {
         let mut cache = self.regex_cache.lock().expect("regex cache");
         if let Some(r) = cache.get(pattern) {
             return r.clone();
         }
-        let compiled = regex::Regex::new(&format!("(?i){pattern}")).ok();
+        let compiled = regex::Regex::new(&format!("(?i){pattern}"))
+            .ok()
+            .map(Arc::new);
         if compiled.is_none() {
             self.log("ERROR", format!("invalid regex {pattern:?}"));
         }

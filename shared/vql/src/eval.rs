@@ -86,6 +86,38 @@ pub fn eval<'a>(e: &'a Expr, scope: &'a Scope) -> BoxFuture<'a, Value> {
     })
 }
 
+/// Evaluates literals and plain names without an async call; None when the expression
+/// needs the full evaluator. A fast path for the common leaves of WHERE clauses.
+pub fn eval_sync(e: &Expr, scope: &Scope) -> Option<Value> {
+    match &e.kind {
+        ExprKind::Null => Some(Value::Null),
+        ExprKind::Bool(b) => Some(Value::Bool(*b)),
+        ExprKind::Int(i) => Some(Value::Int(*i)),
+        ExprKind::Float(f) => Some(Value::Float(*f)),
+        ExprKind::Str(b) => Some(Value::from_bytes(b.clone())),
+        ExprKind::Symbol {
+            negated: false,
+            path,
+            call: None,
+        } if path.len() == 1 => match scope.find(&path[0])? {
+            Found::Value(v) | Found::Binding(Binding::Value(v)) => match v {
+                Value::Query(StoredQuery::Lazy { .. }) => None,
+                v => Some(v),
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// [`eval`], taking the synchronous fast path when it can.
+pub async fn eval_fast(e: &Expr, scope: &Scope) -> Value {
+    match eval_sync(e, scope) {
+        Some(v) => v,
+        None => eval(e, scope).await,
+    }
+}
+
 fn negate(v: &Value) -> Value {
     match v {
         Value::Int(i) => Value::Int(i.wrapping_neg()),
@@ -108,35 +140,35 @@ pub async fn truthy(v: &Value, scope: &Scope) -> bool {
 async fn binary(op: BinOp, l: &Expr, r: &Expr, scope: &Scope) -> Value {
     match op {
         BinOp::And => {
-            if !truthy(&eval(l, scope).await, scope).await {
+            if !truthy(&eval_fast(l, scope).await, scope).await {
                 return Value::Bool(false);
             }
-            Value::Bool(truthy(&eval(r, scope).await, scope).await)
+            Value::Bool(truthy(&eval_fast(r, scope).await, scope).await)
         }
         BinOp::Or => {
-            let a = eval(l, scope).await;
+            let a = eval_fast(l, scope).await;
             if truthy(&a, scope).await {
                 return a;
             }
-            eval(r, scope).await
+            eval_fast(r, scope).await
         }
         BinOp::AltOr => {
-            let a = eval(l, scope).await;
+            let a = eval_fast(l, scope).await;
             if truthy(&a, scope).await {
                 return a;
             }
-            eval(r, scope).await
+            eval_fast(r, scope).await
         }
         BinOp::AltAnd => {
-            let a = eval(l, scope).await;
+            let a = eval_fast(l, scope).await;
             if !truthy(&a, scope).await {
                 return Value::Bool(false);
             }
-            eval(r, scope).await
+            eval_fast(r, scope).await
         }
         _ => {
-            let a = materialize(eval(l, scope).await, scope).await;
-            let b = materialize(eval(r, scope).await, scope).await;
+            let a = materialize(eval_fast(l, scope).await, scope).await;
+            let b = materialize(eval_fast(r, scope).await, scope).await;
             match op {
                 BinOp::Eq => Value::Bool(value::equal(&a, &b)),
                 BinOp::Ne => Value::Bool(!value::equal(&a, &b)),

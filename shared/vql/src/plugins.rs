@@ -85,7 +85,7 @@ fn range(c: PluginCall) -> BoxStream<'static, Row> {
 
 /// Runs a query value (or emits a non-query value's rows) in a scope with `row` on top.
 fn run_in(query: &Value, scope: &crate::scope::Scope, row: Row) -> BoxStream<'static, Row> {
-    let child = scope.push(Frame::Row(row));
+    let child = scope.push(Frame::Row(std::sync::Arc::new(row)));
     match query {
         Value::Query(StoredQuery::Lazy { select, .. }) => run_select(select.clone(), child),
         other => query_rows(other.clone(), child),

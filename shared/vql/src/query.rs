@@ -9,7 +9,7 @@ use futures::StreamExt;
 use indexmap::IndexMap;
 
 use crate::ast::*;
-use crate::eval::{self, bind_params, eval, materialize, materialize_deep, truthy};
+use crate::eval::{self, bind_params, eval, eval_fast, materialize, materialize_deep, truthy};
 use crate::format;
 use crate::registry::PluginCall;
 use crate::scope::{AggState, Binding, Found, Frame, LazyColumns, Scope};
@@ -19,7 +19,9 @@ use crate::value::{self, Row, StoredQuery, Value};
 pub fn query_rows(v: Value, scope: Scope) -> BoxStream<'static, Row> {
     match v {
         Value::Query(StoredQuery::Lazy { select, scope }) => run_select(select, scope),
-        Value::Query(StoredQuery::Rows(rows)) => stream::iter((*rows).clone()).boxed(),
+        Value::Query(StoredQuery::Rows(rows)) => {
+            stream::iter((0..rows.len()).map(move |i| rows[i].clone())).boxed()
+        }
         Value::List(items) => {
             let _ = scope;
             stream::iter(items.into_iter().filter(|v| !v.is_null()).map(|v| match v {
@@ -100,7 +102,7 @@ async fn column_value(value: &ColumnValue, base: &Scope) -> Value {
 }
 
 struct RowCtx {
-    source: Row,
+    source: Arc<Row>,
     lazy: Arc<LazyColumns>,
     /// The scope WHERE and GROUP BY see: base plus the lazy columns.
     filter: Scope,
@@ -108,9 +110,9 @@ struct RowCtx {
 
 fn row_ctx(
     sel: &Arc<Select>,
-    by_name: &HashMap<String, usize>,
+    by_name: &Arc<HashMap<String, usize>>,
     scope: &Scope,
-    source: Row,
+    source: Arc<Row>,
 ) -> RowCtx {
     let base = scope.push(Frame::Row(source.clone()));
     let lazy = Arc::new(LazyColumns {
@@ -119,7 +121,12 @@ fn row_ctx(
         by_name: by_name.clone(),
         values: Mutex::new(vec![None; sel.columns.len()]),
     });
-    let filter = base.push(Frame::Lazy(lazy.clone()));
+    // Without named columns there is nothing lazy to look up.
+    let filter = if by_name.is_empty() {
+        base
+    } else {
+        base.push(Frame::Lazy(lazy.clone()))
+    };
     RowCtx {
         source,
         lazy,
@@ -132,7 +139,7 @@ async fn emit(sel: &Select, names: &[Option<String>], rc: &RowCtx) -> Row {
     for (i, c) in sel.columns.iter().enumerate() {
         match c {
             Column::Star => {
-                for (k, v) in &rc.source {
+                for (k, v) in rc.source.iter() {
                     if !out.contains_key(k) {
                         out.insert(k.clone(), v.clone());
                     }
@@ -153,30 +160,28 @@ async fn emit(sel: &Select, names: &[Option<String>], rc: &RowCtx) -> Row {
 pub fn run_select(sel: Arc<Select>, scope: Scope) -> BoxStream<'static, Row> {
     Box::pin(async_stream::stream! {
         let names = column_names(&sel);
-        let by_name: HashMap<String, usize> = names
+        let by_name: Arc<HashMap<String, usize>> = Arc::new(names
             .iter()
             .enumerate()
             .filter_map(|(i, n)| n.clone().map(|n| (n, i)))
-            .collect();
+            .collect());
         let limit = sel.limit.filter(|l| *l >= 0).map(|l| l as usize);
         if limit == Some(0) {
             return;
         }
         let buffered = sel.group_by.is_some() || sel.order_by.is_some();
-        let mut source = source_rows(&sel.from, &scope).await;
+        // One cancellation future for the whole run, not one per row.
+        let mut source = source_rows(&sel.from, &scope)
+            .await
+            .take_until(scope.ctx().cancel.clone().cancelled_owned())
+            .boxed();
         let mut emitted = 0usize;
         let mut bins: IndexMap<String, (AggState, Row)> = IndexMap::new();
         let mut buffer: Vec<Row> = Vec::new();
-        let cancel = scope.ctx().cancel.clone();
-        loop {
-            let row = tokio::select! {
-                _ = cancel.cancelled() => None,
-                r = source.next() => r,
-            };
-            let Some(row) = row else { break };
-            let rc = row_ctx(&sel, &by_name, &scope, row);
+        while let Some(row) = source.next().await {
+            let rc = row_ctx(&sel, &by_name, &scope, Arc::new(row));
             if let Some(w) = &sel.where_ {
-                let v = eval(w, &rc.filter).await;
+                let v = eval_fast(w, &rc.filter).await;
                 if !truthy(&v, &rc.filter).await {
                     continue;
                 }

@@ -29,14 +29,14 @@ pub struct LazyColumns {
     /// The scope columns are computed in: the query's scope plus the source row.
     pub base: Scope,
     /// Column index by output name.
-    pub by_name: HashMap<String, usize>,
+    pub by_name: Arc<HashMap<String, usize>>,
     pub values: Mutex<Vec<Option<Value>>>,
 }
 
 /// One frame of a scope.
 pub enum Frame {
     Empty,
-    Row(Row),
+    Row(Arc<Row>),
     Vars(Mutex<IndexMap<String, Binding>>),
     Lazy(Arc<LazyColumns>),
 }
