@@ -208,3 +208,48 @@ fn query_timeout_ends_an_event_query_with_exit_0_and_env_binds_variables() {
     ]);
     assert_eq!(ok(&out).lines().collect::<Vec<_>>(), vec!["a  b", "1  2"]);
 }
+
+#[test]
+fn foreach_over_watch_monitoring_keeps_streaming_and_client_artifacts_are_not_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let mut watch = KillOnDrop(master.talon_spawn(&[
+        "query",
+        "SELECT * FROM foreach(row={SELECT * FROM watch_monitoring(artifact='Server.Audit.Logs')}, query={SELECT n * 2 AS doubled FROM scope()})",
+        "--timeout",
+        "30",
+    ]));
+    let rx = lines_of(&mut watch.0);
+    assert!(wait_until(Duration::from_secs(20), || {
+        master.queue_stats("root", "Server.Audit.Logs")["watchers"] == 1
+    }));
+    for n in [1, 2] {
+        ok(&master.talon(&[
+            "events",
+            "push",
+            "Server.Audit.Logs",
+            "--row",
+            &format!("{{\"n\":{n}}}"),
+        ]));
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(line, format!("{{\"doubled\":{}}}", n * 2));
+    }
+    // A CLIENT artifact has no queue: the watch ends at once with a log line.
+    let f = dir.path().join("c.yaml");
+    std::fs::write(
+        &f,
+        "name: Custom.Collect\nsources:\n- query: SELECT 1 FROM scope()\n",
+    )
+    .unwrap();
+    ok(&master.talon(&["artifacts", "add", f.to_str().unwrap()]));
+    let out = master.talon(&[
+        "query",
+        "SELECT * FROM watch_monitoring(artifact='Custom.Collect')",
+    ]);
+    assert!(ok(&out).is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("watch_monitoring: unknown artifact Custom.Collect: no queue of that name"),
+        "{err}"
+    );
+}

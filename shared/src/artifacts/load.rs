@@ -131,7 +131,7 @@ pub(crate) fn load_with(
     built_in: bool,
 ) -> Result<LoadedArtifact, LoadError> {
     let yaml = text.replace("\r\n", "\n");
-    let rewritten = rewrite_query_lines(&yaml);
+    let (rewritten, line_origin) = rewrite_query_lines(&yaml);
     let err = |line: usize, column: usize, message: String| LoadError {
         origin: origin.to_string(),
         line,
@@ -143,6 +143,10 @@ pub(crate) fn load_with(
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((1, 1));
+        let line = line_origin
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(line);
         err(line, col, yaml_message(&e))
     })?;
     let (name_line, name_col) = locate_key(&yaml, "name");
@@ -244,24 +248,35 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Velociraptor's load-time rewriting: a line that is just `query:` or `precondition:` becomes a
-/// literal block, so folded multi-line VQL keeps its newlines. Line numbers do not change.
-fn rewrite_query_lines(text: &str) -> String {
+/// Velociraptor's load-time rewriting: a line that is just `query:` or `precondition:`
+/// becomes a literal block, and a list item starting with `SELECT`, `LET` or `//` becomes a
+/// literal block item, so multi-line VQL keeps its newlines. Returns the text and, for each
+/// of its lines, the line of the original it came from (1-based).
+fn rewrite_query_lines(text: &str) -> (String, Vec<usize>) {
     let mut out = String::with_capacity(text.len() + 16);
-    for line in text.split_inclusive('\n') {
+    let mut origin = Vec::new();
+    for (n, line) in text.split_inclusive('\n').enumerate() {
         let body = line.trim_end_matches('\n');
         let key = body.trim_start().trim_start_matches("- ").trim_end();
+        let indent = &body[..body.len() - body.trim_start().len()];
+        let item = body.trim_start().strip_prefix('-').map(str::trim_start);
         if key == "query:" || key == "precondition:" {
             out.push_str(body.trim_end());
-            out.push_str(" |");
-            if line.ends_with('\n') {
-                out.push('\n');
-            }
+            out.push_str(" |\n");
+            origin.push(n + 1);
+        } else if let Some(rest) = item.filter(|r| {
+            let first = r.split_whitespace().next().unwrap_or("");
+            first == "SELECT" || first == "LET" || r.starts_with("//")
+        }) {
+            out.push_str(&format!("{indent}- |\n{indent}  {rest}\n"));
+            origin.extend([n + 1, n + 1]);
         } else {
-            out.push_str(line);
+            out.push_str(body);
+            out.push('\n');
+            origin.push(n + 1);
         }
     }
-    out
+    (out, origin)
 }
 
 /// The 1-based line and column of the first top-level `key:` in the text, or 1:1.
@@ -332,9 +347,22 @@ mod tests {
         );
         assert_eq!(
             a.def.sources[1].query.as_deref(),
-            Some("SELECT 1 FROM scope()\nSELECT 2 FROM scope()")
+            Some("SELECT 1 FROM scope()\n\nSELECT 2 FROM scope()\n")
         );
         assert_eq!(a.queue_names(), vec!["X/S".to_string(), "X".to_string()]);
+    }
+
+    #[test]
+    fn list_items_of_vql_become_literal_blocks() {
+        let text = "name: X\ntype: SERVER_EVENT\nsources:\n- queries:\n  - SELECT * FROM info()\n    WHERE TRUE\n  - LET X = 1\n    SELECT X FROM scope()\nbogus: 1\n";
+        let e = load("a", text).unwrap_err();
+        // Lines added by the rewriting do not shift the reported line.
+        assert_eq!(e.line, 9, "{e}");
+        let ok = load("a", &text.replace("bogus: 1\n", "")).unwrap();
+        assert_eq!(
+            ok.def.sources[0].query.as_deref(),
+            Some("SELECT * FROM info()\nWHERE TRUE\n\nLET X = 1\nSELECT X FROM scope()\n")
+        );
     }
 
     #[test]
