@@ -186,6 +186,11 @@ fn to_error(src: &str, e: Simple<Tok>) -> ParseError {
         Some(t) => describe(t),
         None => "end of input".into(),
     };
+    if let Some(label) = e.label() {
+        expected.push(label.to_string());
+        expected.sort();
+        expected.dedup();
+    }
     let message = match e.reason() {
         chumsky::error::SimpleReason::Custom(m) => m.clone(),
         _ if expected.is_empty() => format!("unexpected {found}"),
@@ -216,7 +221,7 @@ fn op(s: &'static str) -> impl Parser<Tok, Tok, Error = Simple<Tok>> + Clone {
 }
 
 fn ident() -> impl Parser<Tok, String, Error = Simple<Tok>> + Clone {
-    select! { Tok::Ident(s) => s }.labelled("identifier")
+    select! { Tok::Ident(s) => s }.labelled("an identifier")
 }
 
 /// Integer literal rules of Go's ParseInt with base prefixes; None when not an integer.
@@ -340,7 +345,9 @@ fn parsers() -> (P<Select>, P<Expr>, P<ArgValue>) {
                         ExprKind::List(_) => Expr::new(e.kind, span),
                         _ => Expr::new(ExprKind::Paren(Box::new(e)), span),
                     });
-            let primary: P<Expr> = choice((symbol, paren, literal)).boxed();
+            let primary: P<Expr> = choice((symbol, paren, literal))
+                .labelled("an expression")
+                .boxed();
 
             enum Post {
                 Index(Option<Expr>),
@@ -479,14 +486,18 @@ fn parsers() -> (P<Select>, P<Expr>, P<ArgValue>) {
                 out
             });
         let source = ident()
+            .labelled("a plugin or query name")
             .separated_by(op("."))
             .at_least(1)
             .then(args(arg_value).or_not())
             .map_with_span(|(path, args), span| Source { path, args, span });
-        let limit = select! { Tok::Number(n) => n }.try_map(|n, span| {
-            parse_int(&n)
-                .ok_or_else(|| Simple::custom(span, format!("LIMIT needs an integer, found {n}")))
-        });
+        let limit = select! { Tok::Number(n) => n }
+            .labelled("a number")
+            .try_map(|n, span| {
+                parse_int(&n).ok_or_else(|| {
+                    Simple::custom(span, format!("LIMIT needs an integer, found {n}"))
+                })
+            });
         just(Tok::Explain)
             .repeated()
             .then_ignore(just(Tok::Select))

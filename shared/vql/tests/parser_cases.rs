@@ -215,4 +215,11 @@ fn errors_name_line_and_column() {
     let e = parse("SELECT 1 FROM scope() WHERE x = $").unwrap_err();
     assert_eq!((e.line, e.column), (1, 33));
     assert!(e.message.contains("unexpected character '$'"), "{e}");
+    let e = parse("SELECT 1 FROM x() LIMIT").unwrap_err();
+    assert_eq!(e.to_string(), "1:24: expected a number, found end of input");
+    let e = parse("SELECT * FROM").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "1:14: expected an identifier, found end of input"
+    );
 }
