@@ -115,9 +115,10 @@ fn artifact_changes_are_stored_announced_and_audited() {
 #[test]
 fn verify_accepts_the_projects_own_artifacts_offline() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../artifacts");
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples");
     // No server is listening at this address: verify must not need one.
-    let out = talon("127.0.0.1:1", &["artifacts", "verify", dir], None);
+    let out = talon("127.0.0.1:1", &["artifacts", "verify", dir, examples], None);
     let stdout = ok(&out);
-    assert!(stdout.lines().count() >= 30, "{stdout}");
+    assert!(stdout.lines().count() >= 33, "{stdout}");
     assert!(stdout.lines().all(|l| l.starts_with("OK ")), "{stdout}");
 }
