@@ -253,3 +253,35 @@ fn foreach_over_watch_monitoring_keeps_streaming_and_client_artifacts_are_not_qu
         "{err}"
     );
 }
+
+#[test]
+fn clock_and_foreach_send_events_that_a_watcher_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let f = dir.path().join("r.yaml");
+    std::fs::write(
+        &f,
+        "name: Server.Events.Receive\ntype: SERVER_EVENT\ndescription: Rows sent by send_event\n",
+    )
+    .unwrap();
+    ok(&master.talon(&["artifacts", "add", f.to_str().unwrap()]));
+    let mut watch = KillOnDrop(master.talon_spawn(&[
+        "query",
+        "SELECT * FROM watch_monitoring(artifact='Server.Events.Receive')",
+        "--timeout",
+        "30",
+    ]));
+    let rx = lines_of(&mut watch.0);
+    assert!(wait_until(Duration::from_secs(20), || {
+        master.queue_stats("root", "Server.Events.Receive")["watchers"] == 1
+    }));
+    let sender = "SELECT * FROM foreach(row={SELECT Unix FROM clock(period=1) LIMIT 2}, query={SELECT send_event(artifact='Server.Events.Receive', row=dict(Tick=Unix)) AS Sent FROM scope()})";
+    let sent = json_lines(&ok(&master.talon(&["query", sender])));
+    assert_eq!(sent.len(), 2);
+    for s in &sent {
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let row: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(row["Tick"], s["Sent"]["Tick"]);
+        assert_eq!(row["_Source"], "Server.Events.Receive");
+    }
+}

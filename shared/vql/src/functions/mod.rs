@@ -378,6 +378,7 @@ fn serialize<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
         match format.as_str() {
             "json" => Value::Str(serde_json::to_string_pretty(&item.to_json()).unwrap_or_default()),
             "string" => Value::Str(item.to_text()),
+            "yaml" => Value::Str(serde_yaml::to_string(&item.to_json()).unwrap_or_default()),
             "hex" => Value::Str(bytes().iter().map(|b| format!("{b:02x}")).collect()),
             "base64" => {
                 Value::Str(base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes()))
