@@ -50,6 +50,7 @@ fn preamble(name: &str, type_: &str) -> Option<String> {
             "LET {n} <= if(condition=format(format='%T', args={n}) = 'string', then={{ SELECT * FROM parse_csv(filename={n}, accessor='data') }}, else={n})"
         ),
         "server_metadata" => format!("LET {n} <= server_metadata(key={})", talon_vql::Value::from(name).to_json()),
+        "yaml" => format!("LET {n} <= if(condition=format(format='%T', args={n}) = 'string', then=parse_yaml(data={n}), else={n})"),
         "json" => format!("LET {n} <= if(condition=format(format='%T', args={n}) = 'string', then=parse_json(data={n}), else={n})"),
         "json_array" | "regex_array" | "multichoice" => format!(
             "LET {n} <= if(condition=format(format='%T', args={n}) = 'string', then=parse_json_array(data={n}), else={n})"

@@ -33,6 +33,7 @@ pub fn register(r: &mut Registry) {
     r.function("utf16", Place::Both, utf16);
     r.function("parse_json", Place::Both, parse_json);
     r.function("parse_json_array", Place::Both, parse_json_array);
+    r.function("parse_yaml", Place::Both, parse_yaml);
     r.function("serialize", Place::Both, serialize);
     text::register(r);
     aggregate::register(r);
@@ -353,6 +354,16 @@ fn parse_json_array<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
         match serde_json::from_str::<serde_json::Value>(data.trim()) {
             Ok(j @ serde_json::Value::Array(_)) => Value::from_json(&j),
             Ok(_) => c.fail("data is not a JSON array"),
+            Err(e) => c.fail(e),
+        }
+    })
+}
+
+fn parse_yaml<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
+    Box::pin(async move {
+        let data = c.args.get("data").await.unwrap_or_default().to_text();
+        match serde_yaml::from_str::<serde_json::Value>(&data) {
+            Ok(j) => Value::from_json(&j),
             Err(e) => c.fail(e),
         }
     })
