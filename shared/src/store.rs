@@ -204,6 +204,16 @@ impl Store {
         Ok(rx)
     }
 
+    /// Sends a command built around a reply channel and waits for the writer's answer.
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
     /// Appends rows and waits until they are durable; returns the first new seq.
     pub async fn append(&self, stream: String, rows: Vec<StoredRow>) -> Result<u64> {
         let rx = self
@@ -214,37 +224,31 @@ impl Store {
 
     /// Stores a user artifact's YAML.
     pub async fn put_artifact(&self, name: &str, yaml: &str) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::PutArtifact {
+        self.request(|reply| Command::PutArtifact {
             name: name.into(),
             yaml: yaml.into(),
             reply,
-        };
-        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        })
+        .await
     }
 
     /// Deletes a user artifact; false when it was not stored.
     pub async fn delete_artifact(&self, name: &str) -> Result<bool> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::DeleteArtifact {
+        self.request(|reply| Command::DeleteArtifact {
             name: name.into(),
             reply,
-        };
-        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        })
+        .await
     }
 
     /// Deletes the rows of a stream older than `before_us`; returns how many went.
     pub async fn purge(&self, stream: String, before_us: i64) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::Purge {
+        self.request(|reply| Command::Purge {
             stream,
             before_us,
             reply,
-        };
-        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        })
+        .await
     }
 
     /// Whether an alert of `name` may fire at `now_us` given a dedup window: true (and the
@@ -256,16 +260,14 @@ impl Store {
         now_us: i64,
         window_us: i64,
     ) -> Result<bool> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::AlertDedup {
+        self.request(|reply| Command::AlertDedup {
             org: org.into(),
             name: name.into(),
             now_us,
             window_us,
             reply,
-        };
-        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        })
+        .await
     }
 
     /// Sets (or with None, deletes) a setting; true when something changed.
@@ -275,15 +277,13 @@ impl Store {
         key: &str,
         value: Option<&str>,
     ) -> Result<bool> {
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::SetSetting {
+        self.request(|reply| Command::SetSetting {
             namespace: namespace.into(),
             key: key.into(),
             value: value.map(str::to_string),
             reply,
-        };
-        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        })
+        .await
     }
 
     /// Every setting of a namespace as (key, value), sorted by key.

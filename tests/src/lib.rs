@@ -172,6 +172,26 @@ impl Master {
             .unwrap_or_else(|| panic!("queue {queue} not listed"))
     }
 
+    /// Starts `talon ARGS` in the background and waits until `queue` of `org` has `watchers`
+    /// watchers (so rows pushed next are seen); returns the process and its stdout lines.
+    pub fn spawn_watching(
+        &self,
+        args: &[&str],
+        org: &str,
+        queue: &str,
+        watchers: u64,
+    ) -> (KillOnDrop, mpsc::Receiver<String>) {
+        let mut child = KillOnDrop(self.talon_spawn(args));
+        let rx = lines_of(&mut child.0);
+        assert!(
+            wait_until(Duration::from_secs(20), || self.queue_stats(org, queue)
+                ["watchers"]
+                == watchers),
+            "{queue} never had {watchers} watchers"
+        );
+        (child, rx)
+    }
+
     /// A gRPC admin client.
     pub async fn client(&self) -> AdminClient<Channel> {
         AdminClient::connect(format!("http://{}", self.api))

@@ -17,17 +17,18 @@ fn artifact_changes_are_stored_announced_and_audited() {
     std::fs::write(&file, CUSTOM).unwrap();
     let file = file.to_str().unwrap();
     let mut master = Master::start(&store, &[]);
-    let mut mods = KillOnDrop(master.talon_spawn(&[
-        "events",
-        "watch",
+    let (_mods, mods_rx) = master.spawn_watching(
+        &[
+            "events",
+            "watch",
+            "Server.Internal.ArtifactModification",
+            "--count",
+            "3",
+        ],
+        "root",
         "Server.Internal.ArtifactModification",
-        "--count",
-        "3",
-    ]));
-    let mods_rx = lines_of(&mut mods.0);
-    assert!(wait_until(Duration::from_secs(20), || {
-        master.queue_stats("root", "Server.Internal.ArtifactModification")["watchers"] == 1
-    }));
+        1,
+    );
 
     assert_eq!(
         ok(&master.talon(&["artifacts", "add", file])).trim(),

@@ -17,16 +17,17 @@ fn or_binds_tighter_than_and() {
 fn watch_monitoring_sees_rows_sent_by_another_query() {
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(&dir.path().join("data"), &[]);
-    let mut watch = KillOnDrop(master.talon_spawn(&[
-        "query",
-        "SELECT * FROM watch_monitoring(artifact='Server.Audit.Logs')",
-        "--timeout",
-        "30",
-    ]));
-    let rx = lines_of(&mut watch.0);
-    assert!(wait_until(Duration::from_secs(20), || {
-        master.queue_stats("root", "Server.Audit.Logs")["watchers"] == 1
-    }));
+    let (_watch, rx) = master.spawn_watching(
+        &[
+            "query",
+            "SELECT * FROM watch_monitoring(artifact='Server.Audit.Logs')",
+            "--timeout",
+            "30",
+        ],
+        "root",
+        "Server.Audit.Logs",
+        1,
+    );
     let sent = ok(&master.talon(&[
         "query",
         "SELECT send_event(artifact='Server.Audit.Logs', row=dict(operation='vql', n=7)) AS sent FROM scope()",
@@ -138,16 +139,17 @@ fn ten_alerts_give_one_row_and_nine_info_lines_and_the_window_survives_restarts(
 fn bad_queries_get_clear_errors_and_harm_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(&dir.path().join("data"), &[]);
-    let mut watch = KillOnDrop(master.talon_spawn(&[
-        "query",
-        "SELECT * FROM watch_monitoring(artifact='Server.Audit.Logs')",
-        "--timeout",
-        "60",
-    ]));
-    let rx = lines_of(&mut watch.0);
-    assert!(wait_until(Duration::from_secs(20), || {
-        master.queue_stats("root", "Server.Audit.Logs")["watchers"] == 1
-    }));
+    let (_watch, rx) = master.spawn_watching(
+        &[
+            "query",
+            "SELECT * FROM watch_monitoring(artifact='Server.Audit.Logs')",
+            "--timeout",
+            "60",
+        ],
+        "root",
+        "Server.Audit.Logs",
+        1,
+    );
     let err = fails(&master.talon(&["query", "SELECT *\nFROM info(a=1,)"]), 1);
     assert!(err.contains("talon: 2:15: "), "{err}");
     let err = fails(
@@ -213,16 +215,13 @@ fn query_timeout_ends_an_event_query_with_exit_0_and_env_binds_variables() {
 fn foreach_over_watch_monitoring_keeps_streaming_and_client_artifacts_are_not_queues() {
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(&dir.path().join("data"), &[]);
-    let mut watch = KillOnDrop(master.talon_spawn(&[
+    let (_watch, rx) =
+        master.spawn_watching(&[
         "query",
         "SELECT * FROM foreach(row={SELECT * FROM watch_monitoring(artifact='Server.Audit.Logs')}, query={SELECT n * 2 AS doubled FROM scope()})",
         "--timeout",
         "30",
-    ]));
-    let rx = lines_of(&mut watch.0);
-    assert!(wait_until(Duration::from_secs(20), || {
-        master.queue_stats("root", "Server.Audit.Logs")["watchers"] == 1
-    }));
+    ], "root", "Server.Audit.Logs", 1);
     for n in [1, 2] {
         ok(&master.talon(&[
             "events",
@@ -265,16 +264,17 @@ fn clock_and_foreach_send_events_that_a_watcher_receives() {
     )
     .unwrap();
     ok(&master.talon(&["artifacts", "add", f.to_str().unwrap()]));
-    let mut watch = KillOnDrop(master.talon_spawn(&[
-        "query",
-        "SELECT * FROM watch_monitoring(artifact='Server.Events.Receive')",
-        "--timeout",
-        "30",
-    ]));
-    let rx = lines_of(&mut watch.0);
-    assert!(wait_until(Duration::from_secs(20), || {
-        master.queue_stats("root", "Server.Events.Receive")["watchers"] == 1
-    }));
+    let (_watch, rx) = master.spawn_watching(
+        &[
+            "query",
+            "SELECT * FROM watch_monitoring(artifact='Server.Events.Receive')",
+            "--timeout",
+            "30",
+        ],
+        "root",
+        "Server.Events.Receive",
+        1,
+    );
     let sender = "SELECT * FROM foreach(row={SELECT Unix FROM clock(period=1) LIMIT 2}, query={SELECT send_event(artifact='Server.Events.Receive', row=dict(Tick=Unix)) AS Sent FROM scope()})";
     let sent = json_lines(&ok(&master.talon(&["query", sender])));
     assert_eq!(sent.len(), 2);

@@ -73,11 +73,12 @@ async fn a_stalled_watcher_blocks_no_push_and_later_gets_every_row_in_order() {
         .unwrap()
         .into_inner();
     // A live watcher reading along the way.
-    let mut live = KillOnDrop(master.talon_spawn(&["events", "watch", QUEUE, "--count", "4000"]));
-    let live_rx = lines_of(&mut live.0);
-    assert!(wait_until(Duration::from_secs(20), || {
-        master.queue_stats("root", QUEUE)["watchers"] == 2
-    }));
+    let (_live, live_rx) = master.spawn_watching(
+        &["events", "watch", QUEUE, "--count", "4000"],
+        "root",
+        QUEUE,
+        2,
+    );
     // 400 pushes of 10 rows of about 1 KB: far more than the buffer holds, and more than
     // HTTP/2 flow control lets through to a reader that does not read.
     let pad = "x".repeat(1000);
@@ -120,11 +121,8 @@ async fn a_stalled_watcher_blocks_no_push_and_later_gets_every_row_in_order() {
 async fn a_watcher_in_org_b_never_sees_rows_of_root() {
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(&dir.path().join("data"), &[]);
-    let mut watch_b = KillOnDrop(master.talon_spawn(&["--org", "b", "events", "watch", QUEUE]));
-    let rx = lines_of(&mut watch_b.0);
-    assert!(wait_until(Duration::from_secs(20), || {
-        master.queue_stats("b", QUEUE)["watchers"] == 1
-    }));
+    let (_watch_b, rx) =
+        master.spawn_watching(&["--org", "b", "events", "watch", QUEUE], "b", QUEUE, 1);
     ok(&master.talon(&["events", "push", QUEUE, "--row", r#"{"org":"root"}"#]));
     ok(&master.talon(&[
         "--org",
