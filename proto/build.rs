@@ -1,7 +1,7 @@
 //! Compiles the .proto files with protox (pure Rust), so no `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["api.proto"];
+    let protos = ["api.proto", "client.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

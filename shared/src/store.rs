@@ -18,6 +18,9 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 const ARTIFACTS: TableDefinition<&str, &str> = TableDefinition::new("artifacts");
 /// Last seq ever assigned per stream, so seqs never restart even when retention empties one.
 const HEADS: TableDefinition<&str, u64> = TableDefinition::new("heads");
+/// The last event batch applied per client (`org \x1f client id`), written in the same
+/// transaction as the batch's rows, so a resent batch is never stored twice.
+const CLIENT_BATCHES: TableDefinition<&str, u64> = TableDefinition::new("client_batches");
 /// Small settings by (namespace, key): monitoring tables, server metadata.
 const SETTINGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("settings");
 /// When each alert name of an org last fired (unix microseconds), for alert() dedup.
@@ -129,6 +132,13 @@ enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    AppendBatch {
+        appends: Vec<(String, Arc<Vec<StoredRow>>)>,
+        on_commit: Vec<OnCommit>,
+        /// (`org \x1f client`, batch id)
+        dedup: (String, u64),
+        reply: oneshot::Sender<Result<bool>>,
+    },
     SetSetting {
         namespace: String,
         key: String,
@@ -167,6 +177,7 @@ impl Store {
             w.open_table(HEADS)?;
             w.open_table(ALERTS)?;
             w.open_table(SETTINGS)?;
+            w.open_table(CLIENT_BATCHES)?;
             w.commit()?;
         }
         let db = Arc::new(db);
@@ -212,6 +223,35 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Appends a client's event batch to several streams in one transaction, unless a batch
+    /// with this id (or a later one) of this client was applied already. Resolves once
+    /// durable: true when applied now, false when it had been applied before. Each
+    /// `on_commit` runs with its stream's first seq, in commit order.
+    pub async fn enqueue_client_batch(
+        &self,
+        client_key: String,
+        batch_id: u64,
+        appends: Vec<(String, Arc<Vec<StoredRow>>)>,
+        on_commit: Vec<OnCommit>,
+    ) -> Result<oneshot::Receiver<Result<bool>>> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::AppendBatch {
+            appends,
+            on_commit,
+            dedup: (client_key, batch_id),
+            reply,
+        };
+        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
+        Ok(rx)
+    }
+
+    /// The last batch id applied for a client key, 0 when none.
+    pub fn last_client_batch(&self, client_key: &str) -> Result<u64> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(CLIENT_BATCHES)?;
+        Ok(t.get(client_key)?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// Appends rows and waits until they are durable; returns the first new seq.
@@ -455,6 +495,8 @@ fn bounds<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
 
 struct Writer {
     db: Arc<Database>,
+    /// First seqs per stream of each applied client batch in the current group, by index.
+    batch_seqs: HashMap<usize, Vec<u64>>,
     /// Next seq per stream, loaded on first use.
     next: HashMap<String, u64>,
     buf: Vec<u8>,
@@ -464,6 +506,7 @@ impl Writer {
     fn new(db: Arc<Database>) -> Self {
         Self {
             db,
+            batch_seqs: HashMap::new(),
             next: HashMap::new(),
             buf: Vec::with_capacity(1024),
         }
@@ -493,10 +536,21 @@ impl Writer {
 
     fn commit_group(&mut self, group: Vec<Command>) {
         let saved_next = self.next.clone();
+        self.batch_seqs.clear();
         match self.write_group(&group) {
             Ok(results) => {
-                for (cmd, res) in group.into_iter().zip(results) {
+                for (i, (cmd, res)) in group.into_iter().zip(results).enumerate() {
                     match cmd {
+                        Command::AppendBatch {
+                            on_commit, reply, ..
+                        } => {
+                            if let Some(seqs) = self.batch_seqs.remove(&i) {
+                                for (f, first) in on_commit.into_iter().zip(seqs) {
+                                    f(first);
+                                }
+                            }
+                            let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
+                        }
                         Command::Append {
                             on_commit, reply, ..
                         } => {
@@ -542,7 +596,9 @@ impl Writer {
                         Command::Shutdown { reply } => {
                             let _ = reply.send(());
                         }
-                        Command::AlertDedup { reply, .. } | Command::SetSetting { reply, .. } => {
+                        Command::AlertDedup { reply, .. }
+                        | Command::SetSetting { reply, .. }
+                        | Command::AppendBatch { reply, .. } => {
                             let _ = reply.send(Err(err()));
                         }
                     }
@@ -561,8 +617,46 @@ impl Writer {
             let mut heads = w.open_table(HEADS)?;
             let mut alerts = w.open_table(ALERTS)?;
             let mut settings = w.open_table(SETTINGS)?;
-            for cmd in group {
+            let mut batches = w.open_table(CLIENT_BATCHES)?;
+            for (index, cmd) in group.iter().enumerate() {
                 match cmd {
+                    Command::AppendBatch {
+                        appends,
+                        dedup: (key, batch_id),
+                        ..
+                    } => {
+                        let last = batches.get(key.as_str())?.map(|v| v.value()).unwrap_or(0);
+                        if *batch_id <= last {
+                            results.push(Ok(0));
+                            continue;
+                        }
+                        let mut seqs = Vec::with_capacity(appends.len());
+                        for (stream, rows) in appends {
+                            let next = match self.next.get(stream) {
+                                Some(n) => *n,
+                                None => heads
+                                    .get(stream.as_str())?
+                                    .map(|v| v.value() + 1)
+                                    .unwrap_or(1),
+                            };
+                            for (i, row) in rows.iter().enumerate() {
+                                row.encode(&mut self.buf);
+                                events.insert(
+                                    (stream.as_str(), next + i as u64),
+                                    self.buf.as_slice(),
+                                )?;
+                            }
+                            let end = next + rows.len() as u64;
+                            if !rows.is_empty() {
+                                heads.insert(stream.as_str(), end - 1)?;
+                            }
+                            self.next.insert(stream.clone(), end);
+                            seqs.push(next);
+                        }
+                        batches.insert(key.as_str(), *batch_id)?;
+                        self.batch_seqs.insert(index, seqs);
+                        results.push(Ok(1));
+                    }
                     Command::Append { stream, rows, .. } => {
                         let next = match self.next.get(stream) {
                             Some(n) => *n,
@@ -649,6 +743,7 @@ impl Writer {
 fn group_rows(cmd: &Command) -> usize {
     match cmd {
         Command::Append { rows, .. } => rows.len(),
+        Command::AppendBatch { appends, .. } => appends.iter().map(|(_, r)| r.len()).sum(),
         _ => 1,
     }
 }

@@ -266,3 +266,68 @@ async fn retention_deletes_old_rows_only() {
         4
     );
 }
+
+#[tokio::test]
+async fn client_batches_are_applied_once_with_client_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let qm = manager(&dir, 16);
+    let stats = "Generic.Client.Stats";
+    let procs = "Windows.Events.ProcessCreation";
+    let mut w = qm.watch(ROOT_ORG, stats, "t").unwrap();
+    let batch = || {
+        vec![
+            (stats.to_string(), rows(2, 0)),
+            (procs.to_string(), rows(1, 9)),
+        ]
+    };
+    assert!(qm
+        .push_client_batch(ROOT_ORG, "C.1", 1, batch())
+        .await
+        .unwrap());
+    // The same batch again (a client resending after a lost ack) is not stored twice.
+    assert!(!qm
+        .push_client_batch(ROOT_ORG, "C.1", 1, batch())
+        .await
+        .unwrap());
+    // Another client's batch 1 is its own.
+    assert!(qm
+        .push_client_batch(ROOT_ORG, "C.2", 1, batch())
+        .await
+        .unwrap());
+    let v = next(&mut w).await;
+    assert_eq!(
+        (v["ClientId"].as_str(), v["_Source"].as_str()),
+        (Some("C.1"), Some("C.1"))
+    );
+    let count = |queue: &'static str, client: Option<&str>| {
+        let qm = qm.clone();
+        let client = client.map(str::to_string);
+        async move {
+            let (tx, rx) = std::sync::mpsc::channel();
+            qm.read(ROOT_ORG, queue, client, 0, i64::MAX, move |_, r| {
+                tx.send(r).is_ok()
+            })
+            .await
+            .unwrap();
+            rx.try_iter().count()
+        }
+    };
+    assert_eq!(count(stats, None).await, 4);
+    assert_eq!(count(stats, Some("C.1")).await, 2);
+    assert_eq!(count(procs, Some("C.2")).await, 1);
+    let e = qm
+        .push_client_batch(ROOT_ORG, "C.1", 2, vec![(AUDIT.to_string(), rows(1, 0))])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("clients may push only to CLIENT_EVENT queues"),
+        "{e}"
+    );
+    assert_eq!(
+        qm.store()
+            .last_client_batch(&stream_key(ROOT_ORG, "C.1"))
+            .unwrap(),
+        1
+    );
+}
