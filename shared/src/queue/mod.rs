@@ -54,6 +54,9 @@ pub enum Error {
     Store(#[from] store::Error),
 }
 
+/// A row as pushed: a JSON object.
+pub type JsonRow = Map<String, Value>;
+
 /// Result alias of the queue manager.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -392,7 +395,7 @@ impl QueueManager {
         batch_id: u64,
         batch: Vec<(String, Vec<Map<String, Value>>)>,
     ) -> Result<bool> {
-        let mut per_queue: Vec<(Arc<QueueState>, Vec<Map<String, Value>>)> = Vec::new();
+        let mut per_queue: Vec<(Arc<QueueState>, Vec<JsonRow>)> = Vec::new();
         for (queue, rows) in batch {
             let state = self.state(org, &queue)?;
             if state.kind != ArtifactKind::ClientEvent {
