@@ -6,10 +6,11 @@ use futures::{Stream, StreamExt};
 use talon_proto::api::admin_server::Admin;
 use talon_proto::api::*;
 use talon_shared::artifacts::{ArtifactKind, LoadedArtifact};
-use talon_shared::queue::{QueueManager, ROOT_ORG};
+use talon_shared::queue::{validate_org, QueueManager, ROOT_ORG};
 use talon_shared::vql_host::{metadata_namespace, Output, Vql};
 
 use crate::monitor::ServerMonitor;
+use talon_shared::frontend::{ClientRecord, FrontendService, TableEntry};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -26,6 +27,7 @@ pub struct AdminService {
     qm: QueueManager,
     vql: Vql,
     monitor: ServerMonitor,
+    frontend: FrontendService,
     shutdown: CancellationToken,
 }
 
@@ -35,14 +37,52 @@ impl AdminService {
         qm: QueueManager,
         vql: Vql,
         monitor: ServerMonitor,
+        frontend: FrontendService,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             qm,
             vql,
             monitor,
+            frontend,
             shutdown,
         }
+    }
+
+    fn client_info(&self, org: &str, r: ClientRecord) -> ClientInfo {
+        let connected = self.frontend.connected(org).contains(&r.client_id);
+        ClientInfo {
+            client_id: r.client_id,
+            hostname: r.hostname,
+            os: r.os,
+            labels: r.labels,
+            first_seen_at: r.first_seen_at,
+            last_seen_at: r.last_seen_at,
+            last_ip: r.last_ip,
+            connected,
+            version: r.version,
+            last_event_table_version: r.last_event_table_version,
+        }
+    }
+
+    // Status is tonic's error type; every handler returns it.
+    #[allow(clippy::result_large_err)]
+    fn client_table(&self, org: &str) -> Result<Response<ClientMonitoringTable>, Status> {
+        let clients = self.frontend.clients();
+        let store_err = |e: talon_shared::store::Error| to_status(e.into());
+        Ok(Response::new(ClientMonitoringTable {
+            version: clients.version(org).map_err(store_err)?,
+            entries: clients
+                .table(org)
+                .map_err(store_err)?
+                .into_iter()
+                .map(|e| ClientMonitoringEntry {
+                    artifact: e.artifact,
+                    label: e.label,
+                    params: e.params.into_iter().collect(),
+                })
+                .collect(),
+        }))
     }
 
     // Status is tonic's error type; every handler returns it.
@@ -424,6 +464,178 @@ impl Admin for AdminService {
             )));
         }
         Ok(Response::new(Metadata { values }))
+    }
+
+    async fn list_clients(
+        &self,
+        req: Request<ListClientsRequest>,
+    ) -> Result<Response<ListClientsResponse>, Status> {
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        let all = self
+            .frontend
+            .clients()
+            .list(&org)
+            .map_err(|e| to_status(e.into()))?;
+        let search = r.search.trim().to_string();
+        let keep = |c: &ClientRecord| match search.split_once(':') {
+            _ if search.is_empty() || search == "all" => true,
+            Some(("label", l)) => c.labels.iter().any(|x| x == l),
+            Some(("host", h)) => c.hostname.to_lowercase().contains(&h.to_lowercase()),
+            _ => {
+                c.client_id == search || c.hostname.to_lowercase().contains(&search.to_lowercase())
+            }
+        };
+        let clients = all
+            .into_iter()
+            .filter(keep)
+            .map(|c| self.client_info(&org, c))
+            .collect();
+        Ok(Response::new(ListClientsResponse { clients }))
+    }
+
+    async fn get_client(
+        &self,
+        req: Request<GetClientRequest>,
+    ) -> Result<Response<ClientInfo>, Status> {
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        match self
+            .frontend
+            .clients()
+            .get(&org, &r.client_id)
+            .map_err(|e| to_status(e.into()))?
+        {
+            Some(c) => Ok(Response::new(self.client_info(&org, c))),
+            None => Err(Status::not_found(format!(
+                "unknown client {} in org {org}",
+                r.client_id
+            ))),
+        }
+    }
+
+    async fn label_client(
+        &self,
+        req: Request<LabelClientRequest>,
+    ) -> Result<Response<ClientInfo>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        let clients = self.frontend.clients();
+        let mut c = clients
+            .get(&org, &r.client_id)
+            .map_err(|e| to_status(e.into()))?
+            .ok_or_else(|| {
+                Status::not_found(format!("unknown client {} in org {org}", r.client_id))
+            })?;
+        for l in &r.add {
+            if l.is_empty() {
+                return Err(Status::invalid_argument("a label must not be empty"));
+            }
+            if !c.labels.contains(l) {
+                c.labels.push(l.clone());
+            }
+        }
+        c.labels.retain(|l| !r.remove.contains(l));
+        clients
+            .put(&org, &c)
+            .await
+            .map_err(|e| to_status(e.into()))?;
+        for (op, labels) in [("set", &r.add), ("remove", &r.remove)] {
+            for l in labels {
+                let row = serde_json::json!({"ClientId": c.client_id, "Operation": op, "Label": l});
+                if let serde_json::Value::Object(m) = row {
+                    let _ = self
+                        .qm
+                        .push(&org, "Server.Internal.Label", vec![m], &who, "")
+                        .await;
+                }
+            }
+        }
+        audit(
+            &self.qm,
+            &org,
+            "client_label",
+            &who,
+            serde_json::json!({"client_id": c.client_id, "add": r.add, "remove": r.remove}),
+        )
+        .await;
+        self.frontend
+            .labels_changed(&org, &c.client_id, c.labels.clone());
+        Ok(Response::new(self.client_info(&org, c)))
+    }
+
+    async fn list_client_monitoring(
+        &self,
+        req: Request<ClientMonitoringRequest>,
+    ) -> Result<Response<ClientMonitoringTable>, Status> {
+        self.client_table(org_of(&req.get_ref().org))
+    }
+
+    async fn add_client_monitoring(
+        &self,
+        req: Request<ClientMonitoringRequest>,
+    ) -> Result<Response<ClientMonitoringTable>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        validate_org(&org).map_err(|e| to_status(e.into()))?;
+        let entry = TableEntry {
+            artifact: r.artifact.clone(),
+            label: r.label.clone(),
+            params: r.params.clone().into_iter().collect(),
+        };
+        self.frontend
+            .clients()
+            .add(self.qm.repository(), &org, entry)
+            .await
+            .map_err(Status::invalid_argument)?;
+        audit(
+            &self.qm,
+            &org,
+            "client_monitoring_add",
+            &who,
+            serde_json::json!({"artifact": r.artifact, "label": r.label, "params": r.params}),
+        )
+        .await;
+        self.frontend.table_changed(&org);
+        self.client_table(&org)
+    }
+
+    async fn remove_client_monitoring(
+        &self,
+        req: Request<ClientMonitoringRequest>,
+    ) -> Result<Response<ClientMonitoringTable>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        let removed = self
+            .frontend
+            .clients()
+            .remove(&org, &r.artifact, &r.label)
+            .await
+            .map_err(|e| to_status(e.into()))?;
+        if removed.is_none() {
+            let which = if r.label.is_empty() {
+                "all clients".to_string()
+            } else {
+                format!("label {}", r.label)
+            };
+            return Err(Status::not_found(format!(
+                "artifact {} is not in the client monitoring table for {which}",
+                r.artifact
+            )));
+        }
+        audit(
+            &self.qm,
+            &org,
+            "client_monitoring_remove",
+            &who,
+            serde_json::json!({"artifact": r.artifact, "label": r.label}),
+        )
+        .await;
+        self.frontend.table_changed(&org);
+        self.client_table(&org)
     }
 
     async fn delete_artifact(

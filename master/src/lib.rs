@@ -38,6 +38,7 @@ const MESSAGE_SLACK_BYTES: usize = 1024 * 1024;
 pub struct Bound {
     pub api: SocketAddr,
     pub debug: SocketAddr,
+    pub frontend: SocketAddr,
 }
 
 /// Runs a master until `shutdown` fires; `on_ready` is called once every listener is bound.
@@ -64,9 +65,13 @@ pub async fn run(
     let debug_listener = TcpListener::bind(config.debug_addr)
         .await
         .with_context(|| format!("cannot listen on debug address {}", config.debug_addr))?;
+    let frontend_listener = TcpListener::bind(config.frontend_addr)
+        .await
+        .with_context(|| format!("cannot listen on frontend address {}", config.frontend_addr))?;
     let bound = Bound {
         api: api_listener.local_addr()?,
         debug: debug_listener.local_addr()?,
+        frontend: frontend_listener.local_addr()?,
     };
 
     let tasks = TaskTracker::new();
@@ -76,10 +81,27 @@ pub async fn run(
     let monitored = monitor.start_stored()?;
     tracing::info!(monitored, "server monitoring table started");
     let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
+    let frontend = talon_shared::frontend::FrontendService::new(qm.clone(), "master");
+    let frontend_server =
+        talon_proto::client::frontend_server::FrontendServer::new(frontend.clone())
+            .max_decoding_message_size(config.max_client_message_bytes)
+            .max_encoding_message_size(config.max_client_message_bytes.max(max_message));
+    let frontend_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .add_service(frontend_server)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(frontend_listener),
+                frontend_shutdown.cancelled_owned(),
+            )
+            .await
+    });
     let admin = AdminServer::new(api::AdminService::new(
         qm.clone(),
         vql,
         monitor,
+        frontend,
         shutdown.clone(),
     ))
     .max_decoding_message_size(max_message)

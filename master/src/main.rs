@@ -20,7 +20,7 @@ struct Args {
     /// Admin gRPC API address; port 0 picks a free port [default: 127.0.0.1:8001]
     #[arg(long, value_name = "HOST:PORT")]
     api_addr: Option<String>,
-    /// Client frontend address (served once client connections land) [default: 127.0.0.1:8000]
+    /// Client frontend address (gRPC, for talon-client) [default: 127.0.0.1:8000]
     #[arg(long, value_name = "HOST:PORT")]
     frontend_addr: Option<String>,
     /// Debug HTTP address (/debug/queues, /metrics) [default: 127.0.0.1:8889]
@@ -90,17 +90,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         signals.cancel();
     });
     let datastore = config.datastore.clone();
-    let frontend = config.frontend_addr;
     talon_master::run(config, shutdown, |bound| {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "talon-master {}", env!("CARGO_PKG_VERSION"));
         let _ = writeln!(out, "datastore: {}", datastore.display());
         let _ = writeln!(out, "api: {}", bound.api);
         let _ = writeln!(out, "debug: http://{}/debug/queues", bound.debug);
-        let _ = writeln!(
-            out,
-            "frontend: {frontend} (reserved: client connections are not served yet)"
-        );
+        let _ = writeln!(out, "frontend: {}", bound.frontend);
         let _ = writeln!(out, "ready");
         let _ = out.flush();
     })

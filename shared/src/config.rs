@@ -21,6 +21,8 @@ pub struct Config {
     pub queue_buffer_batches: usize,
     pub retention: Retention,
     pub log_format: LogFormat,
+    /// Largest message a client may send on its stream.
+    pub max_client_message_bytes: usize,
 }
 
 /// Days rows are kept; 0 keeps them forever.
@@ -52,6 +54,7 @@ pub struct ConfigFile {
     pub queue_buffer_batches: Option<usize>,
     pub retention: Option<Retention>,
     pub log_format: Option<LogFormat>,
+    pub max_client_message_bytes: Option<usize>,
 }
 
 /// Values given on the command line; they win over the file.
@@ -174,6 +177,9 @@ impl Config {
             queue_buffer_batches,
             retention,
             log_format: file.log_format.unwrap_or_default(),
+            max_client_message_bytes: file
+                .max_client_message_bytes
+                .unwrap_or(crate::frontend::DEFAULT_MAX_MESSAGE_BYTES),
         })
     }
 

@@ -5,6 +5,7 @@
 //! - [`queue`]: the queue manager: push and watch per (org, queue), durable and INTERNAL.
 //! - [`config`]: the master's configuration: YAML and flags to an immutable `Config`.
 //! - [`debug`]: the debug HTTP pages and Prometheus metrics.
+//! - [`frontend`]: the client frontend: sessions, client records, client monitoring tables.
 //! - [`telemetry`]: the one tracing set-up binaries install.
 //! - [`timefmt`]: parsing and printing of times for CLI and API.
 //! - [`vql_host`]: VQL on the server: queues, stored rows and alerts for queries.
@@ -12,6 +13,7 @@
 pub mod artifacts;
 pub mod config;
 pub mod debug;
+pub mod frontend;
 pub mod queue;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,194 @@
+//! Client records (hostname, OS, labels, first and last seen, last IP) and the client
+//! monitoring table (CLIENT_EVENT artifacts with parameters, for all clients or per label,
+//! versioned), both kept in the store's settings.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifacts::compile::compile;
+use crate::artifacts::{ArtifactKind, Repository};
+use crate::store::{self, Store};
+
+/// What the server knows of a client.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientRecord {
+    pub client_id: String,
+    pub hostname: String,
+    pub os: String,
+    pub labels: Vec<String>,
+    /// Seconds since the epoch.
+    pub first_seen_at: i64,
+    /// Microseconds since the epoch.
+    pub last_seen_at: i64,
+    pub last_ip: String,
+    pub version: String,
+    pub last_event_table_version: u64,
+}
+
+fn clients_ns(org: &str) -> String {
+    format!("clients/{org}")
+}
+
+fn table_ns(org: &str) -> String {
+    format!("client_monitoring/{org}")
+}
+
+const VERSION_NS: &str = "client_monitoring_version";
+
+/// Client records and client monitoring tables over the store.
+#[derive(Clone)]
+pub struct Clients {
+    store: Store,
+}
+
+/// One entry of a client monitoring table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableEntry {
+    pub artifact: String,
+    /// Empty: every client; else clients with this label.
+    pub label: String,
+    pub params: BTreeMap<String, String>,
+}
+
+impl Clients {
+    /// Records and tables in a store.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// A client's record.
+    pub fn get(&self, org: &str, client_id: &str) -> store::Result<Option<ClientRecord>> {
+        Ok(self
+            .store
+            .settings(&clients_ns(org))?
+            .into_iter()
+            .find(|(k, _)| k == client_id)
+            .and_then(|(_, v)| serde_json::from_str(&v).ok()))
+    }
+
+    /// Every client of an org, by id.
+    pub fn list(&self, org: &str) -> store::Result<Vec<ClientRecord>> {
+        Ok(self
+            .store
+            .settings(&clients_ns(org))?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_str(&v).ok())
+            .collect())
+    }
+
+    /// Stores a record.
+    pub async fn put(&self, org: &str, r: &ClientRecord) -> store::Result<()> {
+        let json = serde_json::to_string(r).expect("record serialises");
+        self.store
+            .set_setting(&clients_ns(org), &r.client_id, Some(&json))
+            .await
+            .map(|_| ())
+    }
+
+    /// The table's version for an org (bumped on every change).
+    pub fn version(&self, org: &str) -> store::Result<u64> {
+        Ok(self
+            .store
+            .settings(VERSION_NS)?
+            .into_iter()
+            .find(|(k, _)| k == org)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Every entry of an org's client monitoring table.
+    pub fn table(&self, org: &str) -> store::Result<Vec<TableEntry>> {
+        Ok(self
+            .store
+            .settings(&table_ns(org))?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (label, artifact) = k.split_once('/')?;
+                Some(TableEntry {
+                    artifact: artifact.to_string(),
+                    label: label.to_string(),
+                    params: serde_json::from_str(&v).unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    /// Adds or changes an entry (validated: a CLIENT_EVENT artifact, known parameters).
+    pub async fn add(&self, repo: &Repository, org: &str, e: TableEntry) -> Result<u64, String> {
+        let a = repo
+            .get(&e.artifact)
+            .ok_or_else(|| format!("unknown artifact {}", e.artifact))?;
+        if a.kind != ArtifactKind::ClientEvent {
+            return Err(format!(
+                "artifact {} is {}; the client monitoring table takes CLIENT_EVENT artifacts",
+                e.artifact, a.kind
+            ));
+        }
+        let list: Vec<(String, String)> = e.params.clone().into_iter().collect();
+        compile(repo, &e.artifact, &list).map_err(|err| err.to_string())?;
+        let key = format!("{}/{}", e.label, e.artifact);
+        let value = serde_json::to_string(&e.params).expect("params serialise");
+        self.store
+            .set_setting(&table_ns(org), &key, Some(&value))
+            .await
+            .map_err(|err| err.to_string())?;
+        self.bump(org).await.map_err(|err| err.to_string())
+    }
+
+    /// Removes an entry; the new version, or None when it was not there.
+    pub async fn remove(
+        &self,
+        org: &str,
+        artifact: &str,
+        label: &str,
+    ) -> store::Result<Option<u64>> {
+        let key = format!("{label}/{artifact}");
+        if !self.store.set_setting(&table_ns(org), &key, None).await? {
+            return Ok(None);
+        }
+        self.bump(org).await.map(Some)
+    }
+
+    async fn bump(&self, org: &str) -> store::Result<u64> {
+        let v = self.version(org)? + 1;
+        self.store
+            .set_setting(VERSION_NS, org, Some(&v.to_string()))
+            .await?;
+        Ok(v)
+    }
+
+    /// The queries a client with these labels runs, and the table version.
+    pub fn event_table(
+        &self,
+        repo: &Repository,
+        org: &str,
+        labels: &[String],
+    ) -> store::Result<(u64, Vec<talon_proto::client::EventQuery>)> {
+        let version = self.version(org)?;
+        let mut queries = Vec::new();
+        for e in self.table(org)? {
+            if !e.label.is_empty() && !labels.contains(&e.label) {
+                continue;
+            }
+            let list: Vec<(String, String)> = e.params.into_iter().collect();
+            match compile(repo, &e.artifact, &list) {
+                Ok(sources) => {
+                    for s in sources {
+                        queries.push(talon_proto::client::EventQuery {
+                            artifact: e.artifact.clone(),
+                            queue: s.queue,
+                            precondition: s.precondition.unwrap_or_default(),
+                            query: s.query,
+                            env: s.env.into_iter().map(|(k, v)| (k, v.to_text())).collect(),
+                        });
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(org, artifact = %e.artifact, error = %err, "client monitoring artifact does not compile")
+                }
+            }
+        }
+        Ok((version, queries))
+    }
+}

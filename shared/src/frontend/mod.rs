@@ -1,0 +1,414 @@
+//! The client frontend (shared, so minions can run it too): one bidirectional gRPC stream
+//! per client. It records clients, refuses a second connection with a connected client's
+//! id, sends each client its event table (again whenever the table changes), pushes event
+//! batches to CLIENT_EVENT queues and acknowledges a batch only once it is durable.
+
+pub mod clients;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use serde_json::{json, Map, Value};
+use talon_proto::client::frontend_server::Frontend;
+use talon_proto::client::*;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::queue::{now_us, validate_org, QueueManager};
+pub use clients::{ClientRecord, Clients, TableEntry};
+
+/// Server messages queued per client at most; a client that does not read is cut off.
+pub const SESSION_QUEUE: usize = 256;
+/// Default largest message a client may send.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Checks a client id: `C.` and 16 hex digits.
+pub fn valid_client_id(id: &str) -> bool {
+    id.len() == 18 && id.starts_with("C.") && id[2..].bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Where a session's server messages go.
+type Outbox = mpsc::Sender<Result<ServerMessage, Status>>;
+
+struct Session {
+    id: u64,
+    labels: Vec<String>,
+    tx: mpsc::Sender<Result<ServerMessage, Status>>,
+}
+
+/// The frontend service; cheap to clone.
+#[derive(Clone)]
+pub struct FrontendService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    qm: QueueManager,
+    clients: Clients,
+    node: String,
+    sessions: Mutex<HashMap<(String, String), Session>>,
+    next_session: AtomicU64,
+}
+
+impl FrontendService {
+    /// A frontend over a queue manager; `node` names this node in conflict reports.
+    pub fn new(qm: QueueManager, node: &str) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                clients: Clients::new(qm.store().clone()),
+                qm,
+                node: node.to_string(),
+                sessions: Mutex::new(HashMap::new()),
+                next_session: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Client records and tables.
+    pub fn clients(&self) -> &Clients {
+        &self.inner.clients
+    }
+
+    /// Connected clients of an org.
+    pub fn connected(&self, org: &str) -> Vec<String> {
+        let s = self.inner.sessions.lock().expect("sessions");
+        let mut v: Vec<String> = s
+            .keys()
+            .filter(|(o, _)| o == org)
+            .map(|(_, c)| c.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Sends the current event table to every connected client of an org (after a change).
+    pub fn table_changed(&self, org: &str) {
+        let targets: Vec<(Vec<String>, Outbox)> = self
+            .inner
+            .sessions
+            .lock()
+            .expect("sessions")
+            .iter()
+            .filter(|((o, _), _)| o == org)
+            .map(|(_, s)| (s.labels.clone(), s.tx.clone()))
+            .collect();
+        for (labels, tx) in targets {
+            if let Ok(msg) = self.table_message(org, &labels) {
+                let _ = tx.try_send(Ok(msg));
+            }
+        }
+    }
+
+    /// Updates a connected client's labels (so its table follows them) and resends its table.
+    pub fn labels_changed(&self, org: &str, client: &str, labels: Vec<String>) {
+        let tx = {
+            let mut s = self.inner.sessions.lock().expect("sessions");
+            match s.get_mut(&(org.to_string(), client.to_string())) {
+                Some(sess) => {
+                    sess.labels = labels.clone();
+                    Some(sess.tx.clone())
+                }
+                None => None,
+            }
+        };
+        if let (Some(tx), Ok(msg)) = (tx, self.table_message(org, &labels)) {
+            let _ = tx.try_send(Ok(msg));
+        }
+    }
+
+    // Status is tonic's error type; the session handlers return it.
+    #[allow(clippy::result_large_err)]
+    fn table_message(&self, org: &str, labels: &[String]) -> Result<ServerMessage, Status> {
+        let (version, queries) = self
+            .inner
+            .clients
+            .event_table(self.inner.qm.repository(), org, labels)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(ServerMessage {
+            msg: Some(server_message::Msg::EventTable(EventTable {
+                version,
+                queries,
+            })),
+        })
+    }
+
+    async fn announce(&self, org: &str, queue: &str, row: Value) {
+        if let Value::Object(m) = row {
+            if let Err(e) = self.inner.qm.push(org, queue, vec![m], "server", "").await {
+                tracing::error!(queue, error = %e, "could not announce");
+            }
+        }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Frontend for FrontendService {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<ClientMessage>>,
+    ) -> Result<Response<SessionStream>, Status> {
+        let remote = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let mut incoming = req.into_inner();
+        let first = incoming
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before hello"))?;
+        let Some(client_message::Msg::Hello(hello)) = first.msg else {
+            return Err(Status::invalid_argument("the first message must be hello"));
+        };
+        if !valid_client_id(&hello.client_id) {
+            return Err(Status::invalid_argument(format!(
+                "invalid client id {:?}: expected C. and 16 hex digits",
+                hello.client_id
+            )));
+        }
+        let org = if hello.org.is_empty() {
+            "root".to_string()
+        } else {
+            hello.org.clone()
+        };
+        validate_org(&org).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let key = (org.clone(), hello.client_id.clone());
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let session_id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        let conflict = {
+            let mut sessions = self.inner.sessions.lock().expect("sessions");
+            if sessions.contains_key(&key) {
+                true
+            } else {
+                sessions.insert(
+                    key.clone(),
+                    Session {
+                        id: session_id,
+                        labels: hello.labels.clone(),
+                        tx: tx.clone(),
+                    },
+                );
+                false
+            }
+        };
+        if conflict {
+            self.announce(
+                &org,
+                "Server.Internal.ClientConflict",
+                json!({"ClientId": hello.client_id, "RemoteAddr": remote, "Node": self.inner.node}),
+            )
+            .await;
+            return Err(Status::already_exists(format!(
+                "client {} is already connected; refusing a second connection from {remote}",
+                hello.client_id
+            )));
+        }
+        let welcome = self.start(&org, &hello, &remote).await;
+        let table = self.table_message(&org, &hello.labels);
+        match (welcome, table) {
+            (Ok(w), Ok(t)) => {
+                let _ = tx.send(Ok(w)).await;
+                let _ = tx.send(Ok(t)).await;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                self.end(&key, session_id).await;
+                return Err(e);
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.serve(&org, &hello.client_id, &mut incoming, &tx).await;
+            if let Err(status) = result {
+                let _ = tx.send(Err(status)).await;
+            }
+            this.end(&key, session_id).await;
+        });
+        Ok(Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+        ))
+    }
+}
+
+impl FrontendService {
+    /// Records the client and announces it; the Welcome message.
+    async fn start(&self, org: &str, hello: &Hello, remote: &str) -> Result<ServerMessage, Status> {
+        let clients = &self.inner.clients;
+        let existing = clients
+            .get(org, &hello.client_id)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let first_contact = existing.is_none();
+        let now = now_us();
+        let mut record = existing.unwrap_or_else(|| ClientRecord {
+            client_id: hello.client_id.clone(),
+            first_seen_at: now / 1_000_000,
+            ..ClientRecord::default()
+        });
+        record.hostname = hello.hostname.clone();
+        record.os = hello.os.clone();
+        if !hello.labels.is_empty() || first_contact {
+            let mut labels = record.labels.clone();
+            for l in &hello.labels {
+                if !labels.contains(l) {
+                    labels.push(l.clone());
+                }
+            }
+            record.labels = labels;
+        }
+        record.last_seen_at = now;
+        record.last_ip = remote.to_string();
+        record.version = hello.version.clone();
+        record.last_event_table_version = hello.event_table_version;
+        clients
+            .put(org, &record)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        if first_contact {
+            self.announce(org, "Server.Internal.Enrollment", json!({"ClientId": hello.client_id, "Hostname": hello.hostname, "RemoteAddr": remote})).await;
+        }
+        self.announce(org, "Server.Internal.ClientInfo", json!({"ClientId": hello.client_id, "Hostname": record.hostname, "OS": record.os, "Labels": record.labels, "LastSeenAt": now / 1_000_000, "LastIp": remote})).await;
+        // The session follows the record's labels (the server may hold more than the hello).
+        if let Some(s) = self
+            .inner
+            .sessions
+            .lock()
+            .expect("sessions")
+            .get_mut(&(org.to_string(), hello.client_id.clone()))
+        {
+            s.labels = record.labels.clone();
+        }
+        Ok(ServerMessage {
+            msg: Some(server_message::Msg::Welcome(Welcome {
+                client_id: hello.client_id.clone(),
+                first_contact,
+            })),
+        })
+    }
+
+    async fn end(&self, key: &(String, String), session_id: u64) {
+        let removed = {
+            let mut s = self.inner.sessions.lock().expect("sessions");
+            if s.get(key).is_some_and(|sess| sess.id == session_id) {
+                s.remove(key);
+                true
+            } else {
+                false
+            }
+        };
+        if removed {
+            if let Ok(Some(mut r)) = self.inner.clients.get(&key.0, &key.1) {
+                r.last_seen_at = now_us();
+                let _ = self.inner.clients.put(&key.0, &r).await;
+            }
+        }
+    }
+
+    async fn serve(
+        &self,
+        org: &str,
+        client: &str,
+        incoming: &mut Streaming<ClientMessage>,
+        tx: &mpsc::Sender<Result<ServerMessage, Status>>,
+    ) -> Result<(), Status> {
+        while let Some(msg) = incoming.message().await? {
+            match msg.msg {
+                Some(client_message::Msg::Events(batch)) => {
+                    let ack = self.apply_batch(org, client, batch).await?;
+                    if tx.send(Ok(ack)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(client_message::Msg::Logs(logs)) => self.apply_logs(org, client, logs).await,
+                Some(client_message::Msg::Keepalive(_)) => {
+                    let _ = tx
+                        .send(Ok(ServerMessage {
+                            msg: Some(server_message::Msg::Keepalive(Keepalive {})),
+                        }))
+                        .await;
+                }
+                Some(client_message::Msg::Hello(_)) => {
+                    return Err(Status::invalid_argument(
+                        "hello may only be sent once per stream",
+                    ))
+                }
+                Some(client_message::Msg::Flow(_)) => {
+                    return Err(Status::unimplemented("flows are not supported yet"))
+                }
+                None => return Err(Status::invalid_argument("empty client message")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes a batch; the ack is sent only after it is durable. Rows that can never be
+    /// accepted get an ack with an error (the client drops them, counted); a store failure
+    /// ends the session without an ack, so the client keeps the batch and resends it.
+    async fn apply_batch(
+        &self,
+        org: &str,
+        client: &str,
+        batch: EventBatch,
+    ) -> Result<ServerMessage, Status> {
+        let ack = |error: String| ServerMessage {
+            msg: Some(server_message::Msg::Ack(Ack {
+                batch_id: batch.batch_id,
+                error,
+            })),
+        };
+        let mut parsed = Vec::with_capacity(batch.queues.len());
+        for q in &batch.queues {
+            match self.inner.qm.parse_rows(&q.rows_json) {
+                Ok(rows) => parsed.push((q.artifact.clone(), rows)),
+                Err(e) => return Ok(ack(format!("{}: {e}", q.artifact))),
+            }
+        }
+        match self
+            .inner
+            .qm
+            .push_client_batch(org, client, batch.batch_id, parsed)
+            .await
+        {
+            Ok(_) => Ok(ack(String::new())),
+            Err(crate::queue::Error::Store(e)) => {
+                Err(Status::unavailable(format!("store unavailable: {e}")))
+            }
+            Err(e) => Ok(ack(e.to_string())),
+        }
+    }
+
+    async fn apply_logs(&self, org: &str, client: &str, logs: LogBatch) {
+        for l in logs.lines {
+            let line = talon_vql::engine::LogLine {
+                level: l.level.clone(),
+                message: l.message.clone(),
+            };
+            crate::vql_host::append_log(
+                &self.inner.qm,
+                org,
+                &format!("{client}\u{1f}{}", l.artifact),
+                &line,
+            )
+            .await;
+            if l.level == "ALERT" {
+                let mut row: Map<String, Value> = match serde_json::from_str(&l.message) {
+                    Ok(Value::Object(m)) => m,
+                    _ => Map::from_iter([("name".to_string(), Value::from(l.message.clone()))]),
+                };
+                row.insert("client_id".into(), client.into());
+                row.insert("artifact".into(), l.artifact.clone().into());
+                row.insert("artifact_type".into(), "CLIENT_EVENT".into());
+                row.insert("flow_id".into(), "".into());
+                if let Err(e) = self
+                    .inner
+                    .qm
+                    .push(org, crate::vql_host::ALERTS_QUEUE, vec![row], client, "")
+                    .await
+                {
+                    tracing::error!(error = %e, "could not store a client alert");
+                }
+            }
+        }
+    }
+}
