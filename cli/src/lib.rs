@@ -1,12 +1,14 @@
 //! The `talon` admin CLI over the master's gRPC API.
 //!
 //! - [`artifacts`]: list, show, add, delete, and offline verify.
+//! - [`clients`]: clients, labels and the client monitoring table.
 //! - [`events`]: push, watch, read and export rows of queues.
 //! - [`monitoring`]: the server monitoring table, monitoring logs, collect, metadata.
 //! - [`output`]: tables, JSON and CSV.
 //! - [`query`]: run VQL on the server.
 
 pub mod artifacts;
+pub mod clients;
 pub mod events;
 pub mod monitoring;
 pub mod output;
@@ -67,6 +69,9 @@ pub enum Command {
     /// The server monitoring table and monitoring logs
     #[command(subcommand)]
     Monitoring(monitoring::MonitoringCmd),
+    /// Clients: list, show, label
+    #[command(subcommand)]
+    Clients(clients::ClientsCmd),
     /// Server metadata (read by VQL's server_metadata())
     #[command(subcommand)]
     Metadata(monitoring::MetadataCmd),
@@ -153,7 +158,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Artifacts(cmd) => artifacts::run(&cli.api, cmd).await,
         Command::Events(cmd) => events::run(&cli.api, &cli.org, cmd).await,
+        Command::Monitoring(monitoring::MonitoringCmd::Client(cmd)) => {
+            clients::table(&cli.api, &cli.org, cmd).await
+        }
         Command::Monitoring(cmd) => monitoring::run(&cli.api, &cli.org, cmd).await,
+        Command::Clients(cmd) => clients::run(&cli.api, &cli.org, cmd).await,
         Command::Metadata(cmd) => monitoring::metadata(&cli.api, &cli.org, cmd).await,
         Command::Query {
             vql,

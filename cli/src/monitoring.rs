@@ -12,6 +12,9 @@ pub enum MonitoringCmd {
     /// The server monitoring table: SERVER_EVENT artifacts the master runs continuously
     #[command(subcommand)]
     Server(ServerCmd),
+    /// The client monitoring table: CLIENT_EVENT artifacts clients run
+    #[command(subcommand)]
+    Client(crate::clients::ClientTableCmd),
     /// Print the monitoring log of a server monitoring artifact
     Logs {
         name: String,
@@ -115,6 +118,7 @@ pub async fn run(api: &str, org: &str, cmd: MonitoringCmd) -> anyhow::Result<Exi
                 .map_err(status_error)?;
             println!("removed {name} from the server monitoring table");
         }
+        MonitoringCmd::Client(_) => unreachable!("dispatched in lib.rs"),
         MonitoringCmd::Logs { name, count } => {
             let query = format!(
                 "SELECT * FROM monitoring_logs(artifact={})",
