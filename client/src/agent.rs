@@ -165,7 +165,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
         }
         index += 1;
         // After trying every frontend once, back off with jitter.
-        if index % config.frontends.len() == 0 {
+        if index.is_multiple_of(config.frontends.len()) {
             attempt = (attempt + 1).min(6);
             let base = Duration::from_millis(250 << attempt);
             let jitter = base.mul_f64(0.5 + (now_nanos() % 1000) as f64 / 1000.0);
