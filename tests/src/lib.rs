@@ -51,6 +51,7 @@ pub struct Master {
     pub datastore: PathBuf,
     pub api: SocketAddr,
     pub debug: SocketAddr,
+    pub frontend: SocketAddr,
     stderr_log: PathBuf,
 }
 
@@ -63,7 +64,11 @@ impl Master {
             .arg("--datastore")
             .arg(datastore)
             .args(["--api-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
-            .args(["--frontend-addr", "127.0.0.1:0"])
+            .args(if extra.contains(&"--frontend-addr") {
+                &[][..]
+            } else {
+                &["--frontend-addr", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -83,6 +88,7 @@ impl Master {
             datastore: datastore.to_path_buf(),
             api: "0.0.0.0:0".parse().unwrap(),
             debug: "0.0.0.0:0".parse().unwrap(),
+            frontend: "0.0.0.0:0".parse().unwrap(),
             stderr_log,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -93,6 +99,8 @@ impl Master {
                 Ok(line) => {
                     if let Some(a) = line.strip_prefix("api: ") {
                         master.api = a.parse().expect("api address");
+                    } else if let Some(f) = line.strip_prefix("frontend: ") {
+                        master.frontend = f.parse().expect("frontend address");
                     } else if let Some(d) = line.strip_prefix("debug: http://") {
                         let d = d.trim_end_matches("/debug/queues");
                         master.debug = d.parse().expect("debug address");
@@ -295,5 +303,66 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (bound and released), for a process that must keep its address
+/// across restarts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `talon-client`, killed (by its own pid) when dropped.
+pub struct Client {
+    pub child: Child,
+    pub state: PathBuf,
+    log: PathBuf,
+}
+
+impl Client {
+    /// Starts `talon-client --frontend FRONTENDS --state STATE` with extra flags.
+    pub fn start(frontends: &str, state: &Path, extra: &[&str]) -> Client {
+        std::fs::create_dir_all(state).unwrap();
+        let log = state.join("client.log");
+        let child = Command::new(bin("talon-client"))
+            .args(["--frontend", frontends, "--state"])
+            .arg(state)
+            .args(["--batch-ms", "200"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("spawn talon-client");
+        Client {
+            child,
+            state: state.to_path_buf(),
+            log,
+        }
+    }
+
+    /// The client id it made (waits for the file).
+    pub fn id(&self) -> String {
+        let path = self.state.join("client_id");
+        assert!(
+            wait_until(Duration::from_secs(20), || path.exists()),
+            "no client id"
+        );
+        std::fs::read_to_string(path).unwrap().trim().to_string()
+    }
+
+    /// What it logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

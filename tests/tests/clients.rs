@@ -1,0 +1,211 @@
+//! Real `talon-client` processes against a real master over loopback: enrollment, the
+//! event table, rows with ClientId, table changes without restart, kill -9 of the master
+//! with every generated row stored exactly once, client id conflicts, bad messages.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use talon_tests::*;
+
+/// A CLIENT_EVENT artifact that counts: row N is the Nth row the client made.
+const COUNTER: &str = "name: Custom.Counter\ntype: CLIENT_EVENT\nparameters:\n- name: Ms\n  default: '50'\n  type: int\nsources:\n- query: |\n    SELECT count() AS N FROM clock(ms=Ms)\n";
+
+fn add_artifact(master: &Master, dir: &std::path::Path, text: &str) {
+    let f = dir.join("artifact.yaml");
+    std::fs::write(&f, text).unwrap();
+    ok(&master.talon(&["artifacts", "add", f.to_str().unwrap()]));
+}
+
+fn client_rows(master: &Master, queue: &str, client: &str) -> Vec<serde_json::Value> {
+    json_lines(&ok(&master.talon(&[
+        "events",
+        "read",
+        queue,
+        "--client-id",
+        client,
+    ])))
+}
+
+#[test]
+fn a_client_enrolls_streams_rows_and_follows_table_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    ok(&master.talon(&[
+        "monitoring",
+        "client",
+        "add",
+        "Generic.Client.Stats",
+        "--param",
+        "Frequency=1",
+    ]));
+    let (_enroll, enrolled) = master.spawn_watching(
+        &[
+            "events",
+            "watch",
+            "Server.Internal.Enrollment",
+            "--count",
+            "1",
+        ],
+        "root",
+        "Server.Internal.Enrollment",
+        1,
+    );
+    let (_watch, stats) = master.spawn_watching(
+        &["events", "watch", "Generic.Client.Stats"],
+        "root",
+        "Generic.Client.Stats",
+        1,
+    );
+    let client = Client::start(
+        &master.frontend.to_string(),
+        &dir.path().join("c1"),
+        &["--hostname", "web-01", "--labels", "web"],
+    );
+    let id = client.id();
+    let line = enrolled
+        .recv_timeout(Duration::from_secs(20))
+        .expect("enrollment announced");
+    assert!(line.contains(&id) && line.contains("web-01"), "{line}");
+    let row: serde_json::Value = serde_json::from_str(
+        &stats
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a stats row"),
+    )
+    .unwrap();
+    assert_eq!(row["ClientId"], id.as_str());
+    assert!(row["RSS"].as_i64().unwrap() > 0, "{row}");
+
+    let list = ok(&master.talon(&["clients", "list", "--format", "json"]));
+    let clients: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(clients[0]["client_id"], id.as_str());
+    assert_eq!(clients[0]["hostname"], "web-01");
+    assert_eq!(clients[0]["connected"], true);
+    assert_eq!(clients[0]["labels"], serde_json::json!(["web"]));
+    assert!(ok(&master.talon(&["clients", "list", "--search", "host:web"])).contains(&id));
+    assert!(!ok(&master.talon(&["clients", "list", "--search", "label:db"])).contains(&id));
+
+    // A table change reaches the running client without a restart: a counter for label db
+    // starts only once the client carries that label.
+    add_artifact(&master, dir.path(), COUNTER);
+    ok(&master.talon(&[
+        "monitoring",
+        "client",
+        "add",
+        "Custom.Counter",
+        "--label",
+        "db",
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        client_rows(&master, "Custom.Counter", &id).is_empty(),
+        "not labelled db yet"
+    );
+    ok(&master.talon(&["clients", "label", &id, "--add", "db"]));
+    assert!(wait_until(Duration::from_secs(20), || client_rows(
+        &master,
+        "Custom.Counter",
+        &id
+    )
+    .len()
+        >= 3));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&master.talon(&["clients", "show", &id]))).unwrap();
+    assert_eq!(shown["labels"], serde_json::json!(["web", "db"]));
+    let table = ok(&master.talon(&["monitoring", "client", "list", "--format", "json"]));
+    assert!(table.contains("\"version\": 2"), "{table}");
+}
+
+#[test]
+fn kill_9_of_the_master_while_clients_stream_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let frontend = format!("127.0.0.1:{}", free_port());
+    let mut master = Master::start(&store, &["--frontend-addr", &frontend]);
+    add_artifact(&master, dir.path(), COUNTER);
+    ok(&master.talon(&[
+        "monitoring",
+        "client",
+        "add",
+        "Custom.Counter",
+        "--param",
+        "Ms=20",
+    ]));
+    let a = Client::start(&frontend, &dir.path().join("a"), &[]);
+    let b = Client::start(&frontend, &dir.path().join("b"), &[]);
+    let (ida, idb) = (a.id(), b.id());
+    assert!(wait_until(Duration::from_secs(20), || client_rows(
+        &master,
+        "Custom.Counter",
+        &ida
+    )
+    .len()
+        >= 20));
+    master.kill9();
+    // The clients keep generating into their spools while the master is down.
+    std::thread::sleep(Duration::from_millis(1500));
+    let master = Master::start(&store, &["--frontend-addr", &frontend]);
+    let check = |id: &str| -> bool {
+        let rows = client_rows(&master, "Custom.Counter", id);
+        let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+        for r in &rows {
+            *seen.entry(r["N"].as_i64().unwrap()).or_default() += 1;
+        }
+        assert!(
+            seen.values().all(|n| *n == 1),
+            "a row of {id} was stored twice"
+        );
+        let max = seen.keys().last().copied().unwrap_or(0);
+        // Rows made during the outage (about 75 at 20 ms) and after must all be there.
+        max > 150 && seen.len() as i64 == max
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || check(&ida) && check(&idb)),
+        "rows missing after the restart; client log: {}",
+        a.log()
+    );
+}
+
+#[test]
+fn a_second_client_with_a_connected_id_is_refused_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let (_w, conflicts) = master.spawn_watching(
+        &[
+            "events",
+            "watch",
+            "Server.Internal.ClientConflict",
+            "--count",
+            "1",
+        ],
+        "root",
+        "Server.Internal.ClientConflict",
+        1,
+    );
+    let first = Client::start(&master.frontend.to_string(), &dir.path().join("one"), &[]);
+    let id = first.id();
+    assert!(wait_until(Duration::from_secs(20), || ok(
+        &master.talon(&["clients", "list"])
+    )
+    .contains(&id)));
+    // A copy of the first client's state: the same id.
+    let twin = dir.path().join("twin");
+    std::fs::create_dir_all(&twin).unwrap();
+    std::fs::copy(dir.path().join("one/client_id"), twin.join("client_id")).unwrap();
+    let second = Client::start(&master.frontend.to_string(), &twin, &[]);
+    let line = conflicts
+        .recv_timeout(Duration::from_secs(20))
+        .expect("conflict reported");
+    let row: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(row["ClientId"], id.as_str());
+    assert_eq!(row["Node"], "master");
+    assert!(
+        wait_until(Duration::from_secs(10), || second
+            .log()
+            .contains("is already connected")),
+        "{}",
+        second.log()
+    );
+    let clients: serde_json::Value =
+        serde_json::from_str(&ok(&master.talon(&["clients", "list", "--format", "json"]))).unwrap();
+    assert_eq!(clients.as_array().unwrap().len(), 1);
+}
