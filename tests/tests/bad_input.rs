@@ -196,7 +196,7 @@ async fn raw_grpc_call(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> S
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let codec = RawCodec;
+    let codec = talon_tests::RawCodec;
     let res: Result<tonic::Response<Vec<u8>>, tonic::Status> = grpc
         .unary(
             tonic::Request::new(body.to_vec()),
@@ -207,50 +207,5 @@ async fn raw_grpc_call(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> S
     match res {
         Ok(r) => format!("grpc-status: 0 ({} bytes)", r.into_inner().len()),
         Err(s) => format!("grpc-status: {:?} {}", s.code(), s.message()),
-    }
-}
-
-/// A codec that passes bytes through, to send malformed protobuf.
-#[derive(Clone, Copy)]
-struct RawCodec;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl tonic::codec::Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: Vec<u8>,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<Vec<u8>>, tonic::Status> {
-        use bytes::Buf;
-        let mut v = vec![0; src.remaining()];
-        src.copy_to_slice(&mut v);
-        Ok(Some(v))
     }
 }

@@ -209,3 +209,127 @@ fn a_second_client_with_a_connected_id_is_refused_and_reported() {
         serde_json::from_str(&ok(&master.talon(&["clients", "list", "--format", "json"]))).unwrap();
     assert_eq!(clients.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients() {
+    use futures::StreamExt;
+    use talon_proto::client::*;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("talon.yaml");
+    std::fs::write(&config, "max_client_message_bytes: 65536\n").unwrap();
+    let master = Master::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    add_artifact(&master, dir.path(), COUNTER);
+    ok(&master.talon(&["monitoring", "client", "add", "Custom.Counter"]));
+    let good = Client::start(&master.frontend.to_string(), &dir.path().join("good"), &[]);
+    let id = good.id();
+    assert!(wait_until(Duration::from_secs(20), || client_rows(
+        &master,
+        "Custom.Counter",
+        &id
+    )
+    .len()
+        >= 3));
+
+    let url = format!("http://{}", master.frontend);
+    let hello = |client_id: &str| ClientMessage {
+        msg: Some(client_message::Msg::Hello(Hello {
+            client_id: client_id.into(),
+            ..Hello::default()
+        })),
+    };
+    // A message over the limit ends that client's stream with a clear status.
+    let mut c = frontend_client::FrontendClient::connect(url.clone())
+        .await
+        .unwrap()
+        .max_encoding_message_size(1 << 24);
+    let big = EventBatch {
+        batch_id: 1,
+        queues: vec![QueueRows {
+            artifact: "Custom.Counter".into(),
+            rows_json: vec![format!("{{\"pad\":\"{}\"}}", "x".repeat(200_000))],
+        }],
+    };
+    let msgs = vec![
+        hello("C.00000000000000aa"),
+        ClientMessage {
+            msg: Some(client_message::Msg::Events(big)),
+        },
+    ];
+    let mut stream = c
+        .session(futures::stream::iter(msgs).chain(futures::stream::pending()))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("an answer")
+        {
+            Ok(Some(_)) => continue, // welcome and table come first
+            Ok(None) => panic!("stream ended without a status"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("message length too large"),
+        "{status:?}"
+    );
+
+    // A bad client id, and a stream that does not start with hello.
+    let mut c = frontend_client::FrontendClient::connect(url.clone())
+        .await
+        .unwrap();
+    let e = c
+        .session(futures::stream::iter(vec![hello("C.nothex")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("invalid client id \"C.nothex\""),
+        "{e:?}"
+    );
+    let e = c
+        .session(futures::stream::iter(vec![ClientMessage {
+            msg: Some(client_message::Msg::Keepalive(Keepalive {})),
+        }]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("the first message must be hello"),
+        "{e:?}"
+    );
+
+    // Bytes that are not protobuf.
+    let channel = tonic::transport::Channel::from_shared(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let garbage = futures::stream::iter(vec![vec![0x0a, 0xff, 0xff, 0xff]]);
+    let res = grpc
+        .streaming(
+            tonic::Request::new(garbage),
+            "/talon.client.Frontend/Session".parse().unwrap(),
+            RawCodec,
+        )
+        .await;
+    let e = res.err().expect("refused");
+    assert!(e.message().contains("decode"), "{e:?}");
+
+    // The well-behaved client streamed on throughout.
+    let before = client_rows(&master, "Custom.Counter", &id).len();
+    assert!(wait_until(Duration::from_secs(20), || client_rows(
+        &master,
+        "Custom.Counter",
+        &id
+    )
+    .len()
+        > before + 3));
+}
