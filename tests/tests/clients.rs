@@ -320,7 +320,7 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
             RawCodec,
         )
         .await;
-    let e = res.err().expect("refused");
+    let e = res.expect_err("refused");
     assert!(e.message().contains("decode"), "{e:?}");
 
     // The well-behaved client streamed on throughout.
