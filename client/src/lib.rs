@@ -1,5 +1,6 @@
 //! `talon-client`, the endpoint agent: [`agent`] (the stream to a frontend, queries,
-//! batching) and [`spool`] (unacknowledged batches on disk).
+//! batching), [`spool`] (unacknowledged batches on disk) and [`simulate`] (load testing).
 
 pub mod agent;
+pub mod simulate;
 pub mod spool;

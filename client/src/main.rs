@@ -10,15 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 /// The Talon endpoint agent.
 #[derive(Parser, Debug)]
-#[command(name = "talon-client", version)]
+#[command(name = "talon-client", version, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Frontend addresses, tried in order
-    #[arg(
-        long,
-        value_delimiter = ',',
-        required = true,
-        value_name = "ADDR[,ADDR...]"
-    )]
+    #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
     frontend: Vec<String>,
     /// Directory of the client id and the spool
     #[arg(long, value_name = "DIR", default_value = "./talon-client-state")]
@@ -43,9 +40,75 @@ struct Args {
     spool_bytes: u64,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    /// Simulate many clients in one process (load tests)
+    Simulate {
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required = true,
+            value_name = "ADDR[,ADDR...]"
+        )]
+        frontend: Vec<String>,
+        /// Number of clients
+        #[arg(long, default_value_t = 10)]
+        clients: usize,
+        /// Rows per second per client (0: idle)
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Seconds to run
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Approximate bytes per row
+        #[arg(long, default_value_t = 200)]
+        row_bytes: usize,
+        /// CLIENT_EVENT queue the rows go to
+        #[arg(long, default_value = "Generic.Client.Stats")]
+        artifact: String,
+        #[arg(long, default_value = "root")]
+        org: String,
+    },
+}
+
 fn main() -> ExitCode {
     let a = Args::parse();
-    talon_shared::telemetry::init(talon_shared::telemetry::LogFormat::Text, "info");
+    talon_shared::telemetry::init(
+        talon_shared::telemetry::LogFormat::Text,
+        "warn,talon_client=info",
+    );
+    if let Some(Cmd::Simulate {
+        frontend,
+        clients,
+        rate,
+        duration,
+        row_bytes,
+        artifact,
+        org,
+    }) = a.command
+    {
+        let cfg = talon_client::simulate::SimConfig {
+            frontends: frontend,
+            clients,
+            rate,
+            duration: Duration::from_secs_f64(duration),
+            row_bytes,
+            artifact,
+            org,
+        };
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        return match rt.block_on(talon_client::simulate::run(cfg)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("talon-client: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    if a.frontend.is_empty() {
+        eprintln!("talon-client: --frontend ADDR is required");
+        return ExitCode::from(2);
+    }
     let config = AgentConfig {
         frontends: a.frontend,
         state: a.state,

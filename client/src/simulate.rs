@@ -1,0 +1,243 @@
+//! `talon-client simulate`: many simulated clients in one process, each with its own id and
+//! stream, each pushing rows at a set rate; progress while running, one JSON line at the end.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use talon_proto::client::frontend_client::FrontendClient;
+use talon_proto::client::*;
+use tokio_util::sync::CancellationToken;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub frontends: Vec<String>,
+    pub clients: usize,
+    /// Rows per second per client (0: idle clients that only keep their stream).
+    pub rate: f64,
+    pub duration: Duration,
+    pub row_bytes: usize,
+    pub artifact: String,
+    pub org: String,
+}
+
+#[derive(Default)]
+struct Totals {
+    connected: AtomicU64,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+fn random_id(seed: u64) -> String {
+    // splitmix64 of the seed and the clock: distinct per client and per run.
+    let mut z = seed.wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    format!("C.{:016x}", z ^ (z >> 31))
+}
+
+fn row(i: u64, bytes: usize) -> String {
+    let base = format!(
+        "{{\"Timestamp\":{},\"CPUPercent\":1.5,\"RSS\":{},\"Pad\":\"\"}}",
+        1_763_800_000 + i,
+        10_000_000 + i
+    );
+    let pad = bytes.saturating_sub(base.len() + 60);
+    base.replace("\"Pad\":\"\"", &format!("\"Pad\":\"{}\"", "x".repeat(pad)))
+}
+
+async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: CancellationToken) {
+    let addr = &cfg.frontends[n % cfg.frontends.len()];
+    let url = if addr.contains("://") {
+        addr.clone()
+    } else {
+        format!("http://{addr}")
+    };
+    let Ok(channel) = tonic::transport::Endpoint::from_shared(url)
+        .expect("frontend url")
+        .connect()
+        .await
+    else {
+        totals.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let mut client = FrontendClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel::<ClientMessage>(16);
+    let hello = Hello {
+        client_id: random_id(n as u64),
+        org: cfg.org.clone(),
+        hostname: format!("sim-{n}"),
+        os: "linux".into(),
+        ..Hello::default()
+    };
+    let _ = tx
+        .send(ClientMessage {
+            msg: Some(client_message::Msg::Hello(hello)),
+        })
+        .await;
+    let mut incoming = match client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(_) => {
+            totals.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    totals.connected.fetch_add(1, Ordering::Relaxed);
+    let sent_at: Arc<Mutex<std::collections::HashMap<u64, (Instant, u64)>>> = Arc::default();
+    let acks = {
+        let (totals, sent_at, stop) = (totals.clone(), sent_at.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let m = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = incoming.next() => m,
+                };
+                match m {
+                    Some(Ok(ServerMessage {
+                        msg: Some(server_message::Msg::Ack(a)),
+                    })) => {
+                        if let Some((t, rows)) = sent_at.lock().expect("sent").remove(&a.batch_id) {
+                            if a.error.is_empty() {
+                                totals.acked.fetch_add(rows, Ordering::Relaxed);
+                            } else {
+                                totals.errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            totals
+                                .latencies_us
+                                .lock()
+                                .expect("latencies")
+                                .push(t.elapsed().as_micros() as u64);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => {
+                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    // Send a batch every 100 ms (fewer for slow rates), carrying the rows due by then.
+    let tick = Duration::from_millis(100);
+    let mut interval = tokio::time::interval(tick);
+    let start = Instant::now();
+    let (mut due, mut sent, mut batch_id) = (0.0f64, 0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        if cfg.rate <= 0.0 {
+            continue;
+        }
+        due = cfg.rate * start.elapsed().as_secs_f64();
+        let n = due as u64 - sent;
+        if n == 0 {
+            continue;
+        }
+        let rows: Vec<String> = (0..n).map(|i| row(sent + i, cfg.row_bytes)).collect();
+        batch_id += 1;
+        sent_at
+            .lock()
+            .expect("sent")
+            .insert(batch_id, (Instant::now(), n));
+        let msg = ClientMessage {
+            msg: Some(client_message::Msg::Events(EventBatch {
+                batch_id,
+                queues: vec![QueueRows {
+                    artifact: cfg.artifact.clone(),
+                    rows_json: rows,
+                }],
+            })),
+        };
+        if tx.send(msg).await.is_err() {
+            totals.errors.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        sent += n;
+        totals.sent.fetch_add(n, Ordering::Relaxed);
+    }
+    let _ = due;
+    // Wait briefly for outstanding acks.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sent_at.lock().expect("sent").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    acks.abort();
+}
+
+fn pct(v: &[u64], p: f64) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs the simulation; prints progress every second and the JSON summary last.
+pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let totals = Arc::new(Totals::default());
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::with_capacity(cfg.clients);
+    for n in 0..cfg.clients {
+        tasks.push(tokio::spawn(one_client(
+            n,
+            cfg.clone(),
+            totals.clone(),
+            stop.clone(),
+        )));
+        if n % 200 == 199 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let start = Instant::now();
+    let mut last_acked = 0;
+    while start.elapsed() < cfg.duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let acked = totals.acked.load(Ordering::Relaxed);
+        eprintln!(
+            "{:>4.0}s connected {} sent {} acked {} ({} rows/s) errors {}",
+            start.elapsed().as_secs_f64(),
+            totals.connected.load(Ordering::Relaxed),
+            totals.sent.load(Ordering::Relaxed),
+            acked,
+            acked - last_acked,
+            totals.errors.load(Ordering::Relaxed)
+        );
+        last_acked = acked;
+    }
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut lat = std::mem::take(&mut *totals.latencies_us.lock().expect("latencies"));
+    lat.sort_unstable();
+    let secs = start.elapsed().as_secs_f64();
+    let acked = totals.acked.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({
+            "clients_connected": totals.connected.load(Ordering::Relaxed),
+            "rows_sent": totals.sent.load(Ordering::Relaxed),
+            "rows_acked": acked,
+            "acked_rows_per_s": (acked as f64 / secs).round(),
+            "errors": totals.errors.load(Ordering::Relaxed),
+            "ack_latency_ms": {"p50": pct(&lat, 0.5) as f64 / 1000.0, "p99": pct(&lat, 0.99) as f64 / 1000.0},
+        })
+    );
+    Ok(())
+}
