@@ -226,7 +226,8 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
     }
     let mut lat = std::mem::take(&mut *totals.latencies_us.lock().expect("latencies"));
     lat.sort_unstable();
-    let secs = start.elapsed().as_secs_f64();
+    // Rates are over the sending period, not the wait for the last acks.
+    let secs = cfg.duration.as_secs_f64();
     let acked = totals.acked.load(Ordering::Relaxed);
     println!(
         "{}",

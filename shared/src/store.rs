@@ -326,6 +326,13 @@ impl Store {
         .await
     }
 
+    /// One setting.
+    pub fn setting(&self, namespace: &str, key: &str) -> Result<Option<String>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SETTINGS)?;
+        Ok(t.get((namespace, key))?.map(|v| v.value().to_string()))
+    }
+
     /// Every setting of a namespace as (key, value), sorted by key.
     pub fn settings(&self, namespace: &str) -> Result<Vec<(String, String)>> {
         let r = self.db.begin_read()?;

@@ -151,11 +151,8 @@ impl Host for ServerHost {
     fn metadata(&self, org: &str, key: &str) -> Option<String> {
         self.qm
             .store()
-            .settings(&metadata_namespace(org))
+            .setting(&metadata_namespace(org), key)
             .ok()?
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
     }
 
     fn metadata_all(&self, org: &str) -> Row {

@@ -61,10 +61,8 @@ impl Clients {
     pub fn get(&self, org: &str, client_id: &str) -> store::Result<Option<ClientRecord>> {
         Ok(self
             .store
-            .settings(&clients_ns(org))?
-            .into_iter()
-            .find(|(k, _)| k == client_id)
-            .and_then(|(_, v)| serde_json::from_str(&v).ok()))
+            .setting(&clients_ns(org), client_id)?
+            .and_then(|v| serde_json::from_str(&v).ok()))
     }
 
     /// Every client of an org, by id.
@@ -90,10 +88,8 @@ impl Clients {
     pub fn version(&self, org: &str) -> store::Result<u64> {
         Ok(self
             .store
-            .settings(VERSION_NS)?
-            .into_iter()
-            .find(|(k, _)| k == org)
-            .and_then(|(_, v)| v.parse().ok())
+            .setting(VERSION_NS, org)?
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0))
     }
 
