@@ -10,7 +10,7 @@ use talon_shared::queue::{validate_org, QueueManager, ROOT_ORG};
 use talon_shared::vql_host::{metadata_namespace, Output, Vql};
 
 use crate::monitor::ServerMonitor;
-use talon_shared::frontend::{ClientRecord, FrontendService, TableEntry};
+use talon_shared::frontend::{ClientRecord, FrontendService, RelabelError, TableEntry};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -472,23 +472,13 @@ impl Admin for AdminService {
     ) -> Result<Response<ListClientsResponse>, Status> {
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
-        let all = self
+        let found = self
             .frontend
             .clients()
-            .list(&org)
+            .search(&org, &r.search)
             .map_err(|e| to_status(e.into()))?;
-        let search = r.search.trim().to_string();
-        let keep = |c: &ClientRecord| match search.split_once(':') {
-            _ if search.is_empty() || search == "all" => true,
-            Some(("label", l)) => c.labels.iter().any(|x| x == l),
-            Some(("host", h)) => c.hostname.to_lowercase().contains(&h.to_lowercase()),
-            _ => {
-                c.client_id == search || c.hostname.to_lowercase().contains(&search.to_lowercase())
-            }
-        };
-        let clients = all
+        let clients = found
             .into_iter()
-            .filter(keep)
             .map(|c| self.client_info(&org, c))
             .collect();
         Ok(Response::new(ListClientsResponse { clients }))
@@ -521,37 +511,15 @@ impl Admin for AdminService {
         let who = principal(&req);
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
-        let clients = self.frontend.clients();
-        let mut c = clients
-            .get(&org, &r.client_id)
-            .map_err(|e| to_status(e.into()))?
-            .ok_or_else(|| {
-                Status::not_found(format!("unknown client {} in org {org}", r.client_id))
-            })?;
-        for l in &r.add {
-            if l.is_empty() {
-                return Err(Status::invalid_argument("a label must not be empty"));
-            }
-            if !c.labels.contains(l) {
-                c.labels.push(l.clone());
-            }
-        }
-        c.labels.retain(|l| !r.remove.contains(l));
-        clients
-            .put(&org, &c)
+        let c = self
+            .frontend
+            .relabel(&org, &r.client_id, &r.add, &r.remove, &who)
             .await
-            .map_err(|e| to_status(e.into()))?;
-        for (op, labels) in [("set", &r.add), ("remove", &r.remove)] {
-            for l in labels {
-                let row = serde_json::json!({"ClientId": c.client_id, "Operation": op, "Label": l});
-                if let serde_json::Value::Object(m) = row {
-                    let _ = self
-                        .qm
-                        .push(&org, "Server.Internal.Label", vec![m], &who, "")
-                        .await;
-                }
-            }
-        }
+            .map_err(|e| match e {
+                RelabelError::NotFound(m) => Status::not_found(m),
+                RelabelError::Invalid(m) => Status::invalid_argument(m),
+                RelabelError::Store(e) => to_status(e.into()),
+            })?;
         audit(
             &self.qm,
             &org,
@@ -560,8 +528,6 @@ impl Admin for AdminService {
             serde_json::json!({"client_id": c.client_id, "add": r.add, "remove": r.remove}),
         )
         .await;
-        self.frontend
-            .labels_changed(&org, &c.client_id, c.labels.clone());
         Ok(Response::new(self.client_info(&org, c)))
     }
 

@@ -75,13 +75,13 @@ pub async fn run(
     };
 
     let tasks = TaskTracker::new();
-    let vql = talon_shared::vql_host::Vql::new(qm.clone());
+    let frontend = talon_shared::frontend::FrontendService::new(qm.clone(), "master");
+    let vql = talon_shared::vql_host::Vql::new(qm.clone()).with_frontend(frontend.clone());
     let monitor =
         monitor::ServerMonitor::new(qm.clone(), vql.clone(), shutdown.clone(), tasks.clone());
     let monitored = monitor.start_stored()?;
     tracing::info!(monitored, "server monitoring table started");
     let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
-    let frontend = talon_shared::frontend::FrontendService::new(qm.clone(), "master");
     let frontend_server =
         talon_proto::client::frontend_server::FrontendServer::new(frontend.clone())
             .max_decoding_message_size(config.max_client_message_bytes)

@@ -24,6 +24,7 @@ pub const ALERTS_QUEUE: &str = "Server.Internal.Alerts";
 pub struct ServerHost {
     qm: QueueManager,
     principal: String,
+    frontend: Option<crate::frontend::FrontendService>,
 }
 
 fn row_of_json(json: &str) -> Row {
@@ -155,6 +156,59 @@ impl Host for ServerHost {
             .ok()?
     }
 
+    fn clients(&self, org: &str, search: &str) -> Vec<Row> {
+        crate::frontend::Clients::new(self.qm.store().clone())
+            .search(org, search)
+            .unwrap_or_default()
+            .iter()
+            .map(crate::frontend::ClientRecord::to_row)
+            .collect()
+    }
+
+    fn label(
+        &self,
+        org: &str,
+        client_id: &str,
+        labels: Vec<String>,
+        op: &str,
+    ) -> BoxFuture<'static, Result<Value, String>> {
+        let (org, id, op, who) = (
+            org.to_string(),
+            client_id.to_string(),
+            op.to_string(),
+            self.principal.clone(),
+        );
+        let frontend = self.frontend.clone();
+        let clients = crate::frontend::Clients::new(self.qm.store().clone());
+        Box::pin(async move {
+            if op == "check" {
+                let c = clients
+                    .get(&org, &id)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("unknown client {id}"))?;
+                return Ok(Value::Bool(labels.iter().all(|l| c.labels.contains(l))));
+            }
+            let frontend = frontend.ok_or_else(|| "labels cannot be changed here".to_string())?;
+            let (add, remove) = if op == "set" {
+                (labels.clone(), Vec::new())
+            } else {
+                (Vec::new(), labels.clone())
+            };
+            frontend
+                .relabel(&org, &id, &add, &remove, &who)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = Row::new();
+            out.insert("ClientId".into(), Value::Str(id));
+            out.insert(
+                "Labels".into(),
+                Value::List(labels.into_iter().map(Value::Str).collect()),
+            );
+            out.insert("Op".into(), Value::Str(op));
+            Ok(Value::Dict(out))
+        })
+    }
+
     fn metadata_all(&self, org: &str) -> Row {
         self.qm
             .store()
@@ -250,6 +304,7 @@ pub enum Output {
 pub struct Vql {
     qm: QueueManager,
     registry: Arc<Registry>,
+    frontend: Option<crate::frontend::FrontendService>,
 }
 
 impl Vql {
@@ -258,7 +313,14 @@ impl Vql {
         Self {
             qm,
             registry: Arc::new(Registry::builtin()),
+            frontend: None,
         }
+    }
+
+    /// VQL that can also see and label the clients of a frontend.
+    pub fn with_frontend(mut self, frontend: crate::frontend::FrontendService) -> Self {
+        self.frontend = Some(frontend);
+        self
     }
 
     /// The function and plugin registry.
@@ -279,6 +341,7 @@ impl Vql {
         let host = Arc::new(ServerHost {
             qm: self.qm.clone(),
             principal: principal.to_string(),
+            frontend: self.frontend.clone(),
         });
         let runner = Runner {
             registry: self.registry.clone(),

@@ -333,3 +333,43 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
     .len()
         > before + 3));
 }
+
+#[test]
+fn vql_sees_and_labels_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let client = Client::start(
+        &master.frontend.to_string(),
+        &dir.path().join("c"),
+        &["--hostname", "db-7", "--labels", "db"],
+    );
+    let id = client.id();
+    assert!(wait_until(Duration::from_secs(20), || ok(
+        &master.talon(&["clients", "list"])
+    )
+    .contains(&id)));
+    let q = |vql: &str| json_lines(&ok(&master.talon(&["query", vql])));
+    let rows =
+        q("SELECT client_id, os_info.hostname AS host, labels FROM clients(search='label:db')");
+    assert_eq!(
+        rows,
+        vec![serde_json::json!({"client_id": id, "host": "db-7", "labels": ["db"]})]
+    );
+    assert!(q("SELECT * FROM clients(search='host:web')").is_empty());
+    let info = q(&format!(
+        "SELECT client_info(client_id='{id}').first_seen_at > 1700000000 AS s FROM scope()"
+    ));
+    assert_eq!(info[0]["s"], true);
+    let set = q(&format!(
+        "SELECT label(client_id='{id}', labels=['vip'], op='set') AS r FROM scope()"
+    ));
+    assert_eq!(
+        set[0]["r"],
+        serde_json::json!({"ClientId": id, "Labels": ["vip"], "Op": "set"})
+    );
+    let check = q(&format!("SELECT label(client_id='{id}', labels=['vip', 'db'], op='check') AS yes, label(client_id='{id}', labels='nope', op='check') AS no FROM scope()"));
+    assert_eq!(check[0], serde_json::json!({"yes": true, "no": false}));
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&master.talon(&["clients", "show", &id]))).unwrap();
+    assert_eq!(shown["labels"], serde_json::json!(["db", "vip"]));
+}

@@ -75,6 +75,23 @@ impl Clients {
             .collect())
     }
 
+    /// Clients matching a search: empty or `all`, `label:X`, `host:Y` (substring, any case),
+    /// or a client id / hostname substring.
+    pub fn search(&self, org: &str, search: &str) -> store::Result<Vec<ClientRecord>> {
+        let search = search.trim();
+        let lower = search.to_lowercase();
+        Ok(self
+            .list(org)?
+            .into_iter()
+            .filter(|c| match search.split_once(':') {
+                _ if search.is_empty() || search == "all" => true,
+                Some(("label", l)) => c.labels.iter().any(|x| x == l),
+                Some(("host", h)) => c.hostname.to_lowercase().contains(&h.to_lowercase()),
+                _ => c.client_id == search || c.hostname.to_lowercase().contains(&lower),
+            })
+            .collect())
+    }
+
     /// Stores a record.
     pub async fn put(&self, org: &str, r: &ClientRecord) -> store::Result<()> {
         let json = serde_json::to_string(r).expect("record serialises");
@@ -186,5 +203,27 @@ impl Clients {
             }
         }
         Ok((version, queries))
+    }
+}
+
+impl ClientRecord {
+    /// The record in the shape of VQL's `client_info()` (proto field names).
+    pub fn to_row(&self) -> talon_vql::Row {
+        use talon_vql::Value;
+        let v = serde_json::json!({
+            "client_id": self.client_id,
+            "agent_information": {"version": self.version, "name": "talon-client"},
+            "os_info": {"system": self.os, "hostname": self.hostname, "fqdn": self.hostname, "release": "", "machine": "", "mac_addresses": []},
+            "first_seen_at": self.first_seen_at,
+            "last_seen_at": self.last_seen_at,
+            "last_ip": self.last_ip,
+            "labels": self.labels,
+            "last_hunt_timestamp": 0,
+            "last_event_table_version": self.last_event_table_version,
+        });
+        match Value::from_json(&v) {
+            Value::Dict(d) => d,
+            _ => talon_vql::Row::new(),
+        }
     }
 }

@@ -25,6 +25,17 @@ pub const SESSION_QUEUE: usize = 256;
 /// Default largest message a client may send.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Why relabelling failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelabelError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+}
+
 /// Checks a client id: `C.` and 16 hex digits.
 pub fn valid_client_id(id: &str) -> bool {
     id.len() == 18 && id.starts_with("C.") && id[2..].bytes().all(|c| c.is_ascii_hexdigit())
@@ -121,6 +132,45 @@ impl FrontendService {
 
     // Status is tonic's error type; the session handlers return it.
     #[allow(clippy::result_large_err)]
+    /// Adds and removes labels of a client, announces each on `Server.Internal.Label`, and
+    /// sends the client its table for the new labels if it is connected here.
+    pub async fn relabel(
+        &self,
+        org: &str,
+        client: &str,
+        add: &[String],
+        remove: &[String],
+        principal: &str,
+    ) -> Result<ClientRecord, RelabelError> {
+        let clients = &self.inner.clients;
+        let mut c = clients.get(org, client)?.ok_or_else(|| {
+            RelabelError::NotFound(format!("unknown client {client} in org {org}"))
+        })?;
+        if add.iter().any(String::is_empty) {
+            return Err(RelabelError::Invalid("a label must not be empty".into()));
+        }
+        for l in add {
+            if !c.labels.contains(l) {
+                c.labels.push(l.clone());
+            }
+        }
+        c.labels.retain(|l| !remove.contains(l));
+        clients.put(org, &c).await?;
+        for (op, labels) in [("set", add), ("remove", remove)] {
+            for l in labels {
+                if let Value::Object(m) = json!({"ClientId": client, "Operation": op, "Label": l}) {
+                    let _ = self
+                        .inner
+                        .qm
+                        .push(org, "Server.Internal.Label", vec![m], principal, "")
+                        .await;
+                }
+            }
+        }
+        self.labels_changed(org, client, c.labels.clone());
+        Ok(c)
+    }
+
     fn table_message(&self, org: &str, labels: &[String]) -> Result<ServerMessage, Status> {
         let (version, queries) = self
             .inner

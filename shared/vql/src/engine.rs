@@ -53,6 +53,22 @@ pub trait Host: Send + Sync {
     fn artifact_definitions(&self) -> Vec<Row>;
     /// A server metadata value.
     fn metadata(&self, org: &str, key: &str) -> Option<String>;
+    /// Client records of an org as rows (`client_info` shape); `search` as in the CLI.
+    fn clients(&self, org: &str, search: &str) -> Vec<Row> {
+        let _ = (org, search);
+        Vec::new()
+    }
+    /// Changes or checks a client's labels (`op` set, remove, check).
+    fn label(
+        &self,
+        org: &str,
+        client_id: &str,
+        labels: Vec<String>,
+        op: &str,
+    ) -> BoxFuture<'static, Result<Value, String>> {
+        let _ = (org, client_id, labels, op);
+        Box::pin(async { Err("no clients here".to_string()) })
+    }
     /// Every server metadata key of an org.
     fn metadata_all(&self, org: &str) -> Row {
         let _ = org;

@@ -19,6 +19,7 @@ pub const ASYNC_WORKERS: usize = 100;
 
 /// Registers every built-in plugin.
 pub fn register(r: &mut Registry) {
+    r.plugin("clients", Place::Server, false, clients);
     r.plugin("info", Place::Client, false, info);
     r.plugin("pslist", Place::Client, false, pslist);
     r.plugin("client_stats", Place::Client, false, client_stats);
@@ -632,4 +633,19 @@ fn watch_file(c: PluginCall) -> BoxStream<'static, Row> {
             }
         }
     })
+}
+
+/// Client records: every client, those matching `search` (`label:X`, `host:Y`), or one
+/// `client_id`.
+fn clients(c: PluginCall) -> BoxStream<'static, Row> {
+    if !c.check(&["search", "client_id", "start", "limit"], &[]) {
+        return stream::empty().boxed();
+    }
+    let search = match (c.get("client_id"), c.get("search")) {
+        (Some(id), _) => id.to_text(),
+        (None, Some(s)) => s.to_text(),
+        _ => String::new(),
+    };
+    let ctx = c.scope.ctx().clone();
+    stream::iter(ctx.host.clients(&ctx.info.org, &search)).boxed()
 }

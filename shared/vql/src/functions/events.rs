@@ -22,6 +22,62 @@ pub(super) fn register(r: &mut Registry) {
     r.function("alert", Place::Both, alert);
     r.function("log", Place::Both, log);
     r.function("server_metadata", Place::Server, server_metadata);
+    r.function("client_info", Place::Server, client_info);
+    r.function("label", Place::Server, label);
+}
+
+fn client_info<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
+    Box::pin(async move {
+        if !c.check(&["client_id"], &["client_id"]).await {
+            return Value::Null;
+        }
+        let id = c.args.get("client_id").await.unwrap_or_default().to_text();
+        let ctx = c.scope.ctx().clone();
+        match ctx
+            .host
+            .clients(&ctx.info.org, &id)
+            .into_iter()
+            .find(|r| r.get("client_id").is_some_and(|v| v.to_text() == id))
+        {
+            Some(r) => Value::Dict(r),
+            None => c.fail(format!("unknown client {id}")),
+        }
+    })
+}
+
+fn label<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
+    Box::pin(async move {
+        if !c
+            .check(&["client_id", "labels", "op"], &["client_id", "labels"])
+            .await
+        {
+            return Value::Null;
+        }
+        let id = c.args.get("client_id").await.unwrap_or_default().to_text();
+        let labels: Vec<String> = arg_list(c.args.get("labels").await.unwrap_or_default())
+            .iter()
+            .map(Value::to_text)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let op = c
+            .args
+            .get("op")
+            .await
+            .map(|v| v.to_text())
+            .unwrap_or_default();
+        if op.is_empty() {
+            // No default operation, as in Velociraptor: nothing happens.
+            return Value::Null;
+        }
+        if !matches!(op.as_str(), "set" | "remove" | "check") {
+            return c.fail(format!("op must be set, remove or check, not {op:?}"));
+        }
+        let ctx = c.scope.ctx().clone();
+        match ctx.host.label(&ctx.info.org, &id, labels, &op).await {
+            Ok(v) => v,
+            Err(e) => c.fail(e),
+        }
+    })
 }
 
 fn server_metadata<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
