@@ -130,8 +130,6 @@ impl FrontendService {
         }
     }
 
-    // Status is tonic's error type; the session handlers return it.
-    #[allow(clippy::result_large_err)]
     /// Adds and removes labels of a client, announces each on `Server.Internal.Label`, and
     /// sends the client its table for the new labels if it is connected here.
     pub async fn relabel(
@@ -171,6 +169,8 @@ impl FrontendService {
         Ok(c)
     }
 
+    // Status is tonic's error type; the session handlers return it.
+    #[allow(clippy::result_large_err)]
     fn table_message(&self, org: &str, labels: &[String]) -> Result<ServerMessage, Status> {
         let (version, queries) = self
             .inner
