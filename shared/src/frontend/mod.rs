@@ -62,7 +62,12 @@ struct Inner {
     node: String,
     sessions: Mutex<HashMap<(String, String), Session>>,
     next_session: AtomicU64,
+    /// Orgs whose `Server.Internal.Notifications` this frontend already follows.
+    notified_orgs: Mutex<std::collections::HashSet<String>>,
 }
+
+/// Queue naming clients to wake.
+pub const NOTIFICATIONS_QUEUE: &str = "Server.Internal.Notifications";
 
 impl FrontendService {
     /// A frontend over a queue manager; `node` names this node in conflict reports.
@@ -74,6 +79,7 @@ impl FrontendService {
                 node: node.to_string(),
                 sessions: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
+                notified_orgs: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -128,6 +134,54 @@ impl FrontendService {
         if let (Some(tx), Ok(msg)) = (tx, self.table_message(org, &labels)) {
             let _ = tx.try_send(Ok(msg));
         }
+    }
+
+    /// Follows an org's notifications (once): a row whose `Target` is a client connected
+    /// here wakes it, which makes it check in: it gets its event table again.
+    fn follow_notifications(&self, org: &str) {
+        if !self
+            .inner
+            .notified_orgs
+            .lock()
+            .expect("orgs")
+            .insert(org.to_string())
+        {
+            return;
+        }
+        let mut watcher = match self
+            .inner
+            .qm
+            .watch(org, NOTIFICATIONS_QUEUE, "frontend-notifier")
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(org, error = %e, "cannot follow notifications");
+                return;
+            }
+        };
+        let (this, org) = (self.clone(), org.to_string());
+        tokio::spawn(async move {
+            while let Ok(ev) = watcher.next().await {
+                let Ok(Value::Object(row)) = serde_json::from_str::<Value>(&ev.row.json) else {
+                    continue;
+                };
+                let Some(target) = row.get("Target").and_then(Value::as_str) else {
+                    continue;
+                };
+                let found = this
+                    .inner
+                    .sessions
+                    .lock()
+                    .expect("sessions")
+                    .get(&(org.clone(), target.to_string()))
+                    .map(|s| (s.labels.clone(), s.tx.clone()));
+                if let Some((labels, tx)) = found {
+                    if let Ok(msg) = this.table_message(&org, &labels) {
+                        let _ = tx.try_send(Ok(msg));
+                    }
+                }
+            }
+        });
     }
 
     /// Adds and removes labels of a client, announces each on `Server.Internal.Label`, and
@@ -256,6 +310,7 @@ impl Frontend for FrontendService {
                 hello.client_id
             )));
         }
+        self.follow_notifications(&org);
         let welcome = self.start(&org, &hello, &remote).await;
         let table = self.table_message(&org, &hello.labels);
         match (welcome, table) {

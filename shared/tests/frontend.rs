@@ -1,0 +1,94 @@
+//! The frontend over real gRPC on loopback: a notification naming a connected client wakes
+//! it (it receives its event table again); one naming another client does not.
+
+use std::time::Duration;
+
+use serde_json::json;
+use talon_proto::client::frontend_client::FrontendClient;
+use talon_proto::client::frontend_server::FrontendServer;
+use talon_proto::client::*;
+use talon_shared::artifacts::Repository;
+use talon_shared::frontend::FrontendService;
+use talon_shared::queue::{Limits, QueueManager, ROOT_ORG};
+use talon_shared::store::Store;
+
+async fn next(stream: &mut tonic::Streaming<ServerMessage>) -> ServerMessage {
+    tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a message")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_wakes_the_named_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    let qm = QueueManager::new(Repository::with_builtins(), store, Limits::default());
+    let frontend = FrontendService::new(qm.clone(), "test");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(FrontendServer::new(frontend))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut client = FrontendClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let id = "C.00000000000000ab";
+    tx.send(ClientMessage {
+        msg: Some(client_message::Msg::Hello(Hello {
+            client_id: id.into(),
+            ..Hello::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        next(&mut stream).await.msg,
+        Some(server_message::Msg::Welcome(_))
+    ));
+    assert!(matches!(
+        next(&mut stream).await.msg,
+        Some(server_message::Msg::EventTable(_))
+    ));
+    let notify = |target: &str| {
+        json!({"Target": target, "Tag": "test"})
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    qm.push(
+        ROOT_ORG,
+        "Server.Internal.Notifications",
+        vec![notify("C.00000000000000ff")],
+        "server",
+        "",
+    )
+    .await
+    .unwrap();
+    qm.push(
+        ROOT_ORG,
+        "Server.Internal.Notifications",
+        vec![notify(id)],
+        "server",
+        "",
+    )
+    .await
+    .unwrap();
+    // Exactly one wake-up arrives: the one for this client.
+    assert!(matches!(
+        next(&mut stream).await.msg,
+        Some(server_message::Msg::EventTable(_))
+    ));
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
+    assert!(quiet.is_err(), "an unexpected message: {quiet:?}");
+    drop(tx);
+}
