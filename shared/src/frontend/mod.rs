@@ -36,6 +36,12 @@ pub enum RelabelError {
     Store(#[from] crate::store::Error),
 }
 
+/// Unboxes an outbox item for the response stream (whose item type tonic fixes).
+#[allow(clippy::result_large_err)]
+fn unbox(m: Box<Result<ServerMessage, Status>>) -> Result<ServerMessage, Status> {
+    *m
+}
+
 /// Checks a client id: `C.` and 16 hex digits.
 pub fn valid_client_id(id: &str) -> bool {
     id.len() == 18 && id.starts_with("C.") && id[2..].bytes().all(|c| c.is_ascii_hexdigit())
@@ -335,7 +341,7 @@ impl Frontend for FrontendService {
         });
         Ok(Response::new(
             tokio_stream::wrappers::ReceiverStream::new(rx)
-                .map(|m| *m)
+                .map(unbox)
                 .boxed(),
         ))
     }
