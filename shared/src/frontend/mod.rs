@@ -37,7 +37,7 @@ pub enum RelabelError {
 }
 
 /// Unboxes an outbox item for the response stream (whose item type tonic fixes).
-#[allow(clippy::result_large_err)]
+#[allow(clippy::result_large_err, clippy::boxed_local)]
 fn unbox(m: Box<Result<ServerMessage, Status>>) -> Result<ServerMessage, Status> {
     *m
 }
