@@ -1,0 +1,265 @@
+//! The store's writer thread: takes every queued request into one write transaction,
+//! commits once, then answers each request in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use redb::Database;
+use tokio::sync::mpsc;
+
+use super::*;
+
+pub(super) struct Writer {
+    db: Arc<Database>,
+    /// First seqs per stream of each applied client batch in the current group, by index.
+    batch_seqs: HashMap<usize, Vec<u64>>,
+    /// Next seq per stream, loaded on first use.
+    next: HashMap<String, u64>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    pub(super) fn new(db: Arc<Database>) -> Self {
+        Self {
+            db,
+            batch_seqs: HashMap::new(),
+            next: HashMap::new(),
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            let mut rows = group_rows(&group[0]);
+            while rows < MAX_GROUP_ROWS {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        rows += group_rows(&cmd);
+                        group.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let stop = group.iter().any(|c| matches!(c, Command::Shutdown { .. }));
+            self.commit_group(group);
+            if stop {
+                break;
+            }
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    fn commit_group(&mut self, group: Vec<Command>) {
+        let saved_next = self.next.clone();
+        self.batch_seqs.clear();
+        match self.write_group(&group) {
+            Ok(results) => {
+                for (i, (cmd, res)) in group.into_iter().zip(results).enumerate() {
+                    match cmd {
+                        Command::AppendBatch {
+                            on_commit, reply, ..
+                        } => {
+                            if let Some(seqs) = self.batch_seqs.remove(&i) {
+                                for (f, first) in on_commit.into_iter().zip(seqs) {
+                                    f(first);
+                                }
+                            }
+                            let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
+                        }
+                        Command::Append {
+                            on_commit, reply, ..
+                        } => {
+                            if let Ok(first) = res {
+                                on_commit(first);
+                            }
+                            let _ = reply.send(res.map_err(Error::Redb));
+                        }
+                        Command::PutArtifact { reply, .. } => {
+                            let _ = reply.send(res.map(|_| ()).map_err(Error::Redb));
+                        }
+                        Command::DeleteArtifact { reply, .. } => {
+                            let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
+                        }
+                        Command::Purge { reply, .. } => {
+                            let _ = reply.send(res.map_err(Error::Redb));
+                        }
+                        Command::Shutdown { reply } => {
+                            let _ = reply.send(());
+                        }
+                        Command::AlertDedup { reply, .. } | Command::SetSetting { reply, .. } => {
+                            let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.next = saved_next;
+                tracing::error!(error = %e, "store commit failed");
+                let msg = e.to_string();
+                for cmd in group {
+                    let err = || Error::Redb(msg.clone());
+                    match cmd {
+                        Command::Append { reply, .. } | Command::Purge { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Command::PutArtifact { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Command::DeleteArtifact { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Command::Shutdown { reply } => {
+                            let _ = reply.send(());
+                        }
+                        Command::AlertDedup { reply, .. }
+                        | Command::SetSetting { reply, .. }
+                        | Command::AppendBatch { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a group in one transaction; per-command results (first seq, or a count).
+    fn write_group(&mut self, group: &[Command]) -> Result<Vec<Result<u64, String>>> {
+        let w = self.db.begin_write()?;
+        let mut results = Vec::with_capacity(group.len());
+        {
+            let mut events = w.open_table(EVENTS)?;
+            let mut artifacts = w.open_table(ARTIFACTS)?;
+            let mut heads = w.open_table(HEADS)?;
+            let mut alerts = w.open_table(ALERTS)?;
+            let mut settings = w.open_table(SETTINGS)?;
+            let mut batches = w.open_table(CLIENT_BATCHES)?;
+            for (index, cmd) in group.iter().enumerate() {
+                match cmd {
+                    Command::AppendBatch {
+                        appends,
+                        dedup: (key, batch_id),
+                        ..
+                    } => {
+                        let last = batches.get(key.as_str())?.map(|v| v.value()).unwrap_or(0);
+                        if *batch_id <= last {
+                            results.push(Ok(0));
+                            continue;
+                        }
+                        let mut seqs = Vec::with_capacity(appends.len());
+                        for (stream, rows) in appends {
+                            let next = match self.next.get(stream) {
+                                Some(n) => *n,
+                                None => heads
+                                    .get(stream.as_str())?
+                                    .map(|v| v.value() + 1)
+                                    .unwrap_or(1),
+                            };
+                            for (i, row) in rows.iter().enumerate() {
+                                row.encode(&mut self.buf);
+                                events.insert(
+                                    (stream.as_str(), next + i as u64),
+                                    self.buf.as_slice(),
+                                )?;
+                            }
+                            let end = next + rows.len() as u64;
+                            if !rows.is_empty() {
+                                heads.insert(stream.as_str(), end - 1)?;
+                            }
+                            self.next.insert(stream.clone(), end);
+                            seqs.push(next);
+                        }
+                        batches.insert(key.as_str(), *batch_id)?;
+                        self.batch_seqs.insert(index, seqs);
+                        results.push(Ok(1));
+                    }
+                    Command::Append { stream, rows, .. } => {
+                        let next = match self.next.get(stream) {
+                            Some(n) => *n,
+                            None => heads
+                                .get(stream.as_str())?
+                                .map(|v| v.value() + 1)
+                                .unwrap_or(1),
+                        };
+                        for (i, row) in rows.iter().enumerate() {
+                            row.encode(&mut self.buf);
+                            events
+                                .insert((stream.as_str(), next + i as u64), self.buf.as_slice())?;
+                        }
+                        let end = next + rows.len() as u64;
+                        heads.insert(stream.as_str(), end - 1)?;
+                        self.next.insert(stream.clone(), end);
+                        results.push(Ok(next));
+                    }
+                    Command::PutArtifact { name, yaml, .. } => {
+                        artifacts.insert(name.as_str(), yaml.as_str())?;
+                        results.push(Ok(1));
+                    }
+                    Command::DeleteArtifact { name, .. } => {
+                        let gone = artifacts.remove(name.as_str())?.is_some();
+                        results.push(Ok(gone as u64));
+                    }
+                    Command::Purge {
+                        stream, before_us, ..
+                    } => {
+                        let mut doomed = Vec::new();
+                        for item in
+                            events.range((stream.as_str(), 0)..=(stream.as_str(), u64::MAX))?
+                        {
+                            let (k, v) = item?;
+                            match StoredRow::ts_of(v.value()) {
+                                Some(ts) if ts < *before_us => doomed.push(k.value().1),
+                                _ => break,
+                            }
+                        }
+                        for seq in &doomed {
+                            events.remove((stream.as_str(), *seq))?;
+                        }
+                        results.push(Ok(doomed.len() as u64));
+                    }
+                    Command::Shutdown { .. } => results.push(Ok(0)),
+                    Command::SetSetting {
+                        namespace,
+                        key,
+                        value,
+                        ..
+                    } => {
+                        let k = (namespace.as_str(), key.as_str());
+                        let changed = match value {
+                            Some(v) => settings
+                                .insert(k, v.as_str())?
+                                .is_none_or(|old| old.value() != v),
+                            None => settings.remove(k)?.is_some(),
+                        };
+                        results.push(Ok(u64::from(changed)));
+                    }
+                    Command::AlertDedup {
+                        org,
+                        name,
+                        now_us,
+                        window_us,
+                        ..
+                    } => {
+                        let key = (org.as_str(), name.as_str());
+                        let last = alerts.get(key)?.map(|v| v.value());
+                        let allowed = last.is_none_or(|t| now_us.saturating_sub(t) >= *window_us);
+                        if allowed {
+                            alerts.insert(key, *now_us)?;
+                        }
+                        results.push(Ok(u64::from(allowed)));
+                    }
+                }
+            }
+        }
+        w.commit()?;
+        Ok(results)
+    }
+}
+
+fn group_rows(cmd: &Command) -> usize {
+    match cmd {
+        Command::Append { rows, .. } => rows.len(),
+        Command::AppendBatch { appends, .. } => appends.iter().map(|(_, r)| r.len()).sum(),
+        _ => 1,
+    }
+}
