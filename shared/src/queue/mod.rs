@@ -7,6 +7,7 @@
 //! blocks a producer. INTERNAL queues live in memory only; a watcher that falls behind skips
 //! ahead and the skipped rows are counted as dropped.
 
+mod client_batch;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
@@ -385,96 +386,6 @@ impl QueueManager {
         Ok(n)
     }
 
-    /// Pushes a client's event batch (rows per CLIENT_EVENT queue) atomically and at most
-    /// once: rows get a `ClientId` column, `_ts` and `_Source` (the client id). Returns once
-    /// durable: true when applied, false when this batch id was applied before.
-    pub async fn push_client_batch(
-        &self,
-        org: &str,
-        client: &str,
-        batch_id: u64,
-        batch: Vec<(String, Vec<Map<String, Value>>)>,
-    ) -> Result<bool> {
-        let mut per_queue: Vec<(Arc<QueueState>, Vec<JsonRow>)> = Vec::new();
-        for (queue, rows) in batch {
-            let state = self.state(org, &queue)?;
-            if state.kind != ArtifactKind::ClientEvent {
-                return Err(Error::WrongKind {
-                    queue,
-                    kind: state.kind,
-                    action: "clients may push only to CLIENT_EVENT queues",
-                });
-            }
-            match per_queue.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &state)) {
-                Some((_, r)) => r.extend(rows),
-                None => per_queue.push((state, rows)),
-            }
-        }
-        // Locks are taken in name order, so two batches never wait on each other.
-        per_queue.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        let limit = self.inner.limits.max_row_bytes;
-        let now = now_us();
-        let ts_s = now.div_euclid(1_000_000);
-        let mut stamped = Vec::with_capacity(per_queue.len());
-        for (state, rows) in per_queue {
-            let mut out = Vec::with_capacity(rows.len());
-            for (index, mut row) in rows.into_iter().enumerate() {
-                row.insert("ClientId".into(), Value::from(client));
-                let json = stamp(&row, ts_s, client, 256);
-                if json.len() > limit {
-                    return Err(Error::RowTooLarge {
-                        index,
-                        size: json.len(),
-                        limit,
-                    });
-                }
-                out.push(StoredRow {
-                    ts_us: now,
-                    client: client.to_string(),
-                    json,
-                });
-            }
-            stamped.push((state, out));
-        }
-        let states: Vec<Arc<QueueState>> = stamped.iter().map(|(s, _)| s.clone()).collect();
-        let mut guards = Vec::with_capacity(states.len());
-        for state in &states {
-            guards.push(state.push_order.lock().await);
-        }
-        let mut appends = Vec::new();
-        let mut on_commit: Vec<crate::store::OnCommit> = Vec::new();
-        let mut counts = Vec::new();
-        for ((state, mut rows), guard) in stamped.into_iter().zip(guards.iter_mut()) {
-            let ts_us = now.max(guard.last_ts_us);
-            guard.last_ts_us = ts_us;
-            for r in &mut rows {
-                r.ts_us = ts_us;
-            }
-            let rows = Arc::new(rows);
-            counts.push((state.clone(), rows.len() as u64));
-            appends.push((state.stream.clone(), rows.clone()));
-            let publisher = state.clone();
-            on_commit.push(Box::new(move |first| {
-                if !rows.is_empty() {
-                    publisher.publish(first, rows)
-                }
-            }));
-        }
-        let done = self
-            .inner
-            .store
-            .enqueue_client_batch(stream_key(org, client), batch_id, appends, on_commit)
-            .await?;
-        drop(guards);
-        let applied = done.await.map_err(|_| store::Error::Closed)??;
-        if applied {
-            for (state, n) in counts {
-                state.pushed.fetch_add(n, Ordering::Relaxed);
-            }
-        }
-        Ok(applied)
-    }
-
     /// Watches a queue from now on. `name` identifies the watcher on debug pages.
     pub fn watch(&self, org: &str, queue: &str, name: &str) -> Result<Watcher> {
         let state = self.state(org, queue)?;
@@ -584,7 +495,7 @@ impl QueueManager {
 
 /// Serialises a row with `_ts` and `_Source` set, structurally: the row's own entries of
 /// those names are replaced, never duplicated, and no text is spliced.
-fn stamp(row: &Map<String, Value>, ts_s: i64, source: &str, size_hint: usize) -> String {
+pub(crate) fn stamp(row: &Map<String, Value>, ts_s: i64, source: &str, size_hint: usize) -> String {
     use serde::ser::{SerializeMap, Serializer};
     let mut out = Vec::with_capacity(size_hint);
     let mut ser = serde_json::Serializer::new(&mut out);
