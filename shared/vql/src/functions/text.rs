@@ -41,30 +41,19 @@ fn format<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
     })
 }
 
-fn upcase<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
-    Box::pin(async move {
-        Value::Str(
-            c.args
-                .get("string")
-                .await
-                .unwrap_or_default()
-                .to_text()
-                .to_uppercase(),
-        )
-    })
+fn upcase<'a>(c: Call<'a>) -> BoxFuture<'a, Value> {
+    map_string(c, str::to_uppercase)
 }
 
-fn lowcase<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
-    Box::pin(async move {
-        Value::Str(
-            c.args
-                .get("string")
-                .await
-                .unwrap_or_default()
-                .to_text()
-                .to_lowercase(),
-        )
-    })
+fn lowcase<'a>(c: Call<'a>) -> BoxFuture<'a, Value> {
+    map_string(c, str::to_lowercase)
+}
+
+/// `f` applied to the `string` argument.
+fn map_string<'a>(mut c: Call<'a>, f: fn(&str) -> String) -> BoxFuture<'a, Value> {
+    Box::pin(
+        async move { Value::Str(f(&c.args.get("string").await.unwrap_or_default().to_text())) },
+    )
 }
 
 fn split<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
