@@ -1,11 +1,13 @@
 //! Compiles the .proto files with protox (pure Rust), so no `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["api.proto", "client.proto"];
-    for p in protos {
+    for p in ["api.proto", "client.proto"] {
         println!("cargo:rerun-if-changed={p}");
     }
-    let fds = protox::compile(protos, ["."])?;
-    tonic_build::configure().compile_fds(fds)?;
+    tonic_build::configure().compile_fds(protox::compile(["api.proto"], ["."])?)?;
+    // Client streams are many and mostly idle: their codec keeps small buffers.
+    tonic_build::configure()
+        .codec_path("crate::codec::SmallBufferCodec")
+        .compile_fds(protox::compile(["client.proto"], ["."])?)?;
     Ok(())
 }
