@@ -96,21 +96,11 @@ impl Host for ServerHost {
         start_us: i64,
         end_us: i64,
     ) -> BoxStream<'static, Result<Row, String>> {
-        let (tx, rx) = mpsc::channel::<Result<Row, String>>(1024);
-        let qm = self.qm.clone();
-        let (org, artifact) = (org.to_string(), artifact.to_string());
-        tokio::spawn(async move {
-            let rows_tx = tx.clone();
-            let res = qm
-                .read(&org, &artifact, client_id, start_us, end_us, move |_, r| {
-                    rows_tx.blocking_send(Ok(row_of_json(&r.json))).is_ok()
-                })
-                .await;
-            if let Err(e) = res {
-                let _ = tx.send(Err(e.to_string())).await;
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+        if let Err(e) = self.qm.check_stored(org, artifact) {
+            return futures::stream::once(async move { Err(e.to_string()) }).boxed();
+        }
+        let stream = crate::queue::stream_key(org, artifact);
+        stored_rows(self.qm.store().clone(), stream, client_id, start_us, end_us)
     }
 
     fn alert_allowed(&self, org: &str, name: &str, window_secs: i64) -> BoxFuture<'static, bool> {
@@ -244,19 +234,34 @@ impl Host for ServerHost {
         start_us: i64,
         end_us: i64,
     ) -> BoxStream<'static, Result<Row, String>> {
-        let store = self.qm.store().clone();
-        let stream = log_stream(org, artifact);
-        let (tx, rx) = mpsc::channel::<Result<Row, String>>(1024);
-        tokio::task::spawn_blocking(move || {
-            let res = store.read_time(&stream, start_us, end_us, None, |_, r| {
-                tx.blocking_send(Ok(row_of_json(&r.json))).is_ok()
-            });
-            if let Err(e) = res {
-                let _ = tx.blocking_send(Err(e.to_string()));
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+        stored_rows(
+            self.qm.store().clone(),
+            log_stream(org, artifact),
+            None,
+            start_us,
+            end_us,
+        )
     }
+}
+
+/// Rows of a store stream in a time range, read on the blocking pool as JSON rows.
+fn stored_rows(
+    store: crate::store::Store,
+    stream: String,
+    client: Option<String>,
+    start_us: i64,
+    end_us: i64,
+) -> BoxStream<'static, Result<Row, String>> {
+    let (tx, rx) = mpsc::channel::<Result<Row, String>>(1024);
+    tokio::task::spawn_blocking(move || {
+        let res = store.read_time(&stream, start_us, end_us, client.as_deref(), |_, r| {
+            tx.blocking_send(Ok(row_of_json(&r.json))).is_ok()
+        });
+        if let Err(e) = res {
+            let _ = tx.blocking_send(Err(e.to_string()));
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
 }
 
 /// The settings namespace of an org's server metadata.

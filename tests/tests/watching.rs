@@ -117,12 +117,8 @@ async fn a_stalled_watcher_blocks_no_push_and_later_gets_every_row_in_order() {
     assert!(audit["rows_caught_up"].as_u64().unwrap() > 0, "{audit}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watcher_in_org_b_never_sees_rows_of_root() {
-    let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(&dir.path().join("data"), &[]);
-    let (_watch_b, rx) =
-        master.spawn_watching(&["--org", "b", "events", "watch", QUEUE], "b", QUEUE, 1);
+/// Pushes one row to org root, then one to org b.
+fn push_to_both(master: &Master) {
     ok(&master.talon(&["events", "push", QUEUE, "--row", r#"{"org":"root"}"#]));
     ok(&master.talon(&[
         "--org",
@@ -133,6 +129,15 @@ async fn a_watcher_in_org_b_never_sees_rows_of_root() {
         "--row",
         r#"{"org":"b"}"#,
     ]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_in_org_b_never_sees_rows_of_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let (_watch_b, rx) =
+        master.spawn_watching(&["--org", "b", "events", "watch", QUEUE], "b", QUEUE, 1);
+    push_to_both(&master);
     let first = recv_rows(&rx, 1);
     assert_eq!(first[0]["org"], "b");
     // Stored rows are per org too.
@@ -142,16 +147,7 @@ async fn a_watcher_in_org_b_never_sees_rows_of_root() {
     let root_rows = json_lines(&ok(&master.talon(&["events", "read", QUEUE])));
     assert!(root_rows.iter().all(|r| r["org"] != "b"));
     // Nothing of root reached org b's watcher.
-    ok(&master.talon(&["events", "push", QUEUE, "--row", r#"{"org":"root"}"#]));
-    ok(&master.talon(&[
-        "--org",
-        "b",
-        "events",
-        "push",
-        QUEUE,
-        "--row",
-        r#"{"org":"b"}"#,
-    ]));
+    push_to_both(&master);
     assert_eq!(recv_rows(&rx, 1)[0]["org"], "b");
 }
 
