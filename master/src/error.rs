@@ -46,9 +46,8 @@ pub fn to_status(e: ApiError) -> Status {
         | ApiError::BadRequest(_) => Code::InvalidArgument,
         ApiError::Repository(R::Exists(_)) => Code::AlreadyExists,
         ApiError::Repository(R::BuiltIn(_)) => Code::PermissionDenied,
-        ApiError::Queue(Q::Store(store::Error::Closed)) | ApiError::Store(store::Error::Closed) => {
-            Code::Unavailable
-        }
+        ApiError::Queue(Q::Store(store::Error::Closed) | Q::Bus(_))
+        | ApiError::Store(store::Error::Closed) => Code::Unavailable,
         ApiError::Queue(Q::Store(_)) | ApiError::Store(_) => Code::Internal,
     };
     Status::new(code, e.to_string())

@@ -5,11 +5,13 @@
 //! - [`artifacts`]: user artifact administration (store, announce, audit).
 //! - [`error`]: API errors and their gRPC status codes.
 //! - [`monitor`]: the server monitoring table and its running queries.
+//! - [`persister`]: in a cluster, the durable stream into the store.
 
 pub mod api;
 pub mod artifacts;
 pub mod error;
 pub mod monitor;
+pub mod persister;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -75,7 +77,23 @@ pub async fn run(
     };
 
     let tasks = TaskTracker::new();
-    let frontend = talon_shared::frontend::FrontendService::new(qm.clone(), "master");
+    let frontend = talon_shared::frontend::FrontendService::new(qm.clone(), &config.node_name);
+    if let Some(url) = &config.nats_url {
+        let bus = talon_shared::bus::Bus::connect(url, &config.node_name).await?;
+        qm.attach_bus(bus.clone());
+        qm.start_delivery(shutdown.clone()).await?;
+        let progress = std::sync::Arc::new(persister::Progress::default());
+        tasks.spawn(persister::run(
+            bus.clone(),
+            qm.clone(),
+            progress,
+            shutdown.clone(),
+        ));
+        talon_shared::cluster::serve(bus.clone(), qm.clone(), frontend.clone(), shutdown.clone())
+            .await?;
+        talon_shared::cluster::publish(&bus, &qm, &frontend).await;
+        tracing::info!(nats = %url, node = %config.node_name, "joined the cluster");
+    }
     let vql = talon_shared::vql_host::Vql::new(qm.clone()).with_frontend(frontend.clone());
     let monitor =
         monitor::ServerMonitor::new(qm.clone(), vql.clone(), shutdown.clone(), tasks.clone());

@@ -26,6 +26,12 @@ struct Args {
     /// Debug HTTP address (/debug/queues, /metrics) [default: 127.0.0.1:8889]
     #[arg(long, value_name = "HOST:PORT")]
     debug_addr: Option<String>,
+    /// NATS server of the cluster (e.g. nats://127.0.0.1:4222); without it, standalone
+    #[arg(long, value_name = "URL")]
+    nats_url: Option<String>,
+    /// This node's name in the cluster [default: master]
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
     /// YAML config file; flags override it
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -73,6 +79,8 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
         api_addr: args.api_addr.clone(),
         frontend_addr: args.frontend_addr.clone(),
         debug_addr: args.debug_addr.clone(),
+        nats_url: args.nats_url.clone(),
+        node_name: args.node_name.clone(),
     };
     Ok(Config::build(&origin, file, flags)?)
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`api`]: the admin API of the master (`api.proto`).
 //! - [`client`]: the endpoint protocol between clients and frontends (`client.proto`).
+//! - [`bus`]: batches of rows between nodes over NATS (`bus.proto`).
 //! - [`codec`]: the protobuf codec of client streams, with small buffers.
 
 /// The admin API (`proto/api.proto`).
@@ -14,6 +15,12 @@ pub mod api {
 pub mod client {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("talon.client");
+}
+
+/// Batches between nodes (`proto/bus.proto`).
+pub mod bus {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("talon.bus");
 }
 
 /// Codec configuration for generated services.

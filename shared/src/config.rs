@@ -23,6 +23,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest message a client may send on its stream.
     pub max_client_message_bytes: usize,
+    /// NATS server(s) of the cluster; None runs standalone.
+    pub nats_url: Option<String>,
+    /// This node's name in the cluster.
+    pub node_name: String,
 }
 
 /// Days rows are kept; 0 keeps them forever.
@@ -55,6 +59,8 @@ pub struct ConfigFile {
     pub retention: Option<Retention>,
     pub log_format: Option<LogFormat>,
     pub max_client_message_bytes: Option<usize>,
+    pub nats_url: Option<String>,
+    pub node_name: Option<String>,
 }
 
 /// Values given on the command line; they win over the file.
@@ -64,6 +70,8 @@ pub struct Overrides {
     pub api_addr: Option<String>,
     pub frontend_addr: Option<String>,
     pub debug_addr: Option<String>,
+    pub nats_url: Option<String>,
+    pub node_name: Option<String>,
 }
 
 /// Configuration errors.
@@ -180,6 +188,11 @@ impl Config {
             max_client_message_bytes: file
                 .max_client_message_bytes
                 .unwrap_or(crate::frontend::DEFAULT_MAX_MESSAGE_BYTES),
+            nats_url: flags.nats_url.or(file.nats_url),
+            node_name: flags
+                .node_name
+                .or(file.node_name)
+                .unwrap_or_else(|| "master".to_string()),
         })
     }
 

@@ -18,11 +18,42 @@ pub fn router(queues: QueueManager) -> Router {
         .route("/", get(index))
         .route("/debug/queues", get(queues_page))
         .route("/metrics", get(metrics))
+        .route("/debug/watch", get(watch))
         .with_state(queues)
 }
 
 async fn index() -> Response {
-    html("<h1>Talon debug</h1><ul><li><a href=\"/debug/queues\">queues</a></li><li><a href=\"/metrics\">metrics</a></li></ul>".into())
+    html("<h1>Talon debug</h1><ul><li><a href=\"/debug/queues\">queues</a></li><li><a href=\"/metrics\">metrics</a></li><li>/debug/watch?queue=NAME&amp;org=ORG: a queue's rows as JSON Lines</li></ul>".into())
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    queue: String,
+    org: Option<String>,
+}
+
+/// Streams a queue's rows as this node's watchers see them, as JSON Lines, from now on
+/// (on any node: the way to check a minion's view of a queue).
+async fn watch(State(qm): State<QueueManager>, Query(q): Query<WatchQuery>) -> Response {
+    let org = q.org.unwrap_or_else(|| crate::queue::ROOT_ORG.to_string());
+    let mut watcher = match qm.watch(&org, &q.queue, "debug-http") {
+        Ok(w) => w,
+        Err(e) => {
+            return (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+        }
+    };
+    let rows = async_stream::stream! {
+        while let Ok(ev) = watcher.next().await {
+            let mut line = ev.row.json.clone();
+            line.push('\n');
+            yield Ok::<_, std::convert::Infallible>(line);
+        }
+    };
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(rows),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

@@ -511,6 +511,7 @@ impl Admin for AdminService {
         )
         .await;
         self.frontend.table_changed(&org);
+        self.cluster_state_changed().await;
         self.client_table(&org)
     }
 
@@ -547,6 +548,7 @@ impl Admin for AdminService {
         )
         .await;
         self.frontend.table_changed(&org);
+        self.cluster_state_changed().await;
         self.client_table(&org)
     }
 
@@ -558,6 +560,7 @@ impl Admin for AdminService {
         artifacts::delete(&self.qm, &req.get_ref().name, &who)
             .await
             .map_err(to_status)?;
+        self.cluster_state_changed().await;
         Ok(Response::new(DeleteArtifactResponse {}))
     }
 }
@@ -578,6 +581,14 @@ impl AdminService {
         let a = artifacts::set(&self.qm, &origin, &r.yaml, replace, &who)
             .await
             .map_err(to_status)?;
+        self.cluster_state_changed().await;
         Ok(Response::new(artifact_msg(&a)))
+    }
+
+    /// In a cluster, tells every node the new artifacts and client monitoring tables.
+    async fn cluster_state_changed(&self) {
+        if let Some(bus) = self.qm.bus() {
+            talon_shared::cluster::publish(bus, &self.qm, &self.frontend).await;
+        }
     }
 }

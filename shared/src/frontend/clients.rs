@@ -163,6 +163,42 @@ impl Clients {
         self.bump(org).await.map(Some)
     }
 
+    /// Orgs that have a client monitoring table, with its version.
+    pub fn table_versions(&self) -> store::Result<Vec<(String, u64)>> {
+        Ok(self
+            .store
+            .settings(VERSION_NS)?
+            .into_iter()
+            .map(|(org, v)| (org, v.parse().unwrap_or(0)))
+            .collect())
+    }
+
+    /// An org's table as stored: `label/artifact` -> parameters JSON.
+    pub fn raw_table(&self, org: &str) -> store::Result<Vec<(String, String)>> {
+        self.store.settings(&table_ns(org))
+    }
+
+    /// Replaces an org's table and version with the master's (on a minion's cache).
+    pub async fn replace_table(
+        &self,
+        org: &str,
+        version: u64,
+        entries: &[(String, String)],
+    ) -> store::Result<()> {
+        for (k, _) in self.raw_table(org)? {
+            if !entries.iter().any(|(key, _)| *key == k) {
+                self.store.set_setting(&table_ns(org), &k, None).await?;
+            }
+        }
+        for (k, v) in entries {
+            self.store.set_setting(&table_ns(org), k, Some(v)).await?;
+        }
+        self.store
+            .set_setting(VERSION_NS, org, Some(&version.to_string()))
+            .await?;
+        Ok(())
+    }
+
     async fn bump(&self, org: &str) -> store::Result<u64> {
         let v = self.version(org)? + 1;
         self.store

@@ -488,6 +488,10 @@ impl FrontendService {
             Err(crate::queue::Error::Store(e)) => {
                 Err(Status::unavailable(format!("store unavailable: {e}")))
             }
+            // Not known to be durable: no ack, so the client keeps the batch and resends it.
+            Err(crate::queue::Error::Bus(e)) => {
+                Err(Status::unavailable(format!("bus unavailable: {e}")))
+            }
             Err(e) => Ok(ack(e.to_string())),
         }
     }

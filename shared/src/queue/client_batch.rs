@@ -61,6 +61,11 @@ impl QueueManager {
             }
             stamped.push((state, out));
         }
+        if let Some(bus) = self.inner.bus.get() {
+            return self
+                .push_client_batch_over_bus(bus, org, client, batch_id, stamped)
+                .await;
+        }
         let states: Vec<Arc<QueueState>> = stamped.iter().map(|(s, _)| s.clone()).collect();
         let mut guards = Vec::with_capacity(states.len());
         for state in &states {

@@ -8,6 +8,7 @@
 //! ahead and the skipped rows are counted as dropped.
 
 mod client_batch;
+mod cluster;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +54,8 @@ pub enum Error {
     InvalidOrg(String),
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::Error),
 }
 
 /// A row as pushed: a JSON object.
@@ -155,6 +158,14 @@ impl QueueState {
             .collect()
     }
 
+    /// Publishes rows that arrived from the bus, numbered after the last published seq.
+    fn publish_next(&self, rows: Arc<Vec<StoredRow>>) {
+        let mut head = self.head.lock().expect("queue head");
+        let first_seq = *head + 1;
+        *head += rows.len() as u64;
+        let _ = self.tx.send(Arc::new(Published { first_seq, rows }));
+    }
+
     fn publish(&self, first_seq: u64, rows: Arc<Vec<StoredRow>>) {
         let mut head = self.head.lock().expect("queue head");
         *head = first_seq + rows.len() as u64 - 1;
@@ -174,6 +185,10 @@ struct Inner {
     store: Store,
     limits: Limits,
     queues: RwLock<HashMap<(String, String), Arc<QueueState>>>,
+    /// Set in a cluster: pushes go over the bus and watchers are fed from it.
+    bus: std::sync::OnceLock<crate::bus::Bus>,
+    /// Numbers this node's durable pushes for their bus message ids.
+    next_msg: AtomicU64,
 }
 
 /// The store stream of one org's queue.
@@ -214,6 +229,8 @@ impl QueueManager {
                 store,
                 limits,
                 queues: RwLock::new(HashMap::new()),
+                bus: std::sync::OnceLock::new(),
+                next_msg: AtomicU64::new(0),
             }),
         }
     }
@@ -363,7 +380,9 @@ impl QueueManager {
             }
         }
         let rows = Arc::new(stored);
-        if state.kind.is_durable() {
+        if let Some(bus) = self.inner.bus.get() {
+            self.push_over_bus(bus, &state, rows, clock).await?;
+        } else if state.kind.is_durable() {
             let publisher = state.clone();
             let published = rows.clone();
             let done = self
@@ -389,7 +408,10 @@ impl QueueManager {
     /// Watches a queue from now on. `name` identifies the watcher on debug pages.
     pub fn watch(&self, org: &str, queue: &str, name: &str) -> Result<Watcher> {
         let state = self.state(org, queue)?;
-        let store = state.kind.is_durable().then(|| self.inner.store.clone());
+        // In a cluster, rows reach watchers from the bus with node-local seqs; the store
+        // (the master's) numbers them otherwise, so a lagging watcher skips and counts.
+        let store = (state.kind.is_durable() && self.inner.bus.get().is_none())
+            .then(|| self.inner.store.clone());
         Ok(Watcher::new(state, store, name))
     }
 

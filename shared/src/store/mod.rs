@@ -25,6 +25,11 @@ const HEADS: TableDefinition<&str, u64> = TableDefinition::new("heads");
 const CLIENT_BATCHES: TableDefinition<&str, u64> = TableDefinition::new("client_batches");
 /// Small settings by (namespace, key): monitoring tables, server metadata.
 const SETTINGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("settings");
+/// Cluster: the last JetStream stream seq the persister applied (key `persister`),
+/// committed with the rows it covers, so a replay after a crash applies nothing twice.
+const BUS_APPLIED: TableDefinition<&str, u64> = TableDefinition::new("bus_applied");
+/// Cluster: the last (batch id, part) applied per client key, parts of a batch in order.
+const CLIENT_PARTS: TableDefinition<&str, (u64, u32)> = TableDefinition::new("client_parts");
 /// When each alert name of an org last fired (unix microseconds), for alert() dedup.
 const ALERTS: TableDefinition<(&str, &str), i64> = TableDefinition::new("alert_dedup");
 
@@ -148,6 +153,14 @@ enum Command {
         value: Option<String>,
         reply: oneshot::Sender<Result<bool>>,
     },
+    ApplyBus {
+        /// The JetStream stream seq of the message.
+        seq: u64,
+        appends: Vec<(String, Vec<StoredRow>)>,
+        /// (`org \x1f client`, batch id, part) of a client batch.
+        client: Option<(String, u64, u32)>,
+        reply: oneshot::Sender<Result<bool>>,
+    },
     AlertDedup {
         org: String,
         name: String,
@@ -180,6 +193,8 @@ impl Store {
             w.open_table(ALERTS)?;
             w.open_table(SETTINGS)?;
             w.open_table(CLIENT_BATCHES)?;
+            w.open_table(BUS_APPLIED)?;
+            w.open_table(CLIENT_PARTS)?;
             w.commit()?;
         }
         let db = Arc::new(db);
@@ -247,6 +262,34 @@ impl Store {
         };
         self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
         Ok(rx)
+    }
+
+    /// Queues a message of the cluster's durable stream for applying: its rows are
+    /// appended (timestamps clamped so they never go back within a stream) in the same
+    /// transaction that records `seq` as applied. Resolves once durable: false when `seq`
+    /// or this client batch part was applied before.
+    pub async fn enqueue_bus(
+        &self,
+        seq: u64,
+        appends: Vec<(String, Vec<StoredRow>)>,
+        client: Option<(String, u64, u32)>,
+    ) -> Result<oneshot::Receiver<Result<bool>>> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::ApplyBus {
+            seq,
+            appends,
+            client,
+            reply,
+        };
+        self.tx.send(cmd).await.map_err(|_| Error::Closed)?;
+        Ok(rx)
+    }
+
+    /// The last stream seq the persister applied, 0 when none.
+    pub fn bus_applied(&self) -> Result<u64> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(BUS_APPLIED)?;
+        Ok(t.get("persister")?.map(|v| v.value()).unwrap_or(0))
     }
 
     /// The last batch id applied for a client key, 0 when none.

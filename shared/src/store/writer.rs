@@ -15,6 +15,8 @@ pub(super) struct Writer {
     batch_seqs: HashMap<usize, Vec<u64>>,
     /// Next seq per stream, loaded on first use.
     next: HashMap<String, u64>,
+    /// Last stored time per stream of rows applied from the bus, loaded on first use.
+    last_ts: HashMap<String, i64>,
     buf: Vec<u8>,
 }
 
@@ -24,6 +26,7 @@ impl Writer {
             db,
             batch_seqs: HashMap::new(),
             next: HashMap::new(),
+            last_ts: HashMap::new(),
             buf: Vec::with_capacity(1024),
         }
     }
@@ -52,6 +55,7 @@ impl Writer {
 
     fn commit_group(&mut self, group: Vec<Command>) {
         let saved_next = self.next.clone();
+        let saved_ts = self.last_ts.clone();
         self.batch_seqs.clear();
         match self.write_group(&group) {
             Ok(results) => {
@@ -87,7 +91,9 @@ impl Writer {
                         Command::Shutdown { reply } => {
                             let _ = reply.send(());
                         }
-                        Command::AlertDedup { reply, .. } | Command::SetSetting { reply, .. } => {
+                        Command::AlertDedup { reply, .. }
+                        | Command::SetSetting { reply, .. }
+                        | Command::ApplyBus { reply, .. } => {
                             let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
                         }
                     }
@@ -95,6 +101,7 @@ impl Writer {
             }
             Err(e) => {
                 self.next = saved_next;
+                self.last_ts = saved_ts;
                 tracing::error!(error = %e, "store commit failed");
                 let msg = e.to_string();
                 for cmd in group {
@@ -114,6 +121,7 @@ impl Writer {
                         }
                         Command::AlertDedup { reply, .. }
                         | Command::SetSetting { reply, .. }
+                        | Command::ApplyBus { reply, .. }
                         | Command::AppendBatch { reply, .. } => {
                             let _ = reply.send(Err(err()));
                         }
@@ -134,6 +142,8 @@ impl Writer {
             let mut alerts = w.open_table(ALERTS)?;
             let mut settings = w.open_table(SETTINGS)?;
             let mut batches = w.open_table(CLIENT_BATCHES)?;
+            let mut applied = w.open_table(BUS_APPLIED)?;
+            let mut parts = w.open_table(CLIENT_PARTS)?;
             for (index, cmd) in group.iter().enumerate() {
                 match cmd {
                     Command::AppendBatch {
@@ -218,6 +228,63 @@ impl Writer {
                         results.push(Ok(doomed.len() as u64));
                     }
                     Command::Shutdown { .. } => results.push(Ok(0)),
+                    Command::ApplyBus {
+                        seq,
+                        appends,
+                        client,
+                        ..
+                    } => {
+                        let done = applied.get("persister")?.map(|v| v.value()).unwrap_or(0);
+                        if *seq <= done {
+                            results.push(Ok(0));
+                            continue;
+                        }
+                        applied.insert("persister", *seq)?;
+                        if let Some((key, batch, part)) = client {
+                            let last = parts.get(key.as_str())?.map(|v| v.value());
+                            if last.is_some_and(|l| (*batch, *part) <= l) {
+                                results.push(Ok(0));
+                                continue;
+                            }
+                            parts.insert(key.as_str(), (*batch, *part))?;
+                        }
+                        for (stream, rows) in appends {
+                            let next = match self.next.get(stream) {
+                                Some(n) => *n,
+                                None => heads
+                                    .get(stream.as_str())?
+                                    .map(|v| v.value() + 1)
+                                    .unwrap_or(1),
+                            };
+                            let mut last = match self.last_ts.get(stream) {
+                                Some(t) => *t,
+                                None => events
+                                    .get((stream.as_str(), next - 1))?
+                                    .and_then(|v| StoredRow::ts_of(v.value()))
+                                    .unwrap_or(i64::MIN),
+                            };
+                            for (i, row) in rows.iter().enumerate() {
+                                last = last.max(row.ts_us);
+                                let row = StoredRow {
+                                    ts_us: last,
+                                    client: row.client.clone(),
+                                    json: row.json.clone(),
+                                };
+                                row.encode(&mut self.buf);
+                                events.insert(
+                                    (stream.as_str(), next + i as u64),
+                                    self.buf.as_slice(),
+                                )?;
+                            }
+                            let end = next + rows.len() as u64;
+                            if !rows.is_empty() {
+                                heads.insert(stream.as_str(), end - 1)?;
+                            }
+                            self.next.insert(stream.clone(), end);
+                            self.last_ts.insert(stream.clone(), last);
+                        }
+                        results.push(Ok(1));
+                    }
                     Command::SetSetting {
                         namespace,
                         key,
@@ -260,6 +327,7 @@ fn group_rows(cmd: &Command) -> usize {
     match cmd {
         Command::Append { rows, .. } => rows.len(),
         Command::AppendBatch { appends, .. } => appends.iter().map(|(_, r)| r.len()).sum(),
+        Command::ApplyBus { appends, .. } => appends.iter().map(|(_, r)| r.len()).sum(),
         _ => 1,
     }
 }

@@ -1,0 +1,136 @@
+//! The persister (master, in a cluster): consumes the durable stream into the store. Each
+//! message's rows are committed with its stream seq, so a replay after a crash of the
+//! master, a restart of NATS or a lost ack applies nothing twice; a message that cannot be
+//! decoded is logged, counted and passed over, never blocking the ones behind it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use futures::StreamExt;
+use prost::Message;
+use talon_proto::bus::BusBatch;
+use talon_shared::bus::Bus;
+use talon_shared::queue::{stream_key, QueueManager};
+use talon_shared::store::StoredRow;
+use tokio_util::sync::CancellationToken;
+
+/// The persister's durable consumer.
+pub const CONSUMER: &str = "talon-persister";
+/// Messages fetched and committed together at most.
+pub const FETCH_MESSAGES: usize = 2000;
+
+/// Figures of the persister, for metrics and `cluster status`.
+#[derive(Default)]
+pub struct Progress {
+    /// Last stream seq applied.
+    pub applied: AtomicU64,
+    /// Messages that could not be decoded, passed over.
+    pub undecodable: AtomicU64,
+}
+
+/// Runs until shutdown, reconnecting after errors.
+pub async fn run(bus: Bus, qm: QueueManager, progress: Arc<Progress>, shutdown: CancellationToken) {
+    if let Ok(seq) = qm.store().bus_applied() {
+        progress.applied.store(seq, Ordering::Relaxed);
+    }
+    while !shutdown.is_cancelled() {
+        if let Err(e) = consume(&bus, &qm, &progress, &shutdown).await {
+            tracing::warn!(error = %e, "persister interrupted; resuming");
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+async fn consume(
+    bus: &Bus,
+    qm: &QueueManager,
+    progress: &Progress,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = bus.ensure_stream().await?;
+    let applied = qm.store().bus_applied()?;
+    // A new consumer starts after what the store holds; an existing one at its ack floor.
+    let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.to_string()),
+                ack_policy: AckPolicy::All,
+                deliver_policy: if applied == 0 {
+                    DeliverPolicy::All
+                } else {
+                    DeliverPolicy::ByStartSequence {
+                        start_sequence: applied + 1,
+                    }
+                },
+                max_ack_pending: -1,
+                ..Default::default()
+            },
+        )
+        .await?;
+    loop {
+        let mut batch = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            b = consumer
+                .fetch()
+                .max_messages(FETCH_MESSAGES)
+                .expires(Duration::from_millis(500))
+                .messages() => b?,
+        };
+        let mut waits = Vec::new();
+        let mut last = None;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let seq = m
+                .info()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .stream_sequence;
+            let (appends, client) = match BusBatch::decode(m.payload.clone()) {
+                Ok(b) => to_appends(b),
+                Err(e) => {
+                    progress.undecodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(seq, subject = %m.subject, error = %e, "undecodable bus message passed over");
+                    (Vec::new(), None)
+                }
+            };
+            waits.push((seq, qm.store().enqueue_bus(seq, appends, client).await?));
+            last = Some(m);
+        }
+        for (seq, w) in waits {
+            w.await.map_err(|_| anyhow::anyhow!("store closed"))??;
+            progress.applied.store(seq, Ordering::Relaxed);
+        }
+        if let Some(m) = last {
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+    }
+}
+
+type Appends = Vec<(String, Vec<StoredRow>)>;
+
+fn to_appends(b: BusBatch) -> (Appends, Option<(String, u64, u32)>) {
+    let client =
+        (!b.client_id.is_empty()).then(|| (stream_key(&b.org, &b.client_id), b.batch_id, b.part));
+    let appends = b
+        .queues
+        .into_iter()
+        .map(|q| {
+            let rows = q
+                .rows
+                .into_iter()
+                .map(|r| StoredRow {
+                    ts_us: r.ts_us,
+                    client: r.client,
+                    json: r.json,
+                })
+                .collect();
+            (stream_key(&b.org, &q.queue), rows)
+        })
+        .collect();
+    (appends, client)
+}

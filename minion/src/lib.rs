@@ -1,0 +1,130 @@
+//! A Talon minion: a frontend node of a cluster. It terminates client connections with the
+//! shared frontend, pushes their rows over the NATS bus (acknowledged to a client only once
+//! JetStream holds them), feeds its local watchers from the bus, and keeps the master's
+//! user artifacts and client monitoring tables in a local cache store. It owns no data:
+//! kill it and its clients reconnect elsewhere.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use talon_shared::artifacts::Repository;
+use talon_shared::bus::Bus;
+use talon_shared::frontend::{FrontendService, DEFAULT_MAX_MESSAGE_BYTES};
+use talon_shared::queue::{Limits, QueueManager};
+use talon_shared::store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long in-flight work gets at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A minion's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats_url: String,
+    pub node_name: String,
+    pub frontend_addr: SocketAddr,
+    pub debug_addr: SocketAddr,
+    /// Where the cache store lives; None: a temporary directory removed at exit.
+    pub cache_dir: Option<PathBuf>,
+    pub max_client_message_bytes: usize,
+}
+
+impl Config {
+    /// Defaults for a node name and NATS URL.
+    pub fn new(nats_url: &str, node_name: &str) -> Self {
+        Self {
+            nats_url: nats_url.to_string(),
+            node_name: node_name.to_string(),
+            frontend_addr: "127.0.0.1:8100".parse().expect("address"),
+            debug_addr: "127.0.0.1:8989".parse().expect("address"),
+            cache_dir: None,
+            max_client_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// The addresses a running minion bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub frontend: SocketAddr,
+    pub debug: SocketAddr,
+}
+
+/// Runs a minion until `shutdown` fires; `on_ready` is called once it serves clients with
+/// the master's state (or, if the master is not up, once it serves clients at all).
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(Bound),
+) -> anyhow::Result<()> {
+    let temp = tempfile::tempdir().context("cannot create a cache directory")?;
+    let cache_dir = config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().into());
+    std::fs::create_dir_all(&cache_dir)
+        .with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
+    let store = Store::open(&cache_dir.join("cache.redb"))?;
+    let qm = QueueManager::new(
+        Repository::with_builtins(),
+        store.clone(),
+        Limits::default(),
+    );
+    let bus = Bus::connect(&config.nats_url, &config.node_name).await?;
+    qm.attach_bus(bus.clone());
+    qm.start_delivery(shutdown.clone()).await?;
+    let frontend = FrontendService::new(qm.clone(), &config.node_name);
+    talon_shared::cluster::follow(bus.clone(), qm.clone(), frontend.clone(), shutdown.clone())
+        .await?;
+
+    let frontend_listener = TcpListener::bind(config.frontend_addr)
+        .await
+        .with_context(|| format!("cannot listen on frontend address {}", config.frontend_addr))?;
+    let debug_listener = TcpListener::bind(config.debug_addr)
+        .await
+        .with_context(|| format!("cannot listen on debug address {}", config.debug_addr))?;
+    let bound = Bound {
+        frontend: frontend_listener.local_addr()?,
+        debug: debug_listener.local_addr()?,
+    };
+    let tasks = TaskTracker::new();
+    let service = talon_proto::client::frontend_server::FrontendServer::new(frontend)
+        .max_decoding_message_size(config.max_client_message_bytes)
+        .max_encoding_message_size(config.max_client_message_bytes);
+    let fe_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(frontend_listener),
+                fe_shutdown.cancelled_owned(),
+            )
+            .await
+    });
+    let debug_shutdown = shutdown.clone();
+    let router = talon_shared::debug::router(qm.clone());
+    tasks.spawn(async move {
+        axum::serve(debug_listener, router)
+            .with_graceful_shutdown(debug_shutdown.cancelled_owned())
+            .await
+    });
+    tasks.close();
+    tracing::info!(node = %config.node_name, nats = %config.nats_url, "minion serving");
+    on_ready(bound);
+
+    shutdown.cancelled().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within the grace period");
+    }
+    store.close().await;
+    drop(temp);
+    Ok(())
+}

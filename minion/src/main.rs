@@ -1,0 +1,98 @@
+//! `talon-minion`: parses flags, installs telemetry, runs a minion until SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+/// A Talon frontend node of a cluster: clients connect here; rows go over NATS.
+#[derive(Parser, Debug)]
+#[command(name = "talon-minion", version)]
+struct Args {
+    /// NATS server of the cluster, e.g. nats://127.0.0.1:4222
+    #[arg(long, value_name = "URL")]
+    nats_url: String,
+    /// Client frontend address (gRPC); port 0 picks a free port
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8100")]
+    frontend_addr: String,
+    /// Debug HTTP address (/debug/queues, /debug/watch, /metrics)
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8989")]
+    debug_addr: String,
+    /// This node's name in the cluster [default: minion-<hostname>-<pid>]
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// Directory of the cache store [default: a temporary directory]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let node = args
+        .node_name
+        .clone()
+        .unwrap_or_else(|| format!("minion-{}", std::process::id()));
+    let mut config = talon_minion::Config::new(&args.nats_url, &node);
+    for (flag, value, slot) in [
+        (
+            "--frontend-addr",
+            &args.frontend_addr,
+            &mut config.frontend_addr,
+        ),
+        ("--debug-addr", &args.debug_addr, &mut config.debug_addr),
+    ] {
+        match value.parse() {
+            Ok(a) => *slot = a,
+            Err(e) => {
+                eprintln!("talon-minion: {flag} {value:?}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    config.cache_dir = args.cache_dir;
+    talon_shared::telemetry::init(Default::default(), "info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("talon-minion: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("talon-minion: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: talon_minion::Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        signals.cancel();
+    });
+    let node = config.node_name.clone();
+    talon_minion::run(config, shutdown, |bound| {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "talon-minion {} node {node}",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(out, "frontend: {}", bound.frontend);
+        let _ = writeln!(out, "debug: http://{}/debug/queues", bound.debug);
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+    })
+    .await
+}

@@ -1,0 +1,271 @@
+//! The NATS bus between cluster nodes. Durable batches go to one JetStream stream and a
+//! push succeeds only once JetStream has acknowledged every part; INTERNAL batches go to
+//! core NATS. Every node subscribes to the row subjects and hands batches to its local
+//! watchers, so a row travels producer -> NATS -> each node in one hop.
+//!
+//! Subjects: `talon.<org>.d.<Queue>` (durable, in stream [`STREAM`]) and
+//! `talon.<org>.i.<Queue>` (INTERNAL); cluster control on `talonctl.>`.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use prost::Message;
+use talon_proto::bus::{BusBatch, BusRow, QueueRows};
+
+use crate::store::StoredRow;
+
+/// The JetStream stream holding every durable row of the cluster.
+pub const STREAM: &str = "TALON_EVENTS";
+/// Subjects the stream captures.
+pub const DURABLE_SUBJECTS: &str = "talon.*.d.>";
+/// Subjects every node follows for its watchers.
+pub const ROW_SUBJECTS: &str = "talon.*.*.>";
+/// Largest payload of one bus message; NATS's default maximum is 1 MiB.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+/// How long JetStream remembers message ids, so a retried publish is stored once.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(20 * 60);
+/// How long a durable publish waits for JetStream's ack.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bus errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("NATS publish failed: {0}")]
+    Publish(String),
+    #[error("JetStream did not acknowledge within {0:?}")]
+    Timeout(Duration),
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+/// Bus result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The subject of a queue of an org (a '.' of the org name becomes '~', which org names
+/// never hold, so the org stays one subject token).
+pub fn subject(org: &str, durable: bool, queue: &str) -> String {
+    let org = org.replace('.', "~");
+    format!("talon.{org}.{}.{queue}", if durable { 'd' } else { 'i' })
+}
+
+/// A connection to the bus; cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    node: String,
+}
+
+impl Bus {
+    /// Connects (retrying in the background until NATS is reachable) and makes sure the
+    /// durable stream exists.
+    pub async fn connect(url: &str, node: &str) -> Result<Self> {
+        let client = async_nats::ConnectOptions::new()
+            .name(node)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(url)
+            .await
+            .map_err(|e| Error::Connect {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?;
+        let js = jetstream::new(client.clone());
+        let bus = Self {
+            client,
+            js,
+            node: node.to_string(),
+        };
+        bus.ensure_stream().await?;
+        Ok(bus)
+    }
+
+    /// Creates the durable stream if it is missing (file storage, message-id dedup).
+    pub async fn ensure_stream(&self) -> Result<jetstream::stream::Stream> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self
+                .js
+                .get_or_create_stream(jetstream::stream::Config {
+                    name: STREAM.to_string(),
+                    subjects: vec![DURABLE_SUBJECTS.to_string()],
+                    storage: jetstream::stream::StorageType::File,
+                    duplicate_window: DUPLICATE_WINDOW,
+                    max_message_size: (MAX_PAYLOAD_BYTES * 2) as i32,
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(s) => return Ok(s),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "waiting for JetStream");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(Error::JetStream(e.to_string())),
+            }
+        }
+    }
+
+    /// The NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the connection to NATS is up.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends rows of queues of an org, in order. For durable batches the returned [`Acks`]
+    /// resolve once JetStream has stored every part (a part repeated under the same
+    /// `msg_id` within [`DUPLICATE_WINDOW`] is stored once); INTERNAL batches need no ack.
+    pub async fn send(
+        &self,
+        org: &str,
+        durable: bool,
+        rows: Vec<(String, &[StoredRow])>,
+        client: Option<(&str, u64)>,
+        msg_id: &str,
+    ) -> Result<Acks> {
+        let parts = split(org, &self.node, rows, client);
+        let mut acks = Vec::with_capacity(parts.len());
+        for (part, (queue, batch)) in parts.into_iter().enumerate() {
+            let subject = subject(org, durable, &queue);
+            let payload = batch.encode_to_vec();
+            if durable {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("{msg_id}/{part}").as_str());
+                let ack = self
+                    .js
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .map_err(|e| Error::Publish(e.to_string()))?;
+                acks.push(ack);
+            } else {
+                self.client
+                    .publish(subject, payload.into())
+                    .await
+                    .map_err(|e| Error::Publish(e.to_string()))?;
+            }
+        }
+        Ok(Acks(acks))
+    }
+}
+
+/// JetStream acks a durable send waits for.
+pub struct Acks(Vec<jetstream::context::PublishAckFuture>);
+
+impl Acks {
+    /// Resolves once every part is stored; an error or a timeout means the push failed
+    /// (it may still have been stored, and a retry under the same id is stored once).
+    pub async fn wait(self) -> Result<()> {
+        for ack in self.0 {
+            match tokio::time::timeout(PUBLISH_TIMEOUT, ack).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(Error::Publish(e.to_string())),
+                Err(_) => return Err(Error::Timeout(PUBLISH_TIMEOUT)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits rows into batches of at most [`MAX_PAYLOAD_BYTES`] (a single larger row goes
+/// alone), each named by the subject queue of its first rows; parts are numbered in order.
+fn split(
+    org: &str,
+    node: &str,
+    rows: Vec<(String, &[StoredRow])>,
+    client: Option<(&str, u64)>,
+) -> Vec<(String, BusBatch)> {
+    let new_batch = |part: usize| BusBatch {
+        org: org.to_string(),
+        node: node.to_string(),
+        queues: Vec::new(),
+        client_id: client.map(|c| c.0.to_string()).unwrap_or_default(),
+        batch_id: client.map(|c| c.1).unwrap_or(0),
+        part: part as u32,
+    };
+    let mut out: Vec<(String, BusBatch)> = Vec::new();
+    let mut current = new_batch(0);
+    let mut subject_queue = String::new();
+    let mut size = 0usize;
+    for (queue, rows) in rows {
+        for r in rows {
+            let row_size = r.json.len() + r.client.len() + 16;
+            if size > 0 && size + row_size > MAX_PAYLOAD_BYTES {
+                let done = std::mem::replace(&mut current, new_batch(out.len() + 1));
+                out.push((std::mem::take(&mut subject_queue), done));
+                size = 0;
+            }
+            if subject_queue.is_empty() {
+                subject_queue = queue.clone();
+            }
+            if current.queues.last().is_none_or(|q| q.queue != queue) {
+                current.queues.push(QueueRows {
+                    queue: queue.clone(),
+                    rows: Vec::new(),
+                });
+                size += queue.len() + 8;
+            }
+            let q = current.queues.last_mut().expect("queue rows just pushed");
+            q.rows.push(BusRow {
+                ts_us: r.ts_us,
+                client: r.client.clone(),
+                json: r.json.clone(),
+            });
+            size += row_size;
+        }
+    }
+    if !current.queues.is_empty() {
+        out.push((subject_queue, current));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: usize) -> StoredRow {
+        StoredRow {
+            ts_us: 1,
+            client: String::new(),
+            json: "x".repeat(n),
+        }
+    }
+
+    #[test]
+    fn batches_are_split_below_the_payload_limit_in_order() {
+        let rows: Vec<StoredRow> = (0..100).map(|_| row(10_000)).collect();
+        let parts = split(
+            "root",
+            "n1",
+            vec![("Q.A".into(), &rows[..])],
+            Some(("C.1", 7)),
+        );
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        let mut total = 0;
+        for (i, (queue, b)) in parts.iter().enumerate() {
+            assert_eq!(queue, "Q.A");
+            assert_eq!(b.part as usize, i);
+            assert_eq!((b.client_id.as_str(), b.batch_id), ("C.1", 7));
+            assert!(b.encoded_len() <= MAX_PAYLOAD_BYTES + 64);
+            total += b.queues.iter().map(|q| q.rows.len()).sum::<usize>();
+        }
+        assert_eq!(total, 100);
+        assert_eq!(subject("root", true, "Q.A"), "talon.root.d.Q.A");
+    }
+}
