@@ -2,6 +2,7 @@
 //!
 //! - [`artifacts`]: list, show, add, delete, and offline verify.
 //! - [`clients`]: clients, labels and the client monitoring table.
+//! - [`cluster`]: the nodes of the cluster.
 //! - [`events`]: push, watch, read and export rows of queues.
 //! - [`monitoring`]: the server monitoring table, monitoring logs, collect, metadata.
 //! - [`output`]: tables, JSON and CSV.
@@ -9,6 +10,7 @@
 
 pub mod artifacts;
 pub mod clients;
+pub mod cluster;
 pub mod events;
 pub mod monitoring;
 pub mod output;
@@ -72,6 +74,9 @@ pub enum Command {
     /// Clients: list, show, label
     #[command(subcommand)]
     Clients(clients::ClientsCmd),
+    /// The nodes of the cluster
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
     /// Server metadata (read by VQL's server_metadata())
     #[command(subcommand)]
     Metadata(monitoring::MetadataCmd),
@@ -163,6 +168,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Monitoring(cmd) => monitoring::run(&cli.api, &cli.org, cmd).await,
         Command::Clients(cmd) => clients::run(&cli.api, &cli.org, cmd).await,
+        Command::Cluster(cmd) => cluster::run(&cli.api, cmd).await,
         Command::Metadata(cmd) => monitoring::metadata(&cli.api, &cli.org, cmd).await,
         Command::Query {
             vql,

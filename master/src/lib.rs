@@ -3,12 +3,14 @@
 //!
 //! - [`api`]: the admin gRPC service.
 //! - [`artifacts`]: user artifact administration (store, announce, audit).
+//! - [`cluster`]: in a cluster, client records from other nodes, node reports and health.
 //! - [`error`]: API errors and their gRPC status codes.
 //! - [`monitor`]: the server monitoring table and its running queries.
 //! - [`persister`]: in a cluster, the durable stream into the store.
 
 pub mod api;
 pub mod artifacts;
+pub mod cluster;
 pub mod error;
 pub mod monitor;
 pub mod persister;
@@ -78,6 +80,7 @@ pub async fn run(
 
     let tasks = TaskTracker::new();
     let frontend = talon_shared::frontend::FrontendService::new(qm.clone(), &config.node_name);
+    let nodes = cluster::Nodes::default();
     if let Some(url) = &config.nats_url {
         let bus = talon_shared::bus::Bus::connect(url, &config.node_name).await?;
         qm.attach_bus(bus.clone());
@@ -86,9 +89,26 @@ pub async fn run(
         tasks.spawn(persister::run(
             bus.clone(),
             qm.clone(),
-            progress,
+            progress.clone(),
             shutdown.clone(),
         ));
+        talon_shared::cluster::node::start(
+            bus.clone(),
+            qm.clone(),
+            frontend.clone(),
+            "master",
+            Some(progress.applied.clone()),
+            shutdown.clone(),
+        )
+        .await?;
+        cluster::start(
+            bus.clone(),
+            qm.clone(),
+            frontend.clone(),
+            nodes.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         talon_shared::cluster::serve(bus.clone(), qm.clone(), frontend.clone(), shutdown.clone())
             .await?;
         talon_shared::cluster::publish(&bus, &qm, &frontend).await;
@@ -120,6 +140,7 @@ pub async fn run(
         vql,
         monitor,
         frontend,
+        nodes,
         shutdown.clone(),
     ))
     .max_decoding_message_size(max_message)

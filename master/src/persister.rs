@@ -25,7 +25,7 @@ pub const FETCH_MESSAGES: usize = 2000;
 #[derive(Default)]
 pub struct Progress {
     /// Last stream seq applied.
-    pub applied: AtomicU64,
+    pub applied: Arc<AtomicU64>,
     /// Messages that could not be decoded, passed over.
     pub undecodable: AtomicU64,
 }

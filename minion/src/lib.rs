@@ -80,6 +80,15 @@ pub async fn run(
     let frontend = FrontendService::new(qm.clone(), &config.node_name);
     talon_shared::cluster::follow(bus.clone(), qm.clone(), frontend.clone(), shutdown.clone())
         .await?;
+    talon_shared::cluster::node::start(
+        bus.clone(),
+        qm.clone(),
+        frontend.clone(),
+        "minion",
+        None,
+        shutdown.clone(),
+    )
+    .await?;
 
     let frontend_listener = TcpListener::bind(config.frontend_addr)
         .await

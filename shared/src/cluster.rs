@@ -3,6 +3,8 @@
 //! [`STATE_SUBJECT`] after every change; a node subscribes first and then asks, so it
 //! misses no change, including one made while it was starting.
 
+pub mod node;
+
 use std::time::Duration;
 
 use futures::StreamExt;

@@ -32,6 +32,8 @@ pub struct AdminService {
     vql: Vql,
     monitor: ServerMonitor,
     frontend: FrontendService,
+    nodes: crate::cluster::Nodes,
+    cpu: std::sync::Arc<std::sync::Mutex<talon_shared::cluster::node::CpuSampler>>,
     shutdown: CancellationToken,
 }
 
@@ -42,6 +44,7 @@ impl AdminService {
         vql: Vql,
         monitor: ServerMonitor,
         frontend: FrontendService,
+        nodes: crate::cluster::Nodes,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -49,6 +52,8 @@ impl AdminService {
             vql,
             monitor,
             frontend,
+            nodes,
+            cpu: Default::default(),
             shutdown,
         }
     }
@@ -423,9 +428,10 @@ impl Admin for AdminService {
             .clients()
             .search(&org, &r.search)
             .map_err(|e| to_status(e.into()))?;
+        let connected = self.connected_set(&org).await;
         let clients = found
             .into_iter()
-            .map(|c| self.client_info(&org, c))
+            .map(|c| self.client_info(&connected, c))
             .collect();
         Ok(Response::new(ListClientsResponse { clients }))
     }
@@ -442,7 +448,10 @@ impl Admin for AdminService {
             .get(&org, &r.client_id)
             .map_err(|e| to_status(e.into()))?
         {
-            Some(c) => Ok(Response::new(self.client_info(&org, c))),
+            Some(c) => {
+                let connected = self.connected_set(&org).await;
+                Ok(Response::new(self.client_info(&connected, c)))
+            }
             None => Err(Status::not_found(format!(
                 "unknown client {} in org {org}",
                 r.client_id
@@ -474,7 +483,8 @@ impl Admin for AdminService {
             serde_json::json!({"client_id": c.client_id, "add": r.add, "remove": r.remove}),
         )
         .await;
-        Ok(Response::new(self.client_info(&org, c)))
+        let connected = self.connected_set(&org).await;
+        Ok(Response::new(self.client_info(&connected, c)))
     }
 
     async fn list_client_monitoring(
@@ -550,6 +560,51 @@ impl Admin for AdminService {
         self.frontend.table_changed(&org);
         self.cluster_state_changed().await;
         self.client_table(&org)
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        use talon_shared::cluster::node::{rss_bytes, ALIVE_WINDOW};
+        if self.qm.bus().is_none() {
+            let cpu = self.cpu.lock().expect("cpu sampler").sample();
+            let node = NodeStatus {
+                node: self.frontend.node().to_string(),
+                role: "master".into(),
+                alive: true,
+                report_age_seconds: 0.0,
+                connected_clients: self.frontend.connected_counts().values().sum(),
+                cpu_percent: cpu,
+                rss_bytes: rss_bytes(),
+                bus_connected: false,
+                persister_lag: -1,
+            };
+            return Ok(Response::new(ClusterStatusResponse {
+                mode: "standalone".into(),
+                nodes: vec![node],
+            }));
+        }
+        let nodes = self
+            .nodes
+            .list()
+            .into_iter()
+            .map(|(age, r)| NodeStatus {
+                alive: age < ALIVE_WINDOW,
+                report_age_seconds: age.as_secs_f64(),
+                connected_clients: r.connected_clients.values().sum(),
+                cpu_percent: r.cpu_percent,
+                rss_bytes: r.rss_bytes,
+                bus_connected: r.bus_connected,
+                persister_lag: r.persister_lag.map(|l| l as i64).unwrap_or(-1),
+                node: r.node,
+                role: r.role,
+            })
+            .collect();
+        Ok(Response::new(ClusterStatusResponse {
+            mode: "cluster".into(),
+            nodes,
+        }))
     }
 
     async fn delete_artifact(

@@ -10,8 +10,22 @@ use super::AdminService;
 use crate::error::to_status;
 
 impl AdminService {
-    pub(super) fn client_info(&self, org: &str, r: ClientRecord) -> ClientInfo {
-        let connected = self.frontend.connected(org).contains(&r.client_id);
+    /// Clients of an org connected here or, in a cluster, on any node.
+    pub(super) async fn connected_set(&self, org: &str) -> std::collections::HashSet<String> {
+        let mut set: std::collections::HashSet<String> =
+            self.frontend.connected(org).into_iter().collect();
+        if let Some(bus) = self.qm.bus() {
+            set.extend(talon_shared::cluster::node::connected_in_cluster(bus, org).await);
+        }
+        set
+    }
+
+    pub(super) fn client_info(
+        &self,
+        connected: &std::collections::HashSet<String>,
+        r: ClientRecord,
+    ) -> ClientInfo {
+        let connected = connected.contains(&r.client_id);
         ClientInfo {
             client_id: r.client_id,
             hostname: r.hostname,

@@ -109,6 +109,29 @@ impl FrontendService {
         v
     }
 
+    /// Whether a client is connected to this node.
+    pub fn is_connected(&self, org: &str, client: &str) -> bool {
+        self.inner
+            .sessions
+            .lock()
+            .expect("sessions")
+            .contains_key(&(org.to_string(), client.to_string()))
+    }
+
+    /// Connected clients per org on this node.
+    pub fn connected_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (org, _) in self.inner.sessions.lock().expect("sessions").keys() {
+            *counts.entry(org.clone()).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
     /// Sends the current event table to every connected client of an org (after a change).
     pub fn table_changed(&self, org: &str) {
         let targets: Vec<(Vec<String>, Outbox)> = self
@@ -306,6 +329,19 @@ impl Frontend for FrontendService {
                 false
             }
         };
+        // In a cluster the id may be connected on another node: any node saying so wins.
+        let conflict = conflict || {
+            let elsewhere = match self.inner.qm.bus() {
+                Some(bus) => {
+                    crate::cluster::node::connected_elsewhere(bus, &org, &hello.client_id).await
+                }
+                None => false,
+            };
+            if elsewhere {
+                self.end(&key, session_id).await;
+            }
+            elsewhere
+        };
         if conflict {
             self.announce(
                 &org,
@@ -351,9 +387,15 @@ impl FrontendService {
     /// Records the client and announces it; the Welcome message.
     async fn start(&self, org: &str, hello: &Hello, remote: &str) -> Result<ServerMessage, Status> {
         let clients = &self.inner.clients;
-        let existing = clients
+        let mut existing = clients
             .get(org, &hello.client_id)
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        if existing.is_none() {
+            // A minion's cache may not know a client the master does.
+            if let Some(bus) = self.inner.qm.bus() {
+                existing = crate::cluster::node::lookup_client(bus, org, &hello.client_id).await;
+            }
+        }
         let first_contact = existing.is_none();
         let now = now_us();
         let mut record = existing.unwrap_or_else(|| ClientRecord {
@@ -383,7 +425,7 @@ impl FrontendService {
         if first_contact {
             self.announce(org, "Server.Internal.Enrollment", json!({"ClientId": hello.client_id, "Hostname": hello.hostname, "RemoteAddr": remote})).await;
         }
-        self.announce(org, "Server.Internal.ClientInfo", json!({"ClientId": hello.client_id, "Hostname": record.hostname, "OS": record.os, "Labels": record.labels, "LastSeenAt": now / 1_000_000, "LastIp": remote})).await;
+        self.announce(org, "Server.Internal.ClientInfo", json!({"ClientId": hello.client_id, "Hostname": record.hostname, "OS": record.os, "Labels": record.labels, "LastSeenAt": now / 1_000_000, "LastIp": remote, "Node": self.inner.node, "Record": record})).await;
         // The session follows the record's labels (the server may hold more than the hello).
         if let Some(s) = self
             .inner
