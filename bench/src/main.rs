@@ -10,6 +10,7 @@ use talon_shared::artifacts::Repository;
 use talon_shared::queue::{Limits, QueueManager, ROOT_ORG};
 use talon_shared::store::Store;
 
+mod cluster;
 mod vql;
 
 #[derive(Parser)]
@@ -33,6 +34,35 @@ enum Bench {
         #[arg(long, default_value_t = 2000)]
         latency_samples: usize,
     },
+    /// Raw async-nats JetStream publishing of Talon-shaped batches (the cluster baseline)
+    Jetstream {
+        #[arg(long)]
+        nats_url: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Rows per message
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long, default_value_t = 200)]
+        row_bytes: usize,
+        /// Concurrent publishers, each waiting for its ack
+        #[arg(long, default_value_t = 100)]
+        publishers: usize,
+    },
+    /// Counts a queue's rows arriving at a node's debug watch, with latency from SentUs
+    Watch {
+        /// The node's debug HTTP address
+        #[arg(long)]
+        debug: String,
+        #[arg(long, default_value = "Generic.Client.Stats")]
+        queue: String,
+        /// Stop after this many rows
+        #[arg(long)]
+        rows: usize,
+        /// Stop after this many seconds
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
     /// VQL parse rate, and a filter over in-memory rows beside a hand-written Rust loop
     Vql {
         /// Rows to filter
@@ -53,6 +83,21 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     match args.bench {
         Bench::Vql { rows, seconds } => rt.block_on(vql::run(rows, seconds)),
+        Bench::Jetstream {
+            nats_url,
+            rows,
+            batch,
+            row_bytes,
+            publishers,
+        } => rt.block_on(cluster::jetstream_baseline(
+            &nats_url, rows, batch, row_bytes, publishers,
+        )),
+        Bench::Watch {
+            debug,
+            queue,
+            rows,
+            timeout,
+        } => cluster::watch(&debug, &queue, rows, timeout),
         Bench::Store {
             row_bytes,
             seconds,

@@ -46,9 +46,11 @@ fn random_id(seed: u64) -> String {
     format!("C.{:016x}", z ^ (z >> 31))
 }
 
-fn row(i: u64, bytes: usize) -> String {
+/// A row shaped like `Generic.Client.Stats`, padded to about `bytes`; `SentUs` is when its
+/// batch was made (unix microseconds), for latency measurements downstream.
+fn row(i: u64, bytes: usize, sent_us: i64) -> String {
     let base = format!(
-        "{{\"Timestamp\":{},\"CPUPercent\":1.5,\"RSS\":{},\"Pad\":\"\"}}",
+        "{{\"Timestamp\":{},\"CPUPercent\":1.5,\"RSS\":{},\"SentUs\":{sent_us},\"Pad\":\"\"}}",
         1_763_800_000 + i,
         10_000_000 + i
     );
@@ -149,7 +151,10 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Ca
         if n == 0 {
             continue;
         }
-        let rows: Vec<String> = (0..n).map(|i| row(sent + i, cfg.row_bytes)).collect();
+        let sent_us = chrono::Utc::now().timestamp_micros();
+        let rows: Vec<String> = (0..n)
+            .map(|i| row(sent + i, cfg.row_bytes, sent_us))
+            .collect();
         batch_id += 1;
         sent_at
             .lock()

@@ -18,8 +18,9 @@ use crate::store::StoredRow;
 pub const STREAM: &str = "TALON_EVENTS";
 /// Subjects the stream captures.
 pub const DURABLE_SUBJECTS: &str = "talon.*.d.>";
-/// Subjects every node follows for its watchers.
-pub const ROW_SUBJECTS: &str = "talon.*.*.>";
+/// INTERNAL subjects every node follows for its watchers (durable queues are followed one
+/// by one, once a local watcher needs them).
+pub const INTERNAL_SUBJECTS: &str = "talon.*.i.>";
 /// Largest payload of one bus message; NATS's default maximum is 1 MiB.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// How long JetStream remembers message ids, so a retried publish is stored once.
@@ -54,6 +55,9 @@ pub fn subject(org: &str, durable: bool, queue: &str) -> String {
 #[derive(Clone)]
 pub struct Bus {
     client: async_nats::Client,
+    /// A second connection for what watchers receive, so that a node too slow for its
+    /// watchers' traffic (which NATS cuts off) never disturbs publishing or persisting.
+    feed: async_nats::Client,
     js: jetstream::Context,
     node: String,
 }
@@ -62,19 +66,32 @@ impl Bus {
     /// Connects (retrying in the background until NATS is reachable) and makes sure the
     /// durable stream exists.
     pub async fn connect(url: &str, node: &str) -> Result<Self> {
-        let client = async_nats::ConnectOptions::new()
-            .name(node)
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connect(url)
-            .await
-            .map_err(|e| Error::Connect {
-                url: url.to_string(),
-                message: e.to_string(),
-            })?;
+        let connect = |name: String| async move {
+            async_nats::ConnectOptions::new()
+                .name(name)
+                .retry_on_initial_connect()
+                .max_reconnects(None)
+                .event_callback(|e| async move {
+                    match e {
+                        async_nats::Event::SlowConsumer(sid) => {
+                            tracing::warn!(sid, "NATS: this node is a slow consumer; rows to its watchers were dropped")
+                        }
+                        other => tracing::info!(event = %other, "NATS"),
+                    }
+                })
+                .connect(url)
+                .await
+                .map_err(|e| Error::Connect {
+                    url: url.to_string(),
+                    message: e.to_string(),
+                })
+        };
+        let client = connect(node.to_string()).await?;
+        let feed = connect(format!("{node}-feed")).await?;
         let js = jetstream::new(client.clone());
         let bus = Self {
             client,
+            feed,
             js,
             node: node.to_string(),
         };
@@ -111,6 +128,11 @@ impl Bus {
     /// The NATS client.
     pub fn client(&self) -> &async_nats::Client {
         &self.client
+    }
+
+    /// The connection watcher traffic arrives on.
+    pub fn feed(&self) -> &async_nats::Client {
+        &self.feed
     }
 
     /// The JetStream context.

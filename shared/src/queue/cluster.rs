@@ -103,22 +103,22 @@ impl QueueManager {
         }
     }
 
-    /// Follows every row subject of the bus and delivers to local watchers until shutdown.
-    /// Returns once the subscription is registered with the server.
+    /// Follows the INTERNAL subjects of the bus for local watchers until shutdown (durable
+    /// queues are followed once watched, see [`QueueManager::follow_durable`]). Returns
+    /// once the subscription is registered with the server.
     pub async fn start_delivery(&self, shutdown: CancellationToken) -> Result<()> {
         let Some(bus) = self.inner.bus.get() else {
             return Ok(());
         };
-        let mut sub = bus
-            .client()
-            .subscribe(bus::ROW_SUBJECTS)
-            .await
-            .map_err(|e| bus::Error::Publish(e.to_string()))?;
-        bus.client()
-            .flush()
-            .await
-            .map_err(|e| bus::Error::Publish(e.to_string()))?;
+        let sub = subscribe(bus, bus::INTERNAL_SUBJECTS.to_string()).await?;
+        self.inner.shutdown.set(shutdown).ok();
+        self.spawn_delivery(sub);
+        Ok(())
+    }
+
+    fn spawn_delivery(&self, mut sub: async_nats::Subscriber) {
         let qm = self.clone();
+        let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -133,8 +133,55 @@ impl QueueManager {
                 }
             }
         });
+    }
+
+    /// In a cluster, makes sure this node follows a durable queue's subject before its
+    /// first watcher starts, so the watcher sees every row pushed after `watch` returns.
+    /// The subscription is confirmed by a round trip to the server (on a multi-threaded
+    /// runtime the caller's thread waits for it; elsewhere it is made in the background).
+    pub(super) fn follow_durable(&self, state: &QueueState) -> Result<()> {
+        let Some(bus) = self.inner.bus.get() else {
+            return Ok(());
+        };
+        if !state.kind.is_durable() || state.followed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let subject = bus::subject(&state.org, true, &state.name);
+        let handle = tokio::runtime::Handle::current();
+        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            let bus = bus.clone();
+            match tokio::task::block_in_place(|| handle.block_on(subscribe(&bus, subject))) {
+                Ok(sub) => self.spawn_delivery(sub),
+                Err(e) => {
+                    state.followed.store(false, Ordering::Release);
+                    return Err(e);
+                }
+            }
+        } else {
+            let (qm, bus) = (self.clone(), bus.clone());
+            tokio::spawn(async move {
+                match subscribe(&bus, subject).await {
+                    Ok(sub) => qm.spawn_delivery(sub),
+                    Err(e) => tracing::error!(error = %e, "cannot follow a durable queue"),
+                }
+            });
+        }
         Ok(())
     }
+}
+
+/// Subscribes on the feed connection and waits until the server has the subscription.
+async fn subscribe(bus: &Bus, subject: String) -> Result<async_nats::Subscriber> {
+    let sub = bus
+        .feed()
+        .subscribe(subject)
+        .await
+        .map_err(|e| bus::Error::Publish(e.to_string()))?;
+    bus.feed()
+        .flush()
+        .await
+        .map_err(|e| bus::Error::Publish(e.to_string()))?;
+    Ok(sub)
 }
 
 /// Distinguishes this process's message ids from an earlier run's of the same node.

@@ -135,6 +135,8 @@ pub(crate) struct QueueState {
     pub pushed: AtomicU64,
     pub dropped: AtomicU64,
     pub caught_up: AtomicU64,
+    /// In a cluster: this node follows the queue's bus subject (durable queues).
+    followed: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -189,6 +191,8 @@ struct Inner {
     bus: std::sync::OnceLock<crate::bus::Bus>,
     /// Numbers this node's durable pushes for their bus message ids.
     next_msg: AtomicU64,
+    /// Ends the bus delivery tasks.
+    shutdown: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
 }
 
 /// The store stream of one org's queue.
@@ -231,6 +235,7 @@ impl QueueManager {
                 queues: RwLock::new(HashMap::new()),
                 bus: std::sync::OnceLock::new(),
                 next_msg: AtomicU64::new(0),
+                shutdown: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -296,6 +301,7 @@ impl QueueManager {
             pushed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             caught_up: AtomicU64::new(0),
+            followed: std::sync::atomic::AtomicBool::new(false),
         });
         map.insert(key, state.clone());
         Ok(state)
@@ -410,6 +416,7 @@ impl QueueManager {
         let state = self.state(org, queue)?;
         // In a cluster, rows reach watchers from the bus with node-local seqs; the store
         // (the master's) numbers them otherwise, so a lagging watcher skips and counts.
+        self.follow_durable(&state)?;
         let store = (state.kind.is_durable() && self.inner.bus.get().is_none())
             .then(|| self.inner.store.clone());
         Ok(Watcher::new(state, store, name))
