@@ -19,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 /// The persister's durable consumer.
 pub const CONSUMER: &str = "talon-persister";
 /// Messages fetched and committed together at most.
-pub const FETCH_MESSAGES: usize = 2000;
+pub const FETCH_MESSAGES: usize = 1000;
+/// Bytes fetched at once at most (NATS cuts off a connection with 64 MiB pending).
+pub const FETCH_BYTES: usize = 16 << 20;
 
 /// Figures of the persister, for metrics and `cluster status`.
 #[derive(Default)]
@@ -79,13 +81,23 @@ async fn consume(
             b = consumer
                 .fetch()
                 .max_messages(FETCH_MESSAGES)
+                .max_bytes(FETCH_BYTES)
                 .expires(Duration::from_millis(500))
                 .messages() => b?,
         };
         let mut waits = Vec::new();
         let mut last = None;
         while let Some(m) = batch.next().await {
-            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let m = match m {
+                Ok(m) => m,
+                // The server ends a fetch early (say, the next message would pass
+                // FETCH_BYTES): keep what came and fetch again.
+                Err(e) if last.is_some() => {
+                    tracing::debug!(error = %e, "fetch ended early");
+                    break;
+                }
+                Err(e) => return Err(anyhow::anyhow!("{e}")),
+            };
             let seq = m
                 .info()
                 .map_err(|e| anyhow::anyhow!("{e}"))?
