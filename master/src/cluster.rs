@@ -16,6 +16,11 @@ use talon_shared::frontend::{ClientRecord, FrontendService};
 use talon_shared::queue::{QueueManager, ROOT_ORG};
 use tokio_util::sync::CancellationToken;
 
+/// Where the master answers what it watches (its registrations).
+pub const REGISTRATIONS_REQUEST: &str = "talonctl.registrations";
+/// How often the master checks whether the queues it watches changed.
+pub const REGISTRATIONS_CHECK: Duration = Duration::from_secs(1);
+
 /// The queue per-org health totals go to.
 pub const HEALTH_QUEUE: &str = "Server.Monitor.Health";
 
@@ -83,6 +88,7 @@ pub async fn start(
             }
         }
     });
+    start_registrations(bus.clone(), qm.clone(), shutdown.clone()).await?;
     let mut metrics = qm.watch(ROOT_ORG, METRICS_QUEUE, "master-metrics")?;
     let n = nodes.clone();
     tokio::spawn(async move {
@@ -156,4 +162,55 @@ async fn merge_client_info(frontend: &FrontendService, batch: &BusBatch) {
             }
         }
     }
+}
+
+/// The queues the master watches, as `org/queue`.
+fn watched(qm: &QueueManager) -> Vec<String> {
+    let mut out: Vec<String> = qm
+        .orgs()
+        .iter()
+        .flat_map(|o| qm.stats(o))
+        .filter(|q| q.watchers > 0)
+        .map(|q| format!("{}/{}", q.org, q.name))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Publishes the queues the master watches on `Server.Internal.MasterRegistrations` when
+/// they change, and answers a node asking for them (a node that starts gets them at once).
+/// Nothing depends on them for delivery: every durable row goes to JetStream and every
+/// node follows what its own watchers need, so there is no window in which rows are lost.
+async fn start_registrations(
+    bus: Bus,
+    qm: QueueManager,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut requests = bus.client().subscribe(REGISTRATIONS_REQUEST).await?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REGISTRATIONS_CHECK);
+        let mut last: Option<Vec<String>> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = requests.next() => {
+                    let Some(r) = r else { break };
+                    if let Some(reply) = r.reply {
+                        let body = json!({"Node": bus.node(), "Queues": watched(&qm)}).to_string();
+                        let _ = bus.client().publish(reply, body.into()).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = watched(&qm);
+                    if last.as_ref() != Some(&now) {
+                        if let Value::Object(row) = json!({"Node": bus.node(), "Queues": now}) {
+                            let _ = qm.push(ROOT_ORG, "Server.Internal.MasterRegistrations", vec![row], "server", "").await;
+                        }
+                        last = Some(now);
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }

@@ -101,6 +101,22 @@ pub async fn run(
             shutdown.clone(),
         )
         .await?;
+        talon_shared::cluster::clients::start_master(
+            bus.clone(),
+            qm.clone(),
+            frontend.clone(),
+            talon_shared::cluster::clients::SNAPSHOT_PERIOD,
+            shutdown.clone(),
+        )
+        .await?;
+        talon_shared::cluster::clients::start_node(
+            bus.clone(),
+            qm.clone(),
+            frontend.clone(),
+            false,
+            shutdown.clone(),
+        )
+        .await?;
         cluster::start(
             bus.clone(),
             qm.clone(),

@@ -89,6 +89,14 @@ pub async fn run(
         shutdown.clone(),
     )
     .await?;
+    talon_shared::cluster::clients::start_node(
+        bus.clone(),
+        qm.clone(),
+        frontend.clone(),
+        true,
+        shutdown.clone(),
+    )
+    .await?;
 
     let frontend_listener = TcpListener::bind(config.frontend_addr)
         .await

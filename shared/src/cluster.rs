@@ -3,6 +3,7 @@
 //! [`STATE_SUBJECT`] after every change; a node subscribes first and then asks, so it
 //! misses no change, including one made while it was starting.
 
+pub mod clients;
 pub mod node;
 
 use std::time::Duration;

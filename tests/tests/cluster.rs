@@ -301,3 +301,70 @@ fn a_late_minion_has_artifacts_and_tables_at_once_and_status_shows_every_node() 
     assert_eq!(node(&s, "minion-b")["alive"], true, "{s}");
     drop(client);
 }
+
+#[test]
+fn pings_move_last_seen_forward_registrations_follow_watches_and_late_minions_get_snapshots() {
+    let c = cluster();
+    let client = Client::start(&c.a.frontend.to_string(), &c.dir.path().join("c1"), &[]);
+    let id = client.id();
+    let show = |m: &Master| -> Option<serde_json::Value> {
+        let out = m.talon(&["clients", "show", &id]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    };
+    let mut rec = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            rec = show(&c.master);
+            rec.is_some()
+        }),
+        "the master never learned the client"
+    );
+    let rec = rec.unwrap();
+    assert_eq!(rec["connected"], true, "{rec}");
+    let first = rec["last_seen_at"].as_i64().unwrap();
+    // The client stays connected to minion a; its pings move last seen on the master.
+    assert!(
+        wait_until(Duration::from_secs(30), || show(&c.master)
+            .is_some_and(|r| r["last_seen_at"].as_i64().unwrap() > first)),
+        "last seen never moved forward"
+    );
+
+    // A watch on the master shows up in its registrations.
+    let (_regs, regs) = c.master.spawn_watching(
+        &["events", "watch", "Server.Internal.MasterRegistrations"],
+        "root",
+        "Server.Internal.MasterRegistrations",
+        1,
+    );
+    let (_w, _rows) = c.master.spawn_watching(
+        &["events", "watch", "Custom.Counter"],
+        "root",
+        "Custom.Counter",
+        1,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = regs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a registrations row naming root/Custom.Counter");
+        if line.contains("root/Custom.Counter") {
+            break;
+        }
+    }
+
+    // A minion started now fetches the master's client table.
+    let late = Minion::start(&c.nats.url(), "minion-late", c.dir.path(), 0);
+    assert!(
+        wait_until(Duration::from_secs(20), || late
+            .log()
+            .contains("client snapshot fetched org=\"root\" records=1")
+            || late
+                .log()
+                .contains("client snapshot fetched org=root records=1")),
+        "{}",
+        late.log()
+    );
+    drop(client);
+}

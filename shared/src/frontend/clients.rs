@@ -40,6 +40,8 @@ const VERSION_NS: &str = "client_monitoring_version";
 #[derive(Clone)]
 pub struct Clients {
     store: Store,
+    /// Set by every record change; the master's snapshotter takes it.
+    dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One entry of a client monitoring table.
@@ -54,7 +56,43 @@ pub struct TableEntry {
 impl Clients {
     /// Records and tables in a store.
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            dirty: Default::default(),
+        }
+    }
+
+    /// Whether records changed since the last call (and clears the mark).
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Orgs with client records.
+    pub fn orgs(&self) -> store::Result<Vec<String>> {
+        let mut orgs: Vec<String> = self
+            .store
+            .settings(VERSION_NS)?
+            .into_iter()
+            .map(|(o, _)| o)
+            .collect();
+        for o in self.store.namespaces_with_prefix("clients/")? {
+            if !orgs.contains(&o) {
+                orgs.push(o);
+            }
+        }
+        Ok(orgs)
+    }
+
+    /// Moves a client's last seen time forward (never back); false when unknown or older.
+    pub async fn seen(&self, org: &str, client_id: &str, at_us: i64) -> store::Result<bool> {
+        match self.get(org, client_id)? {
+            Some(mut r) if r.last_seen_at < at_us => {
+                r.last_seen_at = at_us;
+                self.put(org, &r).await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// A client's record.
@@ -94,6 +132,7 @@ impl Clients {
 
     /// Stores a record.
     pub async fn put(&self, org: &str, r: &ClientRecord) -> store::Result<()> {
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
         let json = serde_json::to_string(r).expect("record serialises");
         self.store
             .set_setting(&clients_ns(org), &r.client_id, Some(&json))

@@ -70,6 +70,8 @@ struct Inner {
     node: String,
     sessions: Mutex<HashMap<(String, String), Session>>,
     next_session: AtomicU64,
+    /// Last activity per connected client since last taken, for cluster ping mutations.
+    activity: Mutex<HashMap<(String, String), i64>>,
     /// Orgs whose `Server.Internal.Notifications` this frontend already follows.
     notified_orgs: Mutex<std::collections::HashSet<String>>,
 }
@@ -87,6 +89,7 @@ impl FrontendService {
                 node: node.to_string(),
                 sessions: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
+                activity: Mutex::new(HashMap::new()),
                 notified_orgs: Mutex::new(std::collections::HashSet::new()),
             }),
         }
@@ -125,6 +128,14 @@ impl FrontendService {
             *counts.entry(org.clone()).or_insert(0) += 1;
         }
         counts
+    }
+
+    /// Takes the last activity of clients active since the last call: (org, client, µs).
+    pub fn take_activity(&self) -> Vec<(String, String, i64)> {
+        std::mem::take(&mut *self.inner.activity.lock().expect("activity"))
+            .into_iter()
+            .map(|((o, c), t)| (o, c, t))
+            .collect()
     }
 
     /// This node's name.
@@ -470,6 +481,11 @@ impl FrontendService {
         tx: &Outbox,
     ) -> Result<(), Status> {
         while let Some(msg) = incoming.message().await? {
+            self.inner
+                .activity
+                .lock()
+                .expect("activity")
+                .insert((org.to_string(), client.to_string()), now_us());
             match msg.msg {
                 Some(client_message::Msg::Events(batch)) => {
                     let ack = self.apply_batch(org, client, batch).await?;

@@ -378,6 +378,24 @@ impl Store {
         Ok(t.get((namespace, key))?.map(|v| v.value().to_string()))
     }
 
+    /// Settings namespaces starting with `prefix`, with the prefix removed.
+    pub fn namespaces_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SETTINGS)?;
+        let mut out: Vec<String> = Vec::new();
+        for item in t.range((prefix, "")..)? {
+            let (k, _) = item?;
+            let ns = k.value().0;
+            let Some(rest) = ns.strip_prefix(prefix) else {
+                break;
+            };
+            if out.last().map(String::as_str) != Some(rest) {
+                out.push(rest.to_string());
+            }
+        }
+        Ok(out)
+    }
+
     /// Every setting of a namespace as (key, value), sorted by key.
     pub fn settings(&self, namespace: &str) -> Result<Vec<(String, String)>> {
         let r = self.db.begin_read()?;
