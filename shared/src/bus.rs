@@ -39,6 +39,8 @@ pub enum Error {
     Timeout(Duration),
     #[error("JetStream: {0}")]
     JetStream(String),
+    #[error("NATS is unreachable; nothing was sent")]
+    Unreachable,
 }
 
 /// Bus result.
@@ -161,6 +163,11 @@ impl Bus {
         client: Option<(&str, u64)>,
         msg_id: &str,
     ) -> Result<Acks> {
+        // A send while disconnected would wait in the client's buffer and could be stored
+        // after the caller was told it failed; refuse it at once instead.
+        if !self.connected() {
+            return Err(Error::Unreachable);
+        }
         let parts = split(org, &self.node, rows, client);
         let mut acks = Vec::with_capacity(parts.len());
         for (part, (queue, batch)) in parts.into_iter().enumerate() {

@@ -164,6 +164,13 @@ async fn metrics(State(qm): State<QueueManager>) -> Response {
             );
         }
     }
+    if let Some(bus) = qm.bus() {
+        let _ = writeln!(
+            out,
+            "# HELP talon_bus_connected Whether this node is connected to NATS.\n# TYPE talon_bus_connected gauge\ntalon_bus_connected {}",
+            u8::from(bus.connected())
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -368,3 +368,50 @@ fn pings_move_last_seen_forward_registrations_follow_watches_and_late_minions_ge
     );
     drop(client);
 }
+
+#[test]
+fn a_push_while_nats_is_down_fails_and_one_after_it_returns_is_stored() {
+    let mut c = cluster();
+    c.nats.kill9();
+    assert!(
+        wait_until(Duration::from_secs(20), || c
+            .master
+            .http_get("/metrics")
+            .1
+            .contains("talon_bus_connected 0")),
+        "the master never noticed NATS was gone"
+    );
+    let out = c.master.talon(&[
+        "events",
+        "push",
+        "Server.Audit.Logs",
+        "--row",
+        "{\"op\":\"while-down\"}",
+    ]);
+    let err = fails(&out, 1);
+    assert!(err.contains("NATS is unreachable"), "{err}");
+    c.nats.restart();
+    assert!(
+        wait_until(Duration::from_secs(30), || c
+            .master
+            .talon(&[
+                "events",
+                "push",
+                "Server.Audit.Logs",
+                "--row",
+                "{\"op\":\"after\"}"
+            ])
+            .status
+            .success()),
+        "pushes never worked again after NATS came back"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let rows = ok(&c.master.talon(&["events", "read", "Server.Audit.Logs"]));
+            rows.contains("\"after\"")
+        }),
+        "the row pushed after NATS returned was not stored"
+    );
+    let rows = ok(&c.master.talon(&["events", "read", "Server.Audit.Logs"]));
+    assert!(!rows.contains("while-down"), "{rows}");
+}
