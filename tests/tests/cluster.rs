@@ -359,10 +359,7 @@ fn pings_move_last_seen_forward_registrations_follow_watches_and_late_minions_ge
     assert!(
         wait_until(Duration::from_secs(20), || late
             .log()
-            .contains("client snapshot fetched org=\"root\" records=1")
-            || late
-                .log()
-                .contains("client snapshot fetched org=root records=1")),
+            .contains("client snapshot fetched org=\"root\" records=1")),
         "{}",
         late.log()
     );
