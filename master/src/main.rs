@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use talon_shared::config::{Config, ConfigFile, Overrides};
-use tokio_util::sync::CancellationToken;
 
 /// The Talon master: event queues, store, admin API. Without --nats-url it is a complete
 /// standalone server.
@@ -86,17 +85,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        signals.cancel();
-    });
+    let shutdown = talon_shared::telemetry::shutdown_on_signals();
     let datastore = config.datastore.clone();
     talon_master::run(config, shutdown, |bound| {
         let mut out = std::io::stdout().lock();

@@ -135,11 +135,7 @@ fn to_appends(b: BusBatch) -> (Appends, Option<(String, u64, u32)>) {
             let rows = q
                 .rows
                 .into_iter()
-                .map(|r| StoredRow {
-                    ts_us: r.ts_us,
-                    client: r.client,
-                    json: r.json,
-                })
+                .map(talon_shared::bus::stored_row)
                 .collect();
             (stream_key(&b.org, &q.queue), rows)
         })

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// A Talon frontend node of a cluster: clients connect here; rows go over NATS.
 #[derive(Parser, Debug)]
@@ -70,17 +69,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: talon_minion::Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        signals.cancel();
-    });
+    let shutdown = talon_shared::telemetry::shutdown_on_signals();
     let node = config.node_name.clone();
     talon_minion::run(config, shutdown, |bound| {
         let mut out = std::io::stdout().lock();

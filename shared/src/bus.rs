@@ -53,6 +53,15 @@ pub fn subject(org: &str, durable: bool, queue: &str) -> String {
     format!("talon.{org}.{}.{queue}", if durable { 'd' } else { 'i' })
 }
 
+/// A row as it travels on the bus, back into a stored row.
+pub fn stored_row(r: BusRow) -> StoredRow {
+    StoredRow {
+        ts_us: r.ts_us,
+        client: r.client,
+        json: r.json,
+    }
+}
+
 /// A connection to the bus; cheap to clone.
 #[derive(Clone)]
 pub struct Bus {

@@ -77,15 +77,7 @@ impl Master {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn talon-master");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines_of(&mut child);
         let mut master = Master {
             child: Some(child),
             datastore: datastore.to_path_buf(),

@@ -112,21 +112,17 @@ pub fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-/// Asks every other node whether a client is connected there; any yes wins.
-pub async fn connected_elsewhere(bus: &Bus, org: &str, client_id: &str) -> bool {
+/// Sends a ping to every node and hands each answer to `answer` until it returns true
+/// (then true) or [`PING_WAIT`] passes (then false).
+async fn ask_nodes(bus: &Bus, ping: &Ping, mut answer: impl FnMut(Value) -> bool) -> bool {
     let inbox = bus.client().new_inbox();
     let Ok(mut answers) = bus.client().subscribe(inbox.clone()).await else {
         return false;
     };
-    let ping = serde_json::to_vec(&Ping {
-        org: org.into(),
-        client_id: client_id.into(),
-        list: false,
-    })
-    .expect("ping serialises");
+    let body = serde_json::to_vec(ping).expect("ping serialises");
     if bus
         .client()
-        .publish_with_reply(PING_SUBJECT, inbox, ping.into())
+        .publish_with_reply(PING_SUBJECT, inbox, body.into())
         .await
         .is_err()
     {
@@ -140,9 +136,7 @@ pub async fn connected_elsewhere(bus: &Bus, org: &str, client_id: &str) -> bool 
             m = answers.next() => {
                 let Some(m) = m else { return false };
                 if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
-                    if v.get("Node").and_then(Value::as_str) != Some(bus.node())
-                        && v.get("Connected") == Some(&Value::Bool(true))
-                    {
+                    if answer(v) {
                         return true;
                     }
                 }
@@ -151,44 +145,40 @@ pub async fn connected_elsewhere(bus: &Bus, org: &str, client_id: &str) -> bool 
     }
 }
 
+/// Asks every other node whether a client is connected there; any yes wins.
+pub async fn connected_elsewhere(bus: &Bus, org: &str, client_id: &str) -> bool {
+    let ping = Ping {
+        org: org.into(),
+        client_id: client_id.into(),
+        list: false,
+    };
+    ask_nodes(bus, &ping, |v| {
+        v.get("Node").and_then(Value::as_str) != Some(bus.node())
+            && v.get("Connected") == Some(&Value::Bool(true))
+    })
+    .await
+}
+
 /// Clients of an org connected to any node that answers within [`PING_WAIT`].
 pub async fn connected_in_cluster(bus: &Bus, org: &str) -> std::collections::HashSet<String> {
     let mut all = std::collections::HashSet::new();
-    let inbox = bus.client().new_inbox();
-    let Ok(mut answers) = bus.client().subscribe(inbox.clone()).await else {
-        return all;
-    };
-    let ping = serde_json::to_vec(&Ping {
+    let ping = Ping {
         org: org.into(),
         client_id: String::new(),
         list: true,
+    };
+    ask_nodes(bus, &ping, |v| {
+        let clients = v.get("Clients").and_then(Value::as_array);
+        all.extend(
+            clients
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().map(String::from)),
+        );
+        false
     })
-    .expect("ping serialises");
-    if bus
-        .client()
-        .publish_with_reply(PING_SUBJECT, inbox, ping.into())
-        .await
-        .is_err()
-    {
-        return all;
-    }
-    let deadline = tokio::time::sleep(PING_WAIT);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => return all,
-            m = answers.next() => {
-                let Some(m) = m else { return all };
-                if let Ok(v) = serde_json::from_slice::<Value>(&m.payload) {
-                    for c in v.get("Clients").and_then(Value::as_array).into_iter().flatten() {
-                        if let Some(c) = c.as_str() {
-                            all.insert(c.to_string());
-                        }
-                    }
-                }
-            }
-        }
-    }
+    .await;
+    all
 }
 
 /// Asks the master for a client's record.

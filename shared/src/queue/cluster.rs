@@ -88,15 +88,7 @@ impl QueueManager {
                 .get(&(org.clone(), q.queue))
                 .cloned();
             let Some(state) = state else { continue };
-            let rows: Vec<StoredRow> = q
-                .rows
-                .into_iter()
-                .map(|r| StoredRow {
-                    ts_us: r.ts_us,
-                    client: r.client,
-                    json: r.json,
-                })
-                .collect();
+            let rows: Vec<StoredRow> = q.rows.into_iter().map(bus::stored_row).collect();
             if !rows.is_empty() {
                 state.publish_next(Arc::new(rows));
             }

@@ -131,6 +131,18 @@ impl Writer {
         }
     }
 
+    /// The next seq of a stream: cached, else one past its stored head.
+    fn next_seq(
+        &self,
+        heads: &redb::Table<&str, u64>,
+        stream: &str,
+    ) -> Result<u64, redb::StorageError> {
+        match self.next.get(stream) {
+            Some(n) => Ok(*n),
+            None => Ok(heads.get(stream)?.map(|v| v.value() + 1).unwrap_or(1)),
+        }
+    }
+
     /// Writes a group in one transaction; per-command results (first seq, or a count).
     fn write_group(&mut self, group: &[Command]) -> Result<Vec<Result<u64, String>>> {
         let w = self.db.begin_write()?;
@@ -158,13 +170,7 @@ impl Writer {
                         }
                         let mut seqs = Vec::with_capacity(appends.len());
                         for (stream, rows) in appends {
-                            let next = match self.next.get(stream) {
-                                Some(n) => *n,
-                                None => heads
-                                    .get(stream.as_str())?
-                                    .map(|v| v.value() + 1)
-                                    .unwrap_or(1),
-                            };
+                            let next = self.next_seq(&heads, stream)?;
                             for (i, row) in rows.iter().enumerate() {
                                 row.encode(&mut self.buf);
                                 events.insert(
@@ -184,13 +190,7 @@ impl Writer {
                         results.push(Ok(1));
                     }
                     Command::Append { stream, rows, .. } => {
-                        let next = match self.next.get(stream) {
-                            Some(n) => *n,
-                            None => heads
-                                .get(stream.as_str())?
-                                .map(|v| v.value() + 1)
-                                .unwrap_or(1),
-                        };
+                        let next = self.next_seq(&heads, stream)?;
                         for (i, row) in rows.iter().enumerate() {
                             row.encode(&mut self.buf);
                             events
@@ -249,13 +249,7 @@ impl Writer {
                             parts.insert(key.as_str(), (*batch, *part))?;
                         }
                         for (stream, rows) in appends {
-                            let next = match self.next.get(stream) {
-                                Some(n) => *n,
-                                None => heads
-                                    .get(stream.as_str())?
-                                    .map(|v| v.value() + 1)
-                                    .unwrap_or(1),
-                            };
+                            let next = self.next_seq(&heads, stream)?;
                             let mut last = match self.last_ts.get(stream) {
                                 Some(t) => *t,
                                 None => events
