@@ -151,6 +151,22 @@ impl Bus {
         &self.js
     }
 
+    /// Asks `subject` with a JSON body and decodes the JSON answer; None on no answer within
+    /// `timeout` or an answer that does not decode.
+    pub async fn request_json<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+        &self,
+        subject: &'static str,
+        question: &Q,
+        timeout: Duration,
+    ) -> Option<A> {
+        let body = serde_json::to_vec(question).ok()?;
+        let reply = tokio::time::timeout(timeout, self.client.request(subject, body.into()))
+            .await
+            .ok()?
+            .ok()?;
+        serde_json::from_slice(&reply.payload).ok()
+    }
+
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node

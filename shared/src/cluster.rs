@@ -144,15 +144,8 @@ pub async fn follow(
     let mut updates = bus.client().subscribe(STATE_SUBJECT).await?;
     bus.client().flush().await?;
     let ask = |bus: Bus| async move {
-        match tokio::time::timeout(
-            Duration::from_secs(5),
-            bus.client().request(STATE_REQUEST, Vec::new().into()),
-        )
-        .await
-        {
-            Ok(Ok(m)) => serde_json::from_slice::<ClusterState>(&m.payload).ok(),
-            _ => None,
-        }
+        bus.request_json::<_, ClusterState>(STATE_REQUEST, &(), Duration::from_secs(5))
+            .await
     };
     let mut have = ask(bus.clone()).await;
     if let Some(s) = &have {

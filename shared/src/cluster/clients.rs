@@ -186,15 +186,8 @@ pub async fn fetch_snapshot(bus: &Bus, frontend: &FrontendService, org: &str) ->
 }
 
 async fn request(bus: &Bus, req: &PageRequest) -> Option<Page> {
-    let body = serde_json::to_vec(req).expect("request serialises");
-    let reply = tokio::time::timeout(
-        Duration::from_secs(5),
-        bus.client().request(SNAPSHOT_REQUEST, body.into()),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    serde_json::from_slice(&reply.payload).ok()
+    bus.request_json(SNAPSHOT_REQUEST, req, Duration::from_secs(5))
+        .await
 }
 
 /// Node: sends its clients' last activity every [`PING_PERIOD`]; with `fetch`, fetches

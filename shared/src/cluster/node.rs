@@ -183,20 +183,14 @@ pub async fn connected_in_cluster(bus: &Bus, org: &str) -> std::collections::Has
 
 /// Asks the master for a client's record.
 pub async fn lookup_client(bus: &Bus, org: &str, client_id: &str) -> Option<ClientRecord> {
-    let q = serde_json::to_vec(&Ping {
+    let q = Ping {
         org: org.into(),
         client_id: client_id.into(),
         list: false,
-    })
-    .expect("lookup serialises");
-    let reply = tokio::time::timeout(
-        Duration::from_secs(2),
-        bus.client().request(CLIENT_LOOKUP, q.into()),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    serde_json::from_slice(&reply.payload).ok()
+    };
+    bus.request_json::<_, Option<ClientRecord>>(CLIENT_LOOKUP, &q, Duration::from_secs(2))
+        .await
+        .flatten()
 }
 
 /// Master: answers client record lookups from its store.

@@ -143,6 +143,27 @@ impl Writer {
         }
     }
 
+    /// Appends rows to a stream after its last seq; returns the first new seq.
+    fn append_rows(
+        &mut self,
+        events: &mut redb::Table<(&str, u64), &[u8]>,
+        heads: &mut redb::Table<&str, u64>,
+        stream: &str,
+        rows: &[StoredRow],
+    ) -> Result<u64, redb::StorageError> {
+        let next = self.next_seq(heads, stream)?;
+        for (i, row) in rows.iter().enumerate() {
+            row.encode(&mut self.buf);
+            events.insert((stream, next + i as u64), self.buf.as_slice())?;
+        }
+        let end = next + rows.len() as u64;
+        if !rows.is_empty() {
+            heads.insert(stream, end - 1)?;
+        }
+        self.next.insert(stream.to_string(), end);
+        Ok(next)
+    }
+
     /// Writes a group in one transaction; per-command results (first seq, or a count).
     fn write_group(&mut self, group: &[Command]) -> Result<Vec<Result<u64, String>>> {
         let w = self.db.begin_write()?;
@@ -170,35 +191,14 @@ impl Writer {
                         }
                         let mut seqs = Vec::with_capacity(appends.len());
                         for (stream, rows) in appends {
-                            let next = self.next_seq(&heads, stream)?;
-                            for (i, row) in rows.iter().enumerate() {
-                                row.encode(&mut self.buf);
-                                events.insert(
-                                    (stream.as_str(), next + i as u64),
-                                    self.buf.as_slice(),
-                                )?;
-                            }
-                            let end = next + rows.len() as u64;
-                            if !rows.is_empty() {
-                                heads.insert(stream.as_str(), end - 1)?;
-                            }
-                            self.next.insert(stream.clone(), end);
-                            seqs.push(next);
+                            seqs.push(self.append_rows(&mut events, &mut heads, stream, rows)?);
                         }
                         batches.insert(key.as_str(), *batch_id)?;
                         self.batch_seqs.insert(index, seqs);
                         results.push(Ok(1));
                     }
                     Command::Append { stream, rows, .. } => {
-                        let next = self.next_seq(&heads, stream)?;
-                        for (i, row) in rows.iter().enumerate() {
-                            row.encode(&mut self.buf);
-                            events
-                                .insert((stream.as_str(), next + i as u64), self.buf.as_slice())?;
-                        }
-                        let end = next + rows.len() as u64;
-                        heads.insert(stream.as_str(), end - 1)?;
-                        self.next.insert(stream.clone(), end);
+                        let next = self.append_rows(&mut events, &mut heads, stream, rows)?;
                         results.push(Ok(next));
                     }
                     Command::PutArtifact { name, yaml, .. } => {
@@ -257,24 +257,18 @@ impl Writer {
                                     .and_then(|v| StoredRow::ts_of(v.value()))
                                     .unwrap_or(i64::MIN),
                             };
-                            for (i, row) in rows.iter().enumerate() {
-                                last = last.max(row.ts_us);
-                                let row = StoredRow {
-                                    ts_us: last,
-                                    client: row.client.clone(),
-                                    json: row.json.clone(),
-                                };
-                                row.encode(&mut self.buf);
-                                events.insert(
-                                    (stream.as_str(), next + i as u64),
-                                    self.buf.as_slice(),
-                                )?;
-                            }
-                            let end = next + rows.len() as u64;
-                            if !rows.is_empty() {
-                                heads.insert(stream.as_str(), end - 1)?;
-                            }
-                            self.next.insert(stream.clone(), end);
+                            let clamped: Vec<StoredRow> = rows
+                                .iter()
+                                .map(|r| {
+                                    last = last.max(r.ts_us);
+                                    StoredRow {
+                                        ts_us: last,
+                                        client: r.client.clone(),
+                                        json: r.json.clone(),
+                                    }
+                                })
+                                .collect();
+                            self.append_rows(&mut events, &mut heads, stream, &clamped)?;
                             self.last_ts.insert(stream.clone(), last);
                         }
                         results.push(Ok(1));
