@@ -412,3 +412,43 @@ fn a_push_while_nats_is_down_fails_and_one_after_it_returns_is_stored() {
     let rows = ok(&c.master.talon(&["events", "read", "Server.Audit.Logs"]));
     assert!(!rows.contains("while-down"), "{rows}");
 }
+
+#[test]
+fn a_label_added_on_the_master_reaches_a_client_on_a_minion_without_restart() {
+    let c = cluster();
+    ok(&c.master.talon(&[
+        "monitoring",
+        "client",
+        "add",
+        "Generic.Client.Stats",
+        "--label",
+        "web",
+        "--param",
+        "Frequency=1",
+    ]));
+    let stats = c.b.watch("Generic.Client.Stats");
+    let counter = c.b.watch("Custom.Counter");
+    let client = Client::start(&c.a.frontend.to_string(), &c.dir.path().join("c1"), &[]);
+    let id = client.id();
+    // Connected and streaming its unlabelled table, but no stats yet.
+    counter
+        .recv_timeout(Duration::from_secs(20))
+        .expect("counter rows from the client on minion a");
+    assert!(stats.try_recv().is_err(), "stats before the label");
+    assert!(
+        wait_until(Duration::from_secs(20), || c
+            .master
+            .talon(&["clients", "show", &id])
+            .status
+            .success()),
+        "the master never learned the client"
+    );
+    ok(&c.master.talon(&["clients", "label", &id, "--add", "web"]));
+    let row: serde_json::Value = serde_json::from_str(
+        &stats
+            .recv_timeout(Duration::from_secs(20))
+            .expect("stats rows once the label reached the client's node"),
+    )
+    .unwrap();
+    assert_eq!(row["ClientId"], id.as_str());
+}
