@@ -70,6 +70,8 @@ pub struct Bus {
     /// watchers' traffic (which NATS cuts off) never disturbs publishing or persisting.
     feed: async_nats::Client,
     js: jetstream::Context,
+    /// JetStream over the feed connection, for the consumers that feed watchers.
+    feed_js: jetstream::Context,
     node: String,
 }
 
@@ -100,8 +102,10 @@ impl Bus {
         let client = connect(node.to_string()).await?;
         let feed = connect(format!("{node}-feed")).await?;
         let js = jetstream::new(client.clone());
+        let feed_js = jetstream::new(feed.clone());
         let bus = Self {
             client,
+            feed_js,
             feed,
             js,
             node: node.to_string(),
@@ -149,6 +153,47 @@ impl Bus {
     /// The JetStream context.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    /// Follows the rows stored on a durable subject from now on, each with its stream seq
+    /// (an ordered consumer over the feed connection: gaps and reconnects are repaired by
+    /// JetStream, and a duplicate publish is seen once).
+    pub async fn follow_durable(
+        &self,
+        subject: String,
+    ) -> Result<jetstream::consumer::push::Ordered> {
+        let stream = self
+            .feed_js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| Error::JetStream(e.to_string()))?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.feed.new_inbox(),
+                filter_subject: subject,
+                deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::JetStream(e.to_string()))?;
+        consumer
+            .messages()
+            .await
+            .map_err(|e| Error::JetStream(e.to_string()))
+    }
+
+    /// A stored message of the durable stream, by stream seq (to catch a watcher up).
+    pub async fn stored_batch(&self, seq: u64) -> Result<BusBatch> {
+        let stream = self
+            .js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| Error::JetStream(e.to_string()))?;
+        let m = stream
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| Error::JetStream(e.to_string()))?;
+        BusBatch::decode(m.payload).map_err(|e| Error::JetStream(format!("message {seq}: {e}")))
     }
 
     /// Asks `subject` with a JSON body and decodes the JSON answer; None on no answer within

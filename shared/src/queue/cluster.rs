@@ -78,6 +78,12 @@ impl QueueManager {
     /// Hands a batch from the bus to this node's watchers of its queues. Queues nobody
     /// here has touched are skipped.
     pub fn deliver(&self, batch: BusBatch) {
+        self.deliver_stored(batch, None)
+    }
+
+    /// Delivers a batch, with its stream seq when it came from JetStream (so lagging
+    /// watchers can re-read it).
+    fn deliver_stored(&self, batch: BusBatch, stream_seq: Option<u64>) {
         let org = batch.org;
         for q in batch.queues {
             let state = self
@@ -90,7 +96,7 @@ impl QueueManager {
             let Some(state) = state else { continue };
             let rows: Vec<StoredRow> = q.rows.into_iter().map(bus::stored_row).collect();
             if !rows.is_empty() {
-                state.publish_next(Arc::new(rows));
+                state.publish_next(Arc::new(rows), stream_seq);
             }
         }
     }
@@ -142,23 +148,51 @@ impl QueueManager {
         let handle = tokio::runtime::Handle::current();
         if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
             let bus = bus.clone();
-            match tokio::task::block_in_place(|| handle.block_on(subscribe(&bus, subject))) {
-                Ok(sub) => self.spawn_delivery(sub),
+            match tokio::task::block_in_place(|| handle.block_on(bus.follow_durable(subject))) {
+                Ok(messages) => self.spawn_stream_delivery(messages),
                 Err(e) => {
                     state.followed.store(false, Ordering::Release);
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         } else {
             let (qm, bus) = (self.clone(), bus.clone());
             tokio::spawn(async move {
-                match subscribe(&bus, subject).await {
-                    Ok(sub) => qm.spawn_delivery(sub),
+                match bus.follow_durable(subject).await {
+                    Ok(messages) => qm.spawn_stream_delivery(messages),
                     Err(e) => tracing::error!(error = %e, "cannot follow a durable queue"),
                 }
             });
         }
         Ok(())
+    }
+
+    fn spawn_stream_delivery(&self, mut messages: async_nats::jetstream::consumer::push::Ordered) {
+        let qm = self.clone();
+        let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    m = messages.next() => match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "durable feed interrupted; it resumes by itself");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                        None => break,
+                    },
+                };
+                let seq = msg.info().ok().map(|i| i.stream_sequence);
+                match BusBatch::decode(msg.payload.clone()) {
+                    Ok(b) => qm.deliver_stored(b, seq),
+                    Err(e) => {
+                        tracing::error!(subject = %msg.subject, error = %e, "undecodable bus batch skipped")
+                    }
+                }
+            }
+        });
     }
 }
 

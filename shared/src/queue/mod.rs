@@ -137,7 +137,13 @@ pub(crate) struct QueueState {
     pub caught_up: AtomicU64,
     /// In a cluster: this node follows the queue's bus subject (durable queues).
     followed: std::sync::atomic::AtomicBool,
+    /// In a cluster, for durable queues: (first local seq, stream seq, rows) of the latest
+    /// batches delivered here, so a lagging watcher can re-read them from JetStream.
+    index: Mutex<std::collections::VecDeque<(u64, u64, u64)>>,
 }
+
+/// Batches a durable queue's index remembers in a cluster.
+pub const CLUSTER_INDEX_BATCHES: usize = 65_536;
 
 #[derive(Default)]
 struct PushClock {
@@ -161,10 +167,17 @@ impl QueueState {
     }
 
     /// Publishes rows that arrived from the bus, numbered after the last published seq.
-    fn publish_next(&self, rows: Arc<Vec<StoredRow>>) {
+    fn publish_next(&self, rows: Arc<Vec<StoredRow>>, stream_seq: Option<u64>) {
         let mut head = self.head.lock().expect("queue head");
         let first_seq = *head + 1;
         *head += rows.len() as u64;
+        if let Some(seq) = stream_seq {
+            let mut index = self.index.lock().expect("queue index");
+            if index.len() == CLUSTER_INDEX_BATCHES {
+                index.pop_front();
+            }
+            index.push_back((first_seq, seq, rows.len() as u64));
+        }
         let _ = self.tx.send(Arc::new(Published { first_seq, rows }));
     }
 
@@ -302,6 +315,7 @@ impl QueueManager {
             dropped: AtomicU64::new(0),
             caught_up: AtomicU64::new(0),
             followed: std::sync::atomic::AtomicBool::new(false),
+            index: Mutex::new(std::collections::VecDeque::new()),
         });
         map.insert(key, state.clone());
         Ok(state)
@@ -414,12 +428,15 @@ impl QueueManager {
     /// Watches a queue from now on. `name` identifies the watcher on debug pages.
     pub fn watch(&self, org: &str, queue: &str, name: &str) -> Result<Watcher> {
         let state = self.state(org, queue)?;
-        // In a cluster, rows reach watchers from the bus with node-local seqs; the store
-        // (the master's) numbers them otherwise, so a lagging watcher skips and counts.
+        // A lagging watcher of a durable queue re-reads what it missed: from the store, or
+        // in a cluster (where rows arrive with node-local seqs) from JetStream.
         self.follow_durable(&state)?;
-        let store = (state.kind.is_durable() && self.inner.bus.get().is_none())
-            .then(|| self.inner.store.clone());
-        Ok(Watcher::new(state, store, name))
+        let source = match (state.kind.is_durable(), self.inner.bus.get()) {
+            (false, _) => watcher::CatchUp::None,
+            (true, None) => watcher::CatchUp::Store(self.inner.store.clone()),
+            (true, Some(bus)) => watcher::CatchUp::Bus(Box::new(bus.clone())),
+        };
+        Ok(Watcher::new(state, source, name))
     }
 
     /// Checks that a queue of an org exists and keeps its rows.

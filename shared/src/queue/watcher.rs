@@ -7,7 +7,18 @@ use std::sync::Arc;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{Published, QueueState, Result, WatcherEntry};
+use crate::bus::Bus;
 use crate::store::{Store, StoredRow};
+
+/// Where a lagging watcher reads the rows it missed.
+pub enum CatchUp {
+    /// INTERNAL queues: nowhere; missed rows are counted as dropped.
+    None,
+    /// Durable queues of a standalone master: its store.
+    Store(Store),
+    /// Durable queues in a cluster: JetStream, through the queue's index of batches.
+    Bus(Box<Bus>),
+}
 
 /// Rows a lagging durable watcher reads from the store at a time.
 pub const CATCH_UP_CHUNK: usize = 10_000;
@@ -30,15 +41,14 @@ pub struct Watcher {
     backlog: VecDeque<(u64, StoredRow)>,
     /// Set while rows before this seq must come from the store.
     catch_up_until: Option<u64>,
-    /// Present for durable queues.
-    store: Option<Store>,
+    source: CatchUp,
     /// This watcher's key in the queue's registry, and its published cursor.
     id: u64,
     cursor: Arc<AtomicU64>,
 }
 
 impl Watcher {
-    pub(super) fn new(state: Arc<QueueState>, store: Option<Store>, name: &str) -> Self {
+    pub(super) fn new(state: Arc<QueueState>, source: CatchUp, name: &str) -> Self {
         let (rx, next_seq) = {
             let head = state.head.lock().expect("queue head");
             (state.tx.subscribe(), *head + 1)
@@ -61,7 +71,7 @@ impl Watcher {
             current: None,
             backlog: VecDeque::new(),
             catch_up_until: None,
-            store,
+            source,
         }
     }
 
@@ -108,7 +118,7 @@ impl Watcher {
                         continue; // already seen, read from the store while catching up
                     }
                     if batch.first_seq > self.next_seq {
-                        if self.store.is_some() {
+                        if !matches!(self.source, CatchUp::None) {
                             self.catch_up_until = Some(batch.first_seq);
                         } else {
                             let lost = batch.first_seq - self.next_seq;
@@ -128,7 +138,15 @@ impl Watcher {
     }
 
     async fn catch_up(&mut self, end: u64) -> Result<()> {
-        let store = self.store.clone().expect("durable watcher has a store");
+        let store = match &self.source {
+            CatchUp::Store(s) => s.clone(),
+            CatchUp::Bus(bus) => {
+                let bus = bus.clone();
+                self.catch_up_from_bus(&bus, end).await;
+                return Ok(());
+            }
+            CatchUp::None => unreachable!("only durable watchers catch up"),
+        };
         let stream = self.state.stream.clone();
         let from = self.next_seq;
         let rows =
@@ -151,6 +169,62 @@ impl Watcher {
             self.backlog.extend(rows);
         }
         Ok(())
+    }
+}
+
+impl Watcher {
+    /// Re-reads the batches covering [next seq, `end`) from JetStream by their stream seqs;
+    /// what the index no longer covers, or cannot be read, is counted as dropped.
+    async fn catch_up_from_bus(&mut self, bus: &Bus, end: u64) {
+        let from = self.next_seq;
+        let entries: Vec<(u64, u64, u64)> = self
+            .state
+            .index
+            .lock()
+            .expect("queue index")
+            .iter()
+            .filter(|(first, _, n)| first + n > from && *first < end)
+            .copied()
+            .collect();
+        let mut expected = from;
+        for (first, stream_seq, n) in entries {
+            let rows = match bus.stored_batch(stream_seq).await {
+                Ok(b) if b.org == self.state.org => b
+                    .queues
+                    .into_iter()
+                    .find(|q| q.queue == self.state.name)
+                    .map(|q| q.rows)
+                    .unwrap_or_default(),
+                Ok(_) => Vec::new(),
+                Err(e) => {
+                    tracing::warn!(queue = %self.state.name, stream_seq, error = %e, "cannot re-read a batch for a lagging watcher");
+                    Vec::new()
+                }
+            };
+            if rows.len() as u64 != n {
+                continue; // counted as dropped below
+            }
+            for (i, r) in rows.into_iter().enumerate() {
+                let seq = first + i as u64;
+                if seq >= expected && seq < end {
+                    if seq > expected {
+                        self.state
+                            .dropped
+                            .fetch_add(seq - expected, Ordering::Relaxed);
+                    }
+                    self.backlog.push_back((seq, crate::bus::stored_row(r)));
+                    self.state.caught_up.fetch_add(1, Ordering::Relaxed);
+                    expected = seq + 1;
+                }
+            }
+        }
+        // Rows found are served first; what is still missing after them is counted on the
+        // next call, which finds nothing more for them.
+        if self.backlog.is_empty() {
+            self.state.dropped.fetch_add(end - from, Ordering::Relaxed);
+            tracing::warn!(queue = %self.state.name, lost = end - from, "a lagging watcher could not re-read every row");
+            self.next_seq = end;
+        }
     }
 }
 
