@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub const CONSUMER: &str = "talon-persister";
 /// Messages fetched and committed together at most.
 pub const FETCH_MESSAGES: usize = 1000;
+/// How long fetched messages wait for their ack before JetStream hands them out again.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Bytes fetched at once at most (NATS cuts off a connection with 64 MiB pending).
 pub const FETCH_BYTES: usize = 16 << 20;
 
@@ -56,13 +58,22 @@ async fn consume(
 ) -> anyhow::Result<()> {
     let stream = bus.ensure_stream().await?;
     let applied = qm.store().bus_applied()?;
-    // A new consumer starts after what the store holds; an existing one at its ack floor.
+    // The store, not the consumer, knows what is applied: the consumer is made afresh from
+    // the message after it on every (re)start, so messages handed to an earlier master
+    // that died before storing them come again, in order (the store skips by stream seq,
+    // which is only sound when messages are applied in order).
+    match stream.delete_consumer(CONSUMER).await {
+        Ok(_) => {}
+        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) => tracing::debug!(error = %e, "could not delete the old persister consumer"),
+    }
     let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
         .get_or_create_consumer(
             CONSUMER,
             pull::Config {
                 durable_name: Some(CONSUMER.to_string()),
                 ack_policy: AckPolicy::All,
+                ack_wait: ACK_WAIT,
                 deliver_policy: if applied == 0 {
                     DeliverPolicy::All
                 } else {
@@ -86,13 +97,13 @@ async fn consume(
                 .messages() => b?,
         };
         let mut waits = Vec::new();
-        let mut last = None;
+        let mut fetched = Vec::new();
         while let Some(m) = batch.next().await {
             let m = match m {
                 Ok(m) => m,
                 // The server ends a fetch early (say, the next message would pass
                 // FETCH_BYTES): keep what came and fetch again.
-                Err(e) if last.is_some() => {
+                Err(e) if !fetched.is_empty() => {
                     tracing::debug!(error = %e, "fetch ended early");
                     break;
                 }
@@ -111,13 +122,13 @@ async fn consume(
                 }
             };
             waits.push((seq, qm.store().enqueue_bus(seq, appends, client).await?));
-            last = Some(m);
+            fetched.push(m);
         }
         for (seq, w) in waits {
             w.await.map_err(|_| anyhow::anyhow!("store closed"))??;
             progress.applied.store(seq, Ordering::Relaxed);
         }
-        if let Some(m) = last {
+        if let Some(m) = fetched.last() {
             m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
     }

@@ -25,6 +25,9 @@ pub const INTERNAL_SUBJECTS: &str = "talon.*.i.>";
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 /// How long JetStream remembers message ids, so a retried publish is stored once.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(20 * 60);
+/// How long the stream keeps a row: the master must store it within this time (the store
+/// keeps rows as long as retention says).
+pub const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a durable publish waits for JetStream's ack.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -125,6 +128,7 @@ impl Bus {
                     subjects: vec![DURABLE_SUBJECTS.to_string()],
                     storage: jetstream::stream::StorageType::File,
                     duplicate_window: DUPLICATE_WINDOW,
+                    max_age: STREAM_MAX_AGE,
                     max_message_size: (MAX_PAYLOAD_BYTES * 2) as i32,
                     ..Default::default()
                 })
