@@ -233,7 +233,7 @@ impl Bus {
         &self,
         org: &str,
         durable: bool,
-        rows: Vec<(String, &[StoredRow])>,
+        rows: Vec<(String, Vec<StoredRow>)>,
         client: Option<(&str, u64)>,
         msg_id: &str,
     ) -> Result<Acks> {
@@ -290,7 +290,7 @@ impl Acks {
 fn split(
     org: &str,
     node: &str,
-    rows: Vec<(String, &[StoredRow])>,
+    rows: Vec<(String, Vec<StoredRow>)>,
     client: Option<(&str, u64)>,
 ) -> Vec<(String, BusBatch)> {
     let new_batch = |part: usize| BusBatch {
@@ -326,8 +326,8 @@ fn split(
             let q = current.queues.last_mut().expect("queue rows just pushed");
             q.rows.push(BusRow {
                 ts_us: r.ts_us,
-                client: r.client.clone(),
-                json: r.json.clone(),
+                client: r.client,
+                json: r.json,
             });
             size += row_size;
         }
@@ -353,12 +353,7 @@ mod tests {
     #[test]
     fn batches_are_split_below_the_payload_limit_in_order() {
         let rows: Vec<StoredRow> = (0..100).map(|_| row(10_000)).collect();
-        let parts = split(
-            "root",
-            "n1",
-            vec![("Q.A".into(), &rows[..])],
-            Some(("C.1", 7)),
-        );
+        let parts = split("root", "n1", vec![("Q.A".into(), rows)], Some(("C.1", 7)));
         assert!(parts.len() >= 4, "{} parts", parts.len());
         let mut total = 0;
         for (i, (queue, b)) in parts.iter().enumerate() {

@@ -36,11 +36,13 @@ impl QueueManager {
         let n = self.inner.next_msg.fetch_add(1, Ordering::Relaxed);
         let msg_id = format!("{}/{}/{n}", bus.node(), boot_id());
         let durable = state.kind.is_durable();
+        // In a cluster nothing else holds the rows: take them without copying.
+        let rows = Arc::try_unwrap(rows).unwrap_or_else(|shared| (*shared).clone());
         let acks = bus
             .send(
                 &state.org,
                 durable,
-                vec![(state.name.clone(), &rows[..])],
+                vec![(state.name.clone(), rows)],
                 None,
                 &msg_id,
             )
@@ -61,16 +63,20 @@ impl QueueManager {
         stamped: Vec<(Arc<QueueState>, Vec<StoredRow>)>,
     ) -> Result<bool> {
         let msg_id = format!("{org}/{client}/{batch_id}");
-        let rows: Vec<(String, &[StoredRow])> = stamped
+        let counts: Vec<(Arc<QueueState>, u64)> = stamped
             .iter()
-            .map(|(s, r)| (s.name.clone(), &r[..]))
+            .map(|(s, r)| (s.clone(), r.len() as u64))
+            .collect();
+        let rows: Vec<(String, Vec<StoredRow>)> = stamped
+            .into_iter()
+            .map(|(s, r)| (s.name.clone(), r))
             .collect();
         bus.send(org, true, rows, Some((client, batch_id)), &msg_id)
             .await?
             .wait()
             .await?;
-        for (state, rows) in &stamped {
-            state.pushed.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        for (state, n) in counts {
+            state.pushed.fetch_add(n, Ordering::Relaxed);
         }
         Ok(true)
     }
