@@ -1,5 +1,6 @@
 //! The frontend over real gRPC on loopback: a notification naming a connected client wakes
-//! it (it receives its event table again); one naming another client does not.
+//! it (it receives its event table again); one naming another client does not; a burst
+//! inside the debounce window wakes it once.
 
 use std::time::Duration;
 
@@ -90,5 +91,23 @@ async fn a_notification_wakes_the_named_client() {
     ));
     let quiet = tokio::time::timeout(Duration::from_millis(300), stream.message()).await;
     assert!(quiet.is_err(), "an unexpected message: {quiet:?}");
+    // A burst inside the debounce window: one wake-up, not five, and not none.
+    for _ in 0..5 {
+        qm.push(
+            ROOT_ORG,
+            "Server.Internal.Notifications",
+            vec![notify(id)],
+            "server",
+            "",
+        )
+        .await
+        .unwrap();
+    }
+    assert!(matches!(
+        next(&mut stream).await.msg,
+        Some(server_message::Msg::EventTable(_))
+    ));
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), stream.message()).await;
+    assert!(quiet.is_err(), "a burst woke the client twice: {quiet:?}");
     drop(tx);
 }

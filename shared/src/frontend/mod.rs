@@ -70,11 +70,16 @@ struct Inner {
     node: String,
     sessions: Mutex<HashMap<(String, String), Session>>,
     next_session: AtomicU64,
+    /// Last wake-up per client, and whether a delayed one is scheduled.
+    wakes: Mutex<HashMap<(String, String), (std::time::Instant, bool)>>,
     /// Last activity per connected client since last taken, for cluster ping mutations.
     activity: Mutex<HashMap<(String, String), i64>>,
     /// Orgs whose `Server.Internal.Notifications` this frontend already follows.
     notified_orgs: Mutex<std::collections::HashSet<String>>,
 }
+
+/// A client is woken at most once per this window (Velociraptor's default).
+pub const WAKE_DEBOUNCE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Queue naming clients to wake.
 pub const NOTIFICATIONS_QUEUE: &str = "Server.Internal.Notifications";
@@ -90,6 +95,7 @@ impl FrontendService {
                 sessions: Mutex::new(HashMap::new()),
                 next_session: AtomicU64::new(1),
                 activity: Mutex::new(HashMap::new()),
+                wakes: Mutex::new(HashMap::new()),
                 notified_orgs: Mutex::new(std::collections::HashSet::new()),
             }),
         }
@@ -210,20 +216,66 @@ impl FrontendService {
                 let Some(target) = row.get("Target").and_then(Value::as_str) else {
                     continue;
                 };
-                let found = this
-                    .inner
-                    .sessions
-                    .lock()
-                    .expect("sessions")
-                    .get(&(org.clone(), target.to_string()))
-                    .map(|s| (s.labels.clone(), s.tx.clone()));
-                if let Some((labels, tx)) = found {
-                    if let Ok(msg) = this.table_message(&org, &labels) {
-                        let _ = tx.try_send(Box::new(Ok(msg)));
-                    }
-                }
+                this.wake_debounced(&org, target);
             }
         });
+    }
+
+    /// Wakes a connected client at most once per [`WAKE_DEBOUNCE`]: a notification inside
+    /// the window is not dropped but delivered once the window ends (several become one).
+    fn wake_debounced(&self, org: &str, client: &str) {
+        let key = (org.to_string(), client.to_string());
+        let now = std::time::Instant::now();
+        let delay = {
+            let mut wakes = self.inner.wakes.lock().expect("wakes");
+            if wakes.len() > 10_000 {
+                wakes.retain(|_, (last, pending)| {
+                    *pending || now.duration_since(*last) < WAKE_DEBOUNCE
+                });
+            }
+            match wakes.get_mut(&key) {
+                Some((_, true)) => return, // a wake is already scheduled
+                Some((last, pending)) if now.duration_since(*last) < WAKE_DEBOUNCE => {
+                    *pending = true;
+                    Some(WAKE_DEBOUNCE - now.duration_since(*last))
+                }
+                _ => {
+                    wakes.insert(key.clone(), (now, false));
+                    None
+                }
+            }
+        };
+        match delay {
+            None => self.wake(org, client),
+            Some(d) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    this.inner
+                        .wakes
+                        .lock()
+                        .expect("wakes")
+                        .insert(key.clone(), (std::time::Instant::now(), false));
+                    this.wake(&key.0, &key.1);
+                });
+            }
+        }
+    }
+
+    /// Sends a connected client its event table again (which makes it check in).
+    fn wake(&self, org: &str, client: &str) {
+        let found = self
+            .inner
+            .sessions
+            .lock()
+            .expect("sessions")
+            .get(&(org.to_string(), client.to_string()))
+            .map(|s| (s.labels.clone(), s.tx.clone()));
+        if let Some((labels, tx)) = found {
+            if let Ok(msg) = self.table_message(org, &labels) {
+                let _ = tx.try_send(Box::new(Ok(msg)));
+            }
+        }
     }
 
     /// Adds and removes labels of a client, announces each on `Server.Internal.Label`, and
