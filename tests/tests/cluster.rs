@@ -120,7 +120,22 @@ fn wait_stored(master: &Master, seen: &BTreeMap<String, Vec<i64>>) -> BTreeMap<S
             ns.iter().all(|n| have.contains(n))
         })
     });
-    assert!(done, "the master never stored every row watchers saw");
+    if !done {
+        let missing: Vec<String> = seen
+            .iter()
+            .map(|(id, ns)| {
+                let have: BTreeSet<i64> = last.get(id).into_iter().flatten().copied().collect();
+                let gone: Vec<&i64> = ns.iter().filter(|n| !have.contains(n)).take(10).collect();
+                format!("{id}: {} stored, missing {gone:?}", have.len())
+            })
+            .collect();
+        let log = master.stderr();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!(
+            "the master never stored every row watchers saw: {missing:?}\nmaster log (last lines first):\n{}",
+            tail.join("\n")
+        );
+    }
     last
 }
 

@@ -532,12 +532,16 @@ impl FrontendService {
         incoming: &mut Streaming<ClientMessage>,
         tx: &Outbox,
     ) -> Result<(), Status> {
+        // Activity is collected for the cluster's ping mutations only.
+        let track = self.inner.qm.bus().is_some();
         while let Some(msg) = incoming.message().await? {
-            self.inner
-                .activity
-                .lock()
-                .expect("activity")
-                .insert((org.to_string(), client.to_string()), now_us());
+            if track {
+                self.inner
+                    .activity
+                    .lock()
+                    .expect("activity")
+                    .insert((org.to_string(), client.to_string()), now_us());
+            }
             match msg.msg {
                 Some(client_message::Msg::Events(batch)) => {
                     let ack = self.apply_batch(org, client, batch).await?;
