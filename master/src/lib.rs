@@ -109,14 +109,6 @@ pub async fn run(
             shutdown.clone(),
         )
         .await?;
-        talon_shared::cluster::clients::start_node(
-            bus.clone(),
-            qm.clone(),
-            frontend.clone(),
-            false,
-            shutdown.clone(),
-        )
-        .await?;
         cluster::start(
             bus.clone(),
             qm.clone(),
@@ -136,21 +128,13 @@ pub async fn run(
     let monitored = monitor.start_stored()?;
     tracing::info!(monitored, "server monitoring table started");
     let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
-    let frontend_server =
-        talon_proto::client::frontend_server::FrontendServer::new(frontend.clone())
-            .max_decoding_message_size(config.max_client_message_bytes)
-            .max_encoding_message_size(config.max_client_message_bytes.max(max_message));
-    let frontend_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .add_service(frontend_server)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(frontend_listener),
-                frontend_shutdown.cancelled_owned(),
-            )
-            .await
-    });
+    tasks.spawn(talon_shared::frontend::serve(
+        frontend.clone(),
+        frontend_listener,
+        config.max_client_message_bytes,
+        config.max_client_message_bytes.max(max_message),
+        shutdown.clone(),
+    ));
     let admin = AdminServer::new(api::AdminService::new(
         qm.clone(),
         vql,

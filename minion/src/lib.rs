@@ -89,14 +89,6 @@ pub async fn run(
         shutdown.clone(),
     )
     .await?;
-    talon_shared::cluster::clients::start_node(
-        bus.clone(),
-        qm.clone(),
-        frontend.clone(),
-        true,
-        shutdown.clone(),
-    )
-    .await?;
 
     let frontend_listener = TcpListener::bind(config.frontend_addr)
         .await
@@ -109,20 +101,13 @@ pub async fn run(
         debug: debug_listener.local_addr()?,
     };
     let tasks = TaskTracker::new();
-    let service = talon_proto::client::frontend_server::FrontendServer::new(frontend)
-        .max_decoding_message_size(config.max_client_message_bytes)
-        .max_encoding_message_size(config.max_client_message_bytes);
-    let fe_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(frontend_listener),
-                fe_shutdown.cancelled_owned(),
-            )
-            .await
-    });
+    tasks.spawn(talon_shared::frontend::serve(
+        frontend,
+        frontend_listener,
+        config.max_client_message_bytes,
+        config.max_client_message_bytes,
+        shutdown.clone(),
+    ));
     let debug_shutdown = shutdown.clone();
     let router = talon_shared::debug::router(qm.clone());
     tasks.spawn(async move {

@@ -60,30 +60,23 @@ async fn a_notification_wakes_the_named_client() {
         next(&mut stream).await.msg,
         Some(server_message::Msg::EventTable(_))
     ));
-    let notify = |target: &str| {
-        json!({"Target": target, "Tag": "test"})
-            .as_object()
-            .unwrap()
-            .clone()
+    let notify = |target: &'static str| {
+        let qm = qm.clone();
+        async move {
+            let row = json!({"Target": target, "Tag": "test"});
+            qm.push(
+                ROOT_ORG,
+                "Server.Internal.Notifications",
+                vec![row.as_object().unwrap().clone()],
+                "server",
+                "",
+            )
+            .await
+            .unwrap();
+        }
     };
-    qm.push(
-        ROOT_ORG,
-        "Server.Internal.Notifications",
-        vec![notify("C.00000000000000ff")],
-        "server",
-        "",
-    )
-    .await
-    .unwrap();
-    qm.push(
-        ROOT_ORG,
-        "Server.Internal.Notifications",
-        vec![notify(id)],
-        "server",
-        "",
-    )
-    .await
-    .unwrap();
+    notify("C.00000000000000ff").await;
+    notify(id).await;
     // Exactly one wake-up arrives: the one for this client.
     assert!(matches!(
         next(&mut stream).await.msg,
@@ -93,15 +86,7 @@ async fn a_notification_wakes_the_named_client() {
     assert!(quiet.is_err(), "an unexpected message: {quiet:?}");
     // A burst inside the debounce window: one wake-up, not five, and not none.
     for _ in 0..5 {
-        qm.push(
-            ROOT_ORG,
-            "Server.Internal.Notifications",
-            vec![notify(id)],
-            "server",
-            "",
-        )
-        .await
-        .unwrap();
+        notify(id).await;
     }
     assert!(matches!(
         next(&mut stream).await.msg,

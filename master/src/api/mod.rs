@@ -1,6 +1,7 @@
 //! The admin gRPC API (`proto/api.proto`) over the queue manager and artifact repository;
 //! table and record conversions and auditing are in `support`.
 
+mod cluster;
 mod support;
 use support::{audit, monitor_status};
 
@@ -566,45 +567,7 @@ impl Admin for AdminService {
         &self,
         _req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        use talon_shared::cluster::node::{rss_bytes, ALIVE_WINDOW};
-        if self.qm.bus().is_none() {
-            let cpu = self.cpu.lock().expect("cpu sampler").sample();
-            let node = NodeStatus {
-                node: self.frontend.node().to_string(),
-                role: "master".into(),
-                alive: true,
-                report_age_seconds: 0.0,
-                connected_clients: self.frontend.connected_counts().values().sum(),
-                cpu_percent: cpu,
-                rss_bytes: rss_bytes(),
-                bus_connected: false,
-                persister_lag: -1,
-            };
-            return Ok(Response::new(ClusterStatusResponse {
-                mode: "standalone".into(),
-                nodes: vec![node],
-            }));
-        }
-        let nodes = self
-            .nodes
-            .list()
-            .into_iter()
-            .map(|(age, r)| NodeStatus {
-                alive: age < ALIVE_WINDOW,
-                report_age_seconds: age.as_secs_f64(),
-                connected_clients: r.connected_clients.values().sum(),
-                cpu_percent: r.cpu_percent,
-                rss_bytes: r.rss_bytes,
-                bus_connected: r.bus_connected,
-                persister_lag: r.persister_lag.map(|l| l as i64).unwrap_or(-1),
-                node: r.node,
-                role: r.role,
-            })
-            .collect();
-        Ok(Response::new(ClusterStatusResponse {
-            mode: "cluster".into(),
-            nodes,
-        }))
+        Ok(Response::new(self.cluster_status_now()))
     }
 
     async fn delete_artifact(

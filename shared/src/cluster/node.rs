@@ -217,8 +217,9 @@ pub async fn serve_lookups(
     Ok(())
 }
 
-/// Starts a node's services: ping answers, label following and reports. `applied` is the
-/// master's persister progress (its lag is reported), None on a minion.
+/// Starts a node's services: ping answers, label following, reports, and client ping
+/// mutations (with client snapshots fetched on every node but the master). `applied` is
+/// the master's persister progress (its lag is reported), None on a minion.
 pub async fn start(
     bus: Bus,
     qm: QueueManager,
@@ -233,6 +234,14 @@ pub async fn start(
         .subscribe(crate::bus::subject("*", false, "Server.Internal.Label"))
         .await?;
     bus.client().flush().await?;
+    super::clients::start_node(
+        bus.clone(),
+        qm.clone(),
+        frontend.clone(),
+        role != "master",
+        shutdown.clone(),
+    )
+    .await?;
     let (b, fe, stop) = (bus.clone(), frontend.clone(), shutdown.clone());
     tokio::spawn(async move {
         loop {

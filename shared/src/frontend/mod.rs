@@ -4,6 +4,7 @@
 //! batches to CLIENT_EVENT queues and acknowledges a batch only once it is durable.
 
 pub mod clients;
+mod notify;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::queue::{now_us, validate_org, QueueManager};
 pub use clients::{ClientRecord, Clients, TableEntry};
+pub use notify::{NOTIFICATIONS_QUEUE, WAKE_DEBOUNCE};
 
 /// Server messages queued per client at most; a client that does not read is cut off.
 pub const SESSION_QUEUE: usize = 256;
@@ -40,6 +42,28 @@ pub enum RelabelError {
 #[allow(clippy::result_large_err, clippy::boxed_local)]
 fn unbox(m: Box<Result<ServerMessage, Status>>) -> Result<ServerMessage, Status> {
     *m
+}
+
+/// Serves the frontend's gRPC service on `listener` until `shutdown` (keepalives every
+/// 20 s; client messages up to `max_decode` bytes, server messages up to `max_encode`).
+pub async fn serve(
+    frontend: FrontendService,
+    listener: tokio::net::TcpListener,
+    max_decode: usize,
+    max_encode: usize,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let service = talon_proto::client::frontend_server::FrontendServer::new(frontend)
+        .max_decoding_message_size(max_decode)
+        .max_encoding_message_size(max_encode);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
+        .await
 }
 
 /// Checks a client id: `C.` and 16 hex digits.
@@ -77,12 +101,6 @@ struct Inner {
     /// Orgs whose `Server.Internal.Notifications` this frontend already follows.
     notified_orgs: Mutex<std::collections::HashSet<String>>,
 }
-
-/// A client is woken at most once per this window (Velociraptor's default).
-pub const WAKE_DEBOUNCE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Queue naming clients to wake.
-pub const NOTIFICATIONS_QUEUE: &str = "Server.Internal.Notifications";
 
 impl FrontendService {
     /// A frontend over a queue manager; `node` names this node in conflict reports.
@@ -181,100 +199,6 @@ impl FrontendService {
         };
         if let (Some(tx), Ok(msg)) = (tx, self.table_message(org, &labels)) {
             let _ = tx.try_send(Box::new(Ok(msg)));
-        }
-    }
-
-    /// Follows an org's notifications (once): a row whose `Target` is a client connected
-    /// here wakes it, which makes it check in: it gets its event table again.
-    fn follow_notifications(&self, org: &str) {
-        if !self
-            .inner
-            .notified_orgs
-            .lock()
-            .expect("orgs")
-            .insert(org.to_string())
-        {
-            return;
-        }
-        let mut watcher = match self
-            .inner
-            .qm
-            .watch(org, NOTIFICATIONS_QUEUE, "frontend-notifier")
-        {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(org, error = %e, "cannot follow notifications");
-                return;
-            }
-        };
-        let (this, org) = (self.clone(), org.to_string());
-        tokio::spawn(async move {
-            while let Ok(ev) = watcher.next().await {
-                let Ok(Value::Object(row)) = serde_json::from_str::<Value>(&ev.row.json) else {
-                    continue;
-                };
-                let Some(target) = row.get("Target").and_then(Value::as_str) else {
-                    continue;
-                };
-                this.wake_debounced(&org, target);
-            }
-        });
-    }
-
-    /// Wakes a connected client at most once per [`WAKE_DEBOUNCE`]: a notification inside
-    /// the window is not dropped but delivered once the window ends (several become one).
-    fn wake_debounced(&self, org: &str, client: &str) {
-        let key = (org.to_string(), client.to_string());
-        let now = std::time::Instant::now();
-        let delay = {
-            let mut wakes = self.inner.wakes.lock().expect("wakes");
-            if wakes.len() > 10_000 {
-                wakes.retain(|_, (last, pending)| {
-                    *pending || now.duration_since(*last) < WAKE_DEBOUNCE
-                });
-            }
-            match wakes.get_mut(&key) {
-                Some((_, true)) => return, // a wake is already scheduled
-                Some((last, pending)) if now.duration_since(*last) < WAKE_DEBOUNCE => {
-                    *pending = true;
-                    Some(WAKE_DEBOUNCE - now.duration_since(*last))
-                }
-                _ => {
-                    wakes.insert(key.clone(), (now, false));
-                    None
-                }
-            }
-        };
-        match delay {
-            None => self.wake(org, client),
-            Some(d) => {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(d).await;
-                    this.inner
-                        .wakes
-                        .lock()
-                        .expect("wakes")
-                        .insert(key.clone(), (std::time::Instant::now(), false));
-                    this.wake(&key.0, &key.1);
-                });
-            }
-        }
-    }
-
-    /// Sends a connected client its event table again (which makes it check in).
-    fn wake(&self, org: &str, client: &str) {
-        let found = self
-            .inner
-            .sessions
-            .lock()
-            .expect("sessions")
-            .get(&(org.to_string(), client.to_string()))
-            .map(|s| (s.labels.clone(), s.tx.clone()));
-        if let Some((labels, tx)) = found {
-            if let Ok(msg) = self.table_message(org, &labels) {
-                let _ = tx.try_send(Box::new(Ok(msg)));
-            }
         }
     }
 

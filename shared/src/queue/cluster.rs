@@ -81,14 +81,21 @@ impl QueueManager {
         Ok(true)
     }
 
-    /// Hands a batch from the bus to this node's watchers of its queues. Queues nobody
-    /// here has touched are skipped.
-    pub fn deliver(&self, batch: BusBatch) {
-        self.deliver_stored(batch, None)
+    /// Hands a bus message to this node's watchers of its queues (with its stream seq when
+    /// it came from JetStream, so lagging watchers can re-read it). Queues nobody here has
+    /// touched are skipped; a message that does not decode is logged and skipped.
+    fn deliver_message(
+        &self,
+        subject: &str,
+        payload: prost::bytes::Bytes,
+        stream_seq: Option<u64>,
+    ) {
+        match BusBatch::decode(payload) {
+            Ok(b) => self.deliver_stored(b, stream_seq),
+            Err(e) => tracing::error!(subject, error = %e, "undecodable bus batch skipped"),
+        }
     }
 
-    /// Delivers a batch, with its stream seq when it came from JetStream (so lagging
-    /// watchers can re-read it).
     fn deliver_stored(&self, batch: BusBatch, stream_seq: Option<u64>) {
         let org = batch.org;
         for q in batch.queues {
@@ -129,12 +136,7 @@ impl QueueManager {
                     _ = shutdown.cancelled() => break,
                     m = sub.next() => match m { Some(m) => m, None => break },
                 };
-                match BusBatch::decode(msg.payload) {
-                    Ok(b) => qm.deliver(b),
-                    Err(e) => {
-                        tracing::error!(subject = %msg.subject, error = %e, "undecodable bus batch skipped")
-                    }
-                }
+                qm.deliver_message(&msg.subject, msg.payload, None);
             }
         });
     }
@@ -191,12 +193,7 @@ impl QueueManager {
                     },
                 };
                 let seq = msg.info().ok().map(|i| i.stream_sequence);
-                match BusBatch::decode(msg.payload.clone()) {
-                    Ok(b) => qm.deliver_stored(b, seq),
-                    Err(e) => {
-                        tracing::error!(subject = %msg.subject, error = %e, "undecodable bus batch skipped")
-                    }
-                }
+                qm.deliver_message(&msg.subject, msg.payload.clone(), seq);
             }
         });
     }

@@ -1,0 +1,110 @@
+//! Notifications: a row of `Server.Internal.Notifications` whose `Target` is a client
+//! connected here wakes it (it gets its event table again), debounced per client.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::FrontendService;
+
+/// A client is woken at most once per this window (Velociraptor's default).
+pub const WAKE_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// Queue naming clients to wake.
+pub const NOTIFICATIONS_QUEUE: &str = "Server.Internal.Notifications";
+
+impl FrontendService {
+    /// Follows an org's notifications (once): a row whose `Target` is a client connected
+    /// here wakes it, which makes it check in: it gets its event table again.
+    pub(super) fn follow_notifications(&self, org: &str) {
+        if !self
+            .inner
+            .notified_orgs
+            .lock()
+            .expect("orgs")
+            .insert(org.to_string())
+        {
+            return;
+        }
+        let mut watcher = match self
+            .inner
+            .qm
+            .watch(org, NOTIFICATIONS_QUEUE, "frontend-notifier")
+        {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(org, error = %e, "cannot follow notifications");
+                return;
+            }
+        };
+        let (this, org) = (self.clone(), org.to_string());
+        tokio::spawn(async move {
+            while let Ok(ev) = watcher.next().await {
+                let Ok(Value::Object(row)) = serde_json::from_str::<Value>(&ev.row.json) else {
+                    continue;
+                };
+                let Some(target) = row.get("Target").and_then(Value::as_str) else {
+                    continue;
+                };
+                this.wake_debounced(&org, target);
+            }
+        });
+    }
+
+    /// Wakes a connected client at most once per [`WAKE_DEBOUNCE`]: a notification inside
+    /// the window is not dropped but delivered once the window ends (several become one).
+    fn wake_debounced(&self, org: &str, client: &str) {
+        let key = (org.to_string(), client.to_string());
+        let now = std::time::Instant::now();
+        let delay = {
+            let mut wakes = self.inner.wakes.lock().expect("wakes");
+            if wakes.len() > 10_000 {
+                wakes.retain(|_, (last, pending)| {
+                    *pending || now.duration_since(*last) < WAKE_DEBOUNCE
+                });
+            }
+            match wakes.get_mut(&key) {
+                Some((_, true)) => return, // a wake is already scheduled
+                Some((last, pending)) if now.duration_since(*last) < WAKE_DEBOUNCE => {
+                    *pending = true;
+                    Some(WAKE_DEBOUNCE - now.duration_since(*last))
+                }
+                _ => {
+                    wakes.insert(key.clone(), (now, false));
+                    None
+                }
+            }
+        };
+        match delay {
+            None => self.wake(org, client),
+            Some(d) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    this.inner
+                        .wakes
+                        .lock()
+                        .expect("wakes")
+                        .insert(key.clone(), (std::time::Instant::now(), false));
+                    this.wake(&key.0, &key.1);
+                });
+            }
+        }
+    }
+
+    /// Sends a connected client its event table again (which makes it check in).
+    fn wake(&self, org: &str, client: &str) {
+        let found = self
+            .inner
+            .sessions
+            .lock()
+            .expect("sessions")
+            .get(&(org.to_string(), client.to_string()))
+            .map(|s| (s.labels.clone(), s.tx.clone()));
+        if let Some((labels, tx)) = found {
+            if let Ok(msg) = self.table_message(org, &labels) {
+                let _ = tx.try_send(Box::new(Ok(msg)));
+            }
+        }
+    }
+}
