@@ -406,3 +406,26 @@ impl tonic::codec::Decoder for RawCodec {
         Ok(Some(v))
     }
 }
+
+/// Pushes rows `{"i": 0..batches*10, "pad": 1 KB}` to `queue` of root in `batches` pushes of
+/// 10, each within 10 s (a push that waits on a stalled watcher fails the test).
+pub async fn push_padded_rows(api: SocketAddr, queue: &str, batches: usize) {
+    let mut client = AdminClient::connect(format!("http://{api}"))
+        .await
+        .expect("connect admin API");
+    let pad = "x".repeat(1000);
+    for b in 0..batches {
+        let rows = (0..10)
+            .map(|i| format!("{{\"i\":{},\"pad\":\"{pad}\"}}", b * 10 + i))
+            .collect();
+        let push = client.push(talon_proto::api::PushRequest {
+            org: String::new(),
+            artifact: queue.into(),
+            rows_json: rows,
+        });
+        tokio::time::timeout(Duration::from_secs(10), push)
+            .await
+            .expect("a push was blocked by the stalled watcher")
+            .unwrap();
+    }
+}

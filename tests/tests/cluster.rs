@@ -470,7 +470,7 @@ fn a_label_added_on_the_master_reaches_a_client_on_a_minion_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_watcher_in_a_cluster_catches_up_from_jetstream_losing_nothing() {
-    use talon_proto::api::{PushRequest, WatchRequest};
+    use talon_proto::api::WatchRequest;
     const QUEUE: &str = "Server.Audit.Logs";
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(&dir.path().join("js"));
@@ -486,7 +486,6 @@ async fn a_stalled_watcher_in_a_cluster_catches_up_from_jetstream_losing_nothing
             &nats.url(),
         ],
     );
-    let mut client = master.client().await;
     let mut stalled = master
         .client()
         .await
@@ -497,21 +496,7 @@ async fn a_stalled_watcher_in_a_cluster_catches_up_from_jetstream_losing_nothing
         .await
         .unwrap()
         .into_inner();
-    let pad = "x".repeat(1000);
-    for b in 0..400 {
-        let rows = (0..10)
-            .map(|i| format!("{{\"i\":{},\"pad\":\"{pad}\"}}", b * 10 + i))
-            .collect();
-        let push = client.push(PushRequest {
-            org: String::new(),
-            artifact: QUEUE.into(),
-            rows_json: rows,
-        });
-        tokio::time::timeout(Duration::from_secs(10), push)
-            .await
-            .expect("a push was blocked by the stalled watcher")
-            .unwrap();
-    }
+    push_padded_rows(master.api, QUEUE, 400).await;
     // Now the stalled watcher reads: every row, in order, none twice.
     for i in 0..4000 {
         let r = tokio::time::timeout(Duration::from_secs(20), stalled.message())

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use talon_proto::api::{PushRequest, WatchRequest};
+use talon_proto::api::WatchRequest;
 use talon_tests::*;
 
 const QUEUE: &str = "Server.Audit.Logs";
@@ -61,7 +61,6 @@ async fn a_stalled_watcher_blocks_no_push_and_later_gets_every_row_in_order() {
         &dir.path().join("data"),
         &["--config", config.to_str().unwrap()],
     );
-    let mut client = master.client().await;
     let mut stalled = master
         .client()
         .await
@@ -81,21 +80,7 @@ async fn a_stalled_watcher_blocks_no_push_and_later_gets_every_row_in_order() {
     );
     // 400 pushes of 10 rows of about 1 KB: far more than the buffer holds, and more than
     // HTTP/2 flow control lets through to a reader that does not read.
-    let pad = "x".repeat(1000);
-    for b in 0..400 {
-        let rows = (0..10)
-            .map(|i| format!("{{\"i\":{},\"pad\":\"{pad}\"}}", b * 10 + i))
-            .collect();
-        let push = client.push(PushRequest {
-            org: String::new(),
-            artifact: QUEUE.into(),
-            rows_json: rows,
-        });
-        tokio::time::timeout(Duration::from_secs(10), push)
-            .await
-            .expect("a push was blocked by the stalled watcher")
-            .unwrap();
-    }
+    push_padded_rows(master.api, QUEUE, 400).await;
     let live_rows = recv_rows(&live_rx, 4000);
     assert!(live_rows
         .iter()
