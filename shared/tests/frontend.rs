@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde_json::json;
 use talon_proto::client::frontend_client::FrontendClient;
-use talon_proto::client::frontend_server::FrontendServer;
 use talon_proto::client::*;
 use talon_shared::artifacts::Repository;
 use talon_shared::frontend::FrontendService;
@@ -29,11 +28,13 @@ async fn a_notification_wakes_the_named_client() {
     let frontend = FrontendService::new(qm.clone(), "test");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(FrontendServer::new(frontend))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    tokio::spawn(talon_shared::frontend::serve(
+        frontend,
+        listener,
+        1 << 20,
+        1 << 20,
+        tokio_util::sync::CancellationToken::new(),
+    ));
     let mut client = FrontendClient::connect(format!("http://{addr}"))
         .await
         .unwrap();

@@ -2,21 +2,24 @@
 //! per client. It records clients, refuses a second connection with a connected client's
 //! id, sends each client its event table (again whenever the table changes), pushes event
 //! batches to CLIENT_EVENT queues and acknowledges a batch only once it is durable.
+//!
+//! Client connections are served by the frontend's own HTTP/2 server side ([`conn`],
+//! [`http2`]) rather than a general one: tens of thousands of mostly idle streams are the
+//! normal load, and a general server keeps tens of kilobytes of buffers per connection.
 
 pub mod clients;
+mod conn;
+pub mod http2;
 mod notify;
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::{Stream, StreamExt};
 use serde_json::{json, Map, Value};
-use talon_proto::client::frontend_server::Frontend;
 use talon_proto::client::*;
 use tokio::sync::mpsc;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 
 use crate::queue::{now_us, validate_org, QueueManager};
 pub use clients::{ClientRecord, Clients, TableEntry};
@@ -38,32 +41,47 @@ pub enum RelabelError {
     Store(#[from] crate::store::Error),
 }
 
-/// Unboxes an outbox item for the response stream (whose item type tonic fixes).
-#[allow(clippy::result_large_err, clippy::boxed_local)]
-fn unbox(m: Box<Result<ServerMessage, Status>>) -> Result<ServerMessage, Status> {
-    *m
-}
-
-/// Serves the frontend's gRPC service on `listener` until `shutdown` (keepalives every
-/// 20 s; client messages up to `max_decode` bytes, server messages up to `max_encode`).
+/// Serves the frontend's gRPC service on `listener` until `shutdown`, then waits for its
+/// connections to close (each ends its stream with UNAVAILABLE so the client reconnects).
+/// Client messages may be up to `max_decode` bytes, server messages up to `max_encode`;
+/// a ping goes to each client every 20 s and an unanswered one ends its connection.
 pub async fn serve(
     frontend: FrontendService,
     listener: tokio::net::TcpListener,
     max_decode: usize,
     max_encode: usize,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), tonic::transport::Error> {
-    let service = talon_proto::client::frontend_server::FrontendServer::new(frontend)
-        .max_decoding_message_size(max_decode)
-        .max_encoding_message_size(max_encode);
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await
+) -> std::io::Result<()> {
+    let limits = conn::Limits {
+        max_decode,
+        max_encode,
+    };
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((sock, _)) => {
+                tasks.spawn(conn::run(
+                    frontend.clone(),
+                    sock,
+                    limits,
+                    shutdown.clone(),
+                    tasks.clone(),
+                ));
+            }
+            Err(e) => {
+                // Out of file descriptors, usually: wait a moment rather than spin.
+                tracing::warn!(error = %e, "frontend cannot accept a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
 }
 
 /// Checks a client id: `C.` and 16 hex digits.
@@ -71,10 +89,21 @@ pub fn valid_client_id(id: &str) -> bool {
     id.len() == 18 && id.starts_with("C.") && id[2..].bytes().all(|c| c.is_ascii_hexdigit())
 }
 
-/// Where a session's server messages go.
+/// A message for a session's client.
 /// Items are boxed: a channel allocates its slots in blocks, and a boxed slot is 8 bytes
 /// where an unboxed one is hundreds, which matters with tens of thousands of idle clients.
-type Outbox = mpsc::Sender<Box<Result<ServerMessage, Status>>>;
+type ServerItem = Box<ServerMessage>;
+
+/// Where a session's server messages go.
+type Outbox = mpsc::Sender<ServerItem>;
+
+/// A session that `open` accepted: what its connection keeps.
+struct Opened {
+    key: (String, String),
+    session_id: u64,
+    tx: Outbox,
+    rx: mpsc::Receiver<ServerItem>,
+}
 
 struct Session {
     id: u64,
@@ -180,7 +209,7 @@ impl FrontendService {
             .collect();
         for (labels, tx) in targets {
             if let Ok(msg) = self.table_message(org, &labels) {
-                let _ = tx.try_send(Box::new(Ok(msg)));
+                let _ = tx.try_send(Box::new(msg));
             }
         }
     }
@@ -198,7 +227,7 @@ impl FrontendService {
             }
         };
         if let (Some(tx), Ok(msg)) = (tx, self.table_message(org, &labels)) {
-            let _ = tx.try_send(Box::new(Ok(msg)));
+            let _ = tx.try_send(Box::new(msg));
         }
     }
 
@@ -266,22 +295,11 @@ impl FrontendService {
     }
 }
 
-type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Frontend for FrontendService {
-    type SessionStream = SessionStream;
-
-    async fn session(
-        &self,
-        req: Request<Streaming<ClientMessage>>,
-    ) -> Result<Response<SessionStream>, Status> {
-        let remote = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        let mut incoming = req.into_inner();
-        let first = incoming
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the stream ended before hello"))?;
+impl FrontendService {
+    /// Opens a session with the stream's first message, which must be hello: checks the
+    /// id, refuses a client connected here or on another node, records the client and
+    /// queues the welcome and the event table.
+    async fn open(self, first: ClientMessage, remote: String) -> Result<Opened, Status> {
         let Some(client_message::Msg::Hello(hello)) = first.msg else {
             return Err(Status::invalid_argument("the first message must be hello"));
         };
@@ -346,27 +364,20 @@ impl Frontend for FrontendService {
         let table = self.table_message(&org, &hello.labels);
         match (welcome, table) {
             (Ok(w), Ok(t)) => {
-                let _ = tx.send(Box::new(Ok(w))).await;
-                let _ = tx.send(Box::new(Ok(t))).await;
+                let _ = tx.send(Box::new(w)).await;
+                let _ = tx.send(Box::new(t)).await;
             }
             (Err(e), _) | (_, Err(e)) => {
                 self.end(&key, session_id).await;
                 return Err(e);
             }
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            let result = this.serve(&org, &hello.client_id, &mut incoming, &tx).await;
-            if let Err(status) = result {
-                let _ = tx.send(Box::new(Err(status))).await;
-            }
-            this.end(&key, session_id).await;
-        });
-        Ok(Response::new(
-            tokio_stream::wrappers::ReceiverStream::new(rx)
-                .map(unbox)
-                .boxed(),
-        ))
+        Ok(Opened {
+            key,
+            session_id,
+            tx,
+            rx,
+        })
     }
 }
 
@@ -449,47 +460,43 @@ impl FrontendService {
         }
     }
 
-    async fn serve(
+    /// Handles one client message of an open session; an error ends the session.
+    async fn handle(
         &self,
-        org: &str,
-        client: &str,
-        incoming: &mut Streaming<ClientMessage>,
+        key: &(String, String),
         tx: &Outbox,
+        msg: ClientMessage,
     ) -> Result<(), Status> {
+        let (org, client) = (key.0.as_str(), key.1.as_str());
         // Activity is collected for the cluster's ping mutations only.
-        let track = self.inner.qm.bus().is_some();
-        while let Some(msg) = incoming.message().await? {
-            if track {
-                self.inner
-                    .activity
-                    .lock()
-                    .expect("activity")
-                    .insert((org.to_string(), client.to_string()), now_us());
+        if self.inner.qm.bus().is_some() {
+            self.inner
+                .activity
+                .lock()
+                .expect("activity")
+                .insert(key.clone(), now_us());
+        }
+        match msg.msg {
+            Some(client_message::Msg::Events(batch)) => {
+                let ack = self.apply_batch(org, client, batch).await?;
+                let _ = tx.send(Box::new(ack)).await;
             }
-            match msg.msg {
-                Some(client_message::Msg::Events(batch)) => {
-                    let ack = self.apply_batch(org, client, batch).await?;
-                    if tx.send(Box::new(Ok(ack))).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Some(client_message::Msg::Logs(logs)) => self.apply_logs(org, client, logs).await,
-                Some(client_message::Msg::Keepalive(_)) => {
-                    let keepalive = ServerMessage {
-                        msg: Some(server_message::Msg::Keepalive(Keepalive {})),
-                    };
-                    let _ = tx.send(Box::new(Ok(keepalive))).await;
-                }
-                Some(client_message::Msg::Hello(_)) => {
-                    return Err(Status::invalid_argument(
-                        "hello may only be sent once per stream",
-                    ))
-                }
-                Some(client_message::Msg::Flow(_)) => {
-                    return Err(Status::unimplemented("flows are not supported yet"))
-                }
-                None => return Err(Status::invalid_argument("empty client message")),
+            Some(client_message::Msg::Logs(logs)) => self.apply_logs(org, client, logs).await,
+            Some(client_message::Msg::Keepalive(_)) => {
+                let keepalive = ServerMessage {
+                    msg: Some(server_message::Msg::Keepalive(Keepalive {})),
+                };
+                let _ = tx.send(Box::new(keepalive)).await;
             }
+            Some(client_message::Msg::Hello(_)) => {
+                return Err(Status::invalid_argument(
+                    "hello may only be sent once per stream",
+                ))
+            }
+            Some(client_message::Msg::Flow(_)) => {
+                return Err(Status::unimplemented("flows are not supported yet"))
+            }
+            None => return Err(Status::invalid_argument("empty client message")),
         }
         Ok(())
     }

@@ -103,7 +103,7 @@ impl FrontendService {
             .map(|s| (s.labels.clone(), s.tx.clone()));
         if let Some((labels, tx)) = found {
             if let Ok(msg) = self.table_message(org, &labels) {
-                let _ = tx.try_send(Box::new(Ok(msg)));
+                let _ = tx.try_send(Box::new(msg));
             }
         }
     }
