@@ -32,6 +32,18 @@ struct Totals {
     latencies_us: Mutex<Vec<u64>>,
 }
 
+/// Errors printed in full; later ones are only counted.
+const ERRORS_SHOWN: u64 = 5;
+
+impl Totals {
+    /// Counts an error, printing the first few so a failed run says why.
+    fn error(&self, n: usize, what: impl std::fmt::Display) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) < ERRORS_SHOWN {
+            eprintln!("simulated client {n}: {what}");
+        }
+    }
+}
+
 fn random_id(seed: u64) -> String {
     // splitmix64 of the seed and the clock: distinct per client and per run.
     let mut z = seed.wrapping_add(
@@ -59,19 +71,23 @@ fn row(i: u64, bytes: usize, sent_us: i64) -> String {
 }
 
 async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: CancellationToken) {
+    let who = n;
     let addr = &cfg.frontends[n % cfg.frontends.len()];
     let url = if addr.contains("://") {
         addr.clone()
     } else {
         format!("http://{addr}")
     };
-    let Ok(channel) = tonic::transport::Endpoint::from_shared(url)
+    let channel = match tonic::transport::Endpoint::from_shared(url)
         .expect("frontend url")
         .connect()
         .await
-    else {
-        totals.errors.fetch_add(1, Ordering::Relaxed);
-        return;
+    {
+        Ok(channel) => channel,
+        Err(e) => {
+            totals.error(who, format_args!("cannot connect to {addr}: {e:?}"));
+            return;
+        }
     };
     let mut client = FrontendClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel::<ClientMessage>(16);
@@ -92,8 +108,14 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Ca
         .await
     {
         Ok(r) => r.into_inner(),
-        Err(_) => {
-            totals.errors.fetch_add(1, Ordering::Relaxed);
+        Err(e) => {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            totals.error(who, format_args!("session refused: {why}"));
             return;
         }
     };
@@ -115,7 +137,10 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Ca
                             if a.error.is_empty() {
                                 totals.acked.fetch_add(rows, Ordering::Relaxed);
                             } else {
-                                totals.errors.fetch_add(1, Ordering::Relaxed);
+                                totals.error(
+                                    who,
+                                    format_args!("batch {} refused: {}", a.batch_id, a.error),
+                                );
                             }
                             totals
                                 .latencies_us
@@ -125,8 +150,12 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Ca
                         }
                     }
                     Some(Ok(_)) => {}
-                    Some(Err(_)) | None => {
-                        totals.errors.fetch_add(1, Ordering::Relaxed);
+                    Some(Err(e)) => {
+                        totals.error(who, format_args!("session ended: {e}"));
+                        return;
+                    }
+                    None => {
+                        totals.error(who, "session ended without a status");
                         return;
                     }
                 }
@@ -170,7 +199,7 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Ca
             })),
         };
         if tx.send(msg).await.is_err() {
-            totals.errors.fetch_add(1, Ordering::Relaxed);
+            totals.error(who, "the session's stream closed");
             break;
         }
         sent += n;

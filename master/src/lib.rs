@@ -69,8 +69,7 @@ pub async fn run(
     let debug_listener = TcpListener::bind(config.debug_addr)
         .await
         .with_context(|| format!("cannot listen on debug address {}", config.debug_addr))?;
-    let frontend_listener = TcpListener::bind(config.frontend_addr)
-        .await
+    let frontend_listener = talon_shared::frontend::listen(config.frontend_addr)
         .with_context(|| format!("cannot listen on frontend address {}", config.frontend_addr))?;
     let bound = Bound {
         api: api_listener.local_addr()?,

@@ -90,8 +90,7 @@ pub async fn run(
     )
     .await?;
 
-    let frontend_listener = TcpListener::bind(config.frontend_addr)
-        .await
+    let frontend_listener = talon_shared::frontend::listen(config.frontend_addr)
         .with_context(|| format!("cannot listen on frontend address {}", config.frontend_addr))?;
     let debug_listener = TcpListener::bind(config.debug_addr)
         .await

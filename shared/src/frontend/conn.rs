@@ -159,9 +159,6 @@ pub async fn run(
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => break Ok(()),
             }
-            if !c.wbuf.is_empty() || c.going_away {
-                // Loop again: either to wait for the socket or to check for the end.
-            }
         }
         let wants_outbox = c.wants_outbox();
         tokio::select! {
@@ -222,11 +219,29 @@ pub async fn run(
     if let Some(stream) = c.stream.take() {
         c.end_session(stream.session);
     }
+    if outcome.is_err() {
+        // Boxed: its read buffer then exists only while a connection closes.
+        Box::pin(linger_close(sock)).await;
+    }
 }
 
-async fn recv(
-    rx: Option<&mut tokio::sync::mpsc::Receiver<ServerItem>>,
-) -> Option<ServerItem> {
+/// Closes after a GOAWAY so the client gets to read it: closing with unread bytes sends a
+/// reset, which can discard the GOAWAY before the client reads it.
+async fn linger_close(mut sock: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = sock.shutdown().await;
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = sock.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn recv(rx: Option<&mut tokio::sync::mpsc::Receiver<ServerItem>>) -> Option<ServerItem> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -491,12 +506,14 @@ impl Conn {
             // Trailers from the client end its side; gRPC clients send none, but they are
             // valid HTTP/2.
             if !end_stream {
-                return Err(ConnError::protocol("a second header block without END_STREAM"));
+                return Err(ConnError::protocol(
+                    "a second header block without END_STREAM",
+                ));
             }
             s.remote_done = true;
             return Ok(());
         }
-        if id % 2 == 0 || id <= self.last_stream {
+        if id.is_multiple_of(2) || id <= self.last_stream {
             return Err(ConnError::protocol(format!(
                 "stream {id} is not a new client stream"
             )));
@@ -760,9 +777,8 @@ fn take_message(inbox: &mut Vec<u8>, max: usize) -> Result<Option<ClientMessage>
     if inbox.len() < 5 + len {
         return Ok(None);
     }
-    let msg = ClientMessage::decode(&inbox[5..5 + len]).map_err(|e| {
-        Status::invalid_argument(format!("could not decode the client message: {e}"))
-    });
+    let msg = ClientMessage::decode(&inbox[5..5 + len])
+        .map_err(|e| Status::invalid_argument(format!("could not decode the client message: {e}")));
     if inbox.len() == 5 + len {
         *inbox = Vec::new();
     } else {
@@ -825,9 +841,19 @@ mod tests {
         inbox.extend_from_slice(&framed(&keepalive));
         let half = inbox.len() - 1;
         let mut partial = inbox[..half].to_vec();
-        assert_eq!(take_message(&mut partial, 100).unwrap(), Some(keepalive.clone()));
-        assert_eq!(take_message(&mut partial, 100).unwrap(), None, "half a message");
-        assert_eq!(take_message(&mut inbox, 100).unwrap(), Some(keepalive.clone()));
+        assert_eq!(
+            take_message(&mut partial, 100).unwrap(),
+            Some(keepalive.clone())
+        );
+        assert_eq!(
+            take_message(&mut partial, 100).unwrap(),
+            None,
+            "half a message"
+        );
+        assert_eq!(
+            take_message(&mut inbox, 100).unwrap(),
+            Some(keepalive.clone())
+        );
         assert_eq!(take_message(&mut inbox, 100).unwrap(), Some(keepalive));
         assert!(inbox.is_empty() && inbox.capacity() == 0, "nothing kept");
     }
@@ -837,7 +863,10 @@ mod tests {
         let mut big = vec![0, 0, 1, 0, 0];
         let e = take_message(&mut big, 1000).unwrap_err();
         assert_eq!(e.code(), tonic::Code::OutOfRange);
-        assert!(e.message().contains("found 65536 bytes, the limit is 1000"), "{e:?}");
+        assert!(
+            e.message().contains("found 65536 bytes, the limit is 1000"),
+            "{e:?}"
+        );
         let e = take_message(&mut vec![1, 0, 0, 0, 0], 1000).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unimplemented);
         let e = take_message(&mut vec![0, 0, 0, 0, 3, 0x0a, 0xff, 0xff], 1000).unwrap_err();
@@ -855,7 +884,12 @@ mod tests {
             .unwrap();
         let names: Vec<_> = headers
             .iter()
-            .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
             .collect();
         assert_eq!(
             names,

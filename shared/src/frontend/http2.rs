@@ -185,7 +185,7 @@ pub fn unpad(head: &Head, payload: &[u8]) -> Result<std::ops::Range<usize>, Conn
 
 /// Parsed SETTINGS values that matter to this server.
 pub fn parse_settings(payload: &[u8]) -> Result<Vec<(u16, u32)>, ConnError> {
-    if payload.len() % 6 != 0 {
+    if !payload.len().is_multiple_of(6) {
         return Err(ConnError::new(
             code::FRAME_SIZE_ERROR,
             "a SETTINGS frame whose length is not a multiple of 6",

@@ -41,6 +41,23 @@ pub enum RelabelError {
     Store(#[from] crate::store::Error),
 }
 
+/// Connections the kernel queues for the frontend before it accepts them (capped by the
+/// kernel's `net.core.somaxconn`): after a restart every client reconnects at once, and an
+/// overflowing queue turns connections into resets.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens for client connections on `addr` with [`LISTEN_BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves the frontend's gRPC service on `listener` until `shutdown`, then waits for its
 /// connections to close (each ends its stream with UNAVAILABLE so the client reconnects).
 /// Client messages may be up to `max_decode` bytes, server messages up to `max_encode`;
