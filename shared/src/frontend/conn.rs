@@ -30,6 +30,8 @@ const RECV_WINDOW: u32 = 1 << 20;
 const READ_CHUNK: usize = 16 * 1024;
 /// Encoded server messages held for the client's window before the outbox is left alone.
 const PENDING_LIMIT: usize = 256 * 1024;
+/// Bytes waiting to be written beyond which the client is no longer read.
+const WRITE_LIMIT: usize = 4 << 20;
 /// Largest request header block accepted.
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// A ping goes out this often; a connection whose ping is unanswered a period later ends.
@@ -137,6 +139,8 @@ pub async fn run(
     let mut work: Option<Work> = None;
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    // After a stall, the next ping waits a whole period for its answer.
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome: Result<(), ConnError> = loop {
         if work.is_none() {
             match c.next_work() {
@@ -170,7 +174,9 @@ pub async fn run(
                 work = None;
                 c.done(done);
             }
-            ready = sock.readable() => {
+            // A client that sends but does not read stops being read (its pings and
+            // settings would otherwise pile up answers here).
+            ready = sock.readable(), if c.wbuf.len() < WRITE_LIMIT => {
                 if ready.is_err() {
                     break Ok(());
                 }
@@ -513,10 +519,14 @@ impl Conn {
             s.remote_done = true;
             return Ok(());
         }
-        if id.is_multiple_of(2) || id <= self.last_stream {
+        if id.is_multiple_of(2) {
             return Err(ConnError::protocol(format!(
-                "stream {id} is not a new client stream"
+                "stream {id} is not a client stream"
             )));
+        }
+        if id <= self.last_stream {
+            // A stream this side already answered and reset: what still comes is ignored.
+            return Ok(());
         }
         self.last_stream = id;
         if self.stream.is_some() || self.going_away {
@@ -713,7 +723,11 @@ impl Conn {
         let Some(s) = self.stream.as_mut() else {
             return Ok(());
         };
-        while !s.outbox.is_empty() && s.send_window > 0 && self.send_window > 0 {
+        while !s.outbox.is_empty()
+            && s.send_window > 0
+            && self.send_window > 0
+            && self.wbuf.len() < WRITE_LIMIT
+        {
             let n = (s.outbox.len() as i64)
                 .min(s.send_window)
                 .min(self.send_window)
