@@ -69,6 +69,43 @@ fn hello(id: &str) -> ClientMessage {
     }
 }
 
+type Outgoing = tokio::sync::mpsc::Sender<ClientMessage>;
+
+/// A real gRPC client's session stream: the sender of its messages and the server's
+/// stream, after the welcome.
+async fn session(s: &Server, id: &str) -> (Outgoing, tonic::Streaming<ServerMessage>) {
+    let mut client = FrontendClient::connect(format!("http://{}", s.addr))
+        .await
+        .unwrap()
+        .max_encoding_message_size(8 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello(id)).await.unwrap();
+    let mut stream = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let welcome = stream.message().await.unwrap().expect("welcome");
+    assert!(matches!(welcome.msg, Some(server_message::Msg::Welcome(_))));
+    (tx, stream)
+}
+
+/// The next server message that `pick` accepts, or how the stream ended.
+async fn next_matching<T>(
+    stream: &mut tonic::Streaming<ServerMessage>,
+    mut pick: impl FnMut(ServerMessage) -> Option<T>,
+) -> Result<T, tonic::Status> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("an answer within 20 s")?
+            .expect("a message or a status, not a silent end");
+        if let Some(t) = pick(m) {
+            return Ok(t);
+        }
+    }
+}
+
 /// A client that writes frames by hand.
 struct Raw {
     sock: TcpStream,
@@ -226,17 +263,7 @@ async fn a_second_concurrent_stream_is_refused_and_the_first_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_connections_get_a_goaway_naming_why_and_others_stream_on() {
     let s = server().await;
-    let mut good = FrontendClient::connect(format!("http://{}", s.addr))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(hello("C.00000000000000a4")).await.unwrap();
-    let mut stream = good
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    stream.message().await.unwrap().expect("welcome");
+    let (tx, mut stream) = session(&s, "C.00000000000000a4").await;
 
     // Not HTTP/2 at all.
     let mut sock = TcpStream::connect(s.addr).await.unwrap();
@@ -283,44 +310,21 @@ async fn bad_connections_get_a_goaway_naming_why_and_others_stream_on() {
     })
     .await
     .unwrap();
-    let keepalive = loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("an answer")
-            .unwrap()
-            .expect("a message");
-        if matches!(m.msg, Some(server_message::Msg::Keepalive(_))) {
-            break m;
-        }
-    };
-    assert!(keepalive.msg.is_some());
+    next_matching(&mut stream, |m| {
+        matches!(m.msg, Some(server_message::Msg::Keepalive(_))).then_some(())
+    })
+    .await
+    .expect("a keepalive answer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_streams_with_unavailable_and_serve_returns() {
     let s = server().await;
-    let mut client = FrontendClient::connect(format!("http://{}", s.addr))
-        .await
-        .unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(hello("C.00000000000000a5")).await.unwrap();
-    let mut stream = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    stream.message().await.unwrap().expect("welcome");
+    let (tx, mut stream) = session(&s, "C.00000000000000a5").await;
     s.shutdown.cancel();
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("an end within 10 s")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let status = next_matching(&mut stream, |_| None::<()>)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("shutting down"), "{status:?}");
     tokio::time::timeout(Duration::from_secs(10), s.served)
@@ -334,17 +338,7 @@ async fn shutdown_ends_streams_with_unavailable_and_serve_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_message_larger_than_the_window_arrives_whole() {
     let s = server_with_limit(8 << 20).await;
-    let mut client = FrontendClient::connect(format!("http://{}", s.addr))
-        .await
-        .unwrap()
-        .max_encoding_message_size(8 << 20);
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(hello("C.00000000000000a6")).await.unwrap();
-    let mut stream = client
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = session(&s, "C.00000000000000a6").await;
     // 3 MiB of rows in one message, three times the 1 MiB window the server grants.
     let rows: Vec<String> = (0..3072)
         .map(|i| format!("{{\"N\":{i},\"Pad\":\"{}\"}}", "x".repeat(1000)))
@@ -360,16 +354,12 @@ async fn a_client_message_larger_than_the_window_arrives_whole() {
     })
     .await
     .unwrap();
-    let ack = loop {
-        let m = tokio::time::timeout(Duration::from_secs(20), stream.message())
-            .await
-            .expect("an ack within 20 s")
-            .unwrap()
-            .expect("a message");
-        if let Some(server_message::Msg::Ack(ack)) = m.msg {
-            break ack;
-        }
-    };
+    let ack = next_matching(&mut stream, |m| match m.msg {
+        Some(server_message::Msg::Ack(ack)) => Some(ack),
+        _ => None,
+    })
+    .await
+    .unwrap();
     assert_eq!(ack.batch_id, 7);
     assert_eq!(ack.error, "", "the batch was accepted");
 }
