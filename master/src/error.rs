@@ -40,6 +40,7 @@ pub fn to_status(e: ApiError) -> Status {
             Q::InvalidJson { .. }
             | Q::NotAnObject { .. }
             | Q::RowTooLarge { .. }
+            | Q::InQueue { .. }
             | Q::InvalidOrg(_),
         )
         | ApiError::Repository(R::Invalid(_))

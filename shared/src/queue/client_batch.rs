@@ -3,9 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use super::{now_us, stamp, stream_key, Error, JsonRow, QueueManager, QueueState, Result};
+use super::{now_us, stream_key, ClientRow, Error, QueueManager, QueueState, Result};
 use crate::artifacts::ArtifactKind;
 use crate::store::{self, StoredRow};
 
@@ -13,14 +11,14 @@ impl QueueManager {
     /// Pushes a client's event batch (rows per CLIENT_EVENT queue) atomically and at most
     /// once: rows get a `ClientId` column, `_ts` and `_Source` (the client id). Returns once
     /// durable: true when applied, false when this batch id was applied before.
-    pub async fn push_client_batch(
+    pub async fn push_client_batch<R: ClientRow>(
         &self,
         org: &str,
         client: &str,
         batch_id: u64,
-        batch: Vec<(String, Vec<JsonRow>)>,
+        batch: Vec<(String, Vec<R>)>,
     ) -> Result<bool> {
-        let mut per_queue: Vec<(Arc<QueueState>, Vec<JsonRow>)> = Vec::new();
+        let mut per_queue: Vec<(Arc<QueueState>, Vec<R>)> = Vec::new();
         for (queue, rows) in batch {
             let state = self.state(org, &queue)?;
             if state.kind != ArtifactKind::ClientEvent {
@@ -40,18 +38,24 @@ impl QueueManager {
         let limit = self.inner.limits.max_row_bytes;
         let now = now_us();
         let ts_s = now.div_euclid(1_000_000);
+        let client_json = serde_json::to_string(client).expect("a string");
         let mut stamped = Vec::with_capacity(per_queue.len());
         for (state, rows) in per_queue {
+            let in_queue = |e: Error| Error::InQueue {
+                queue: state.name.clone(),
+                source: Box::new(e),
+            };
             let mut out = Vec::with_capacity(rows.len());
-            for (index, mut row) in rows.into_iter().enumerate() {
-                row.insert("ClientId".into(), Value::from(client));
-                let json = stamp(&row, ts_s, client, 256);
+            for (index, row) in rows.into_iter().enumerate() {
+                let json = row
+                    .stamp(client, &client_json, ts_s, index)
+                    .map_err(in_queue)?;
                 if json.len() > limit {
-                    return Err(Error::RowTooLarge {
+                    return Err(in_queue(Error::RowTooLarge {
                         index,
                         size: json.len(),
                         limit,
-                    });
+                    }));
                 }
                 out.push(StoredRow {
                     ts_us: now,

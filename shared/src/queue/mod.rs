@@ -8,6 +8,7 @@
 //! ahead and the skipped rows are counted as dropped.
 
 mod client_batch;
+mod client_row;
 mod cluster;
 mod watcher;
 
@@ -50,6 +51,8 @@ pub enum Error {
         size: usize,
         limit: usize,
     },
+    #[error("{queue}: {source}")]
+    InQueue { queue: String, source: Box<Error> },
     #[error("invalid org {0:?}: use letters, digits, '_', '-' and '.'")]
     InvalidOrg(String),
     #[error(transparent)]
@@ -60,6 +63,7 @@ pub enum Error {
 
 /// A row as pushed: a JSON object.
 pub type JsonRow = Map<String, Value>;
+pub use client_row::ClientRow;
 
 /// Result alias of the queue manager.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
