@@ -90,15 +90,13 @@ pub async fn jetstream_baseline(
     Ok(())
 }
 
-/// How long the watcher waits for the next row once rows have come.
-const IDLE: Duration = Duration::from_secs(3);
-
 /// Watches `queue` on the node whose debug server is `debug` until `rows` rows arrived or
-/// `timeout` passed; prints arrival rate and latency from `SentUs`.
-pub fn watch(debug: &str, queue: &str, rows: usize, timeout: f64) -> anyhow::Result<()> {
+/// `timeout` passed, or for `idle` seconds none came; prints arrival rate and latency
+/// from `SentUs`.
+pub fn watch(debug: &str, queue: &str, rows: usize, timeout: f64, idle: f64) -> anyhow::Result<()> {
     let mut s = std::net::TcpStream::connect(debug)?;
-    // Rows stop coming when the clients stop: end after IDLE without one.
-    s.set_read_timeout(Some(IDLE))?;
+    // Rows stop coming when the clients stop: end after `idle` without one.
+    s.set_read_timeout(Some(Duration::from_secs_f64(idle)))?;
     write!(s, "GET /debug/watch?queue={queue} HTTP/1.0\r\n\r\n")?;
     let reader = BufReader::new(s);
     // Say we are watching (the script waits for this line before starting clients).

@@ -62,6 +62,9 @@ enum Bench {
         /// Stop after this many seconds
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
+        /// Stop once rows have come and none came for this many seconds
+        #[arg(long, default_value_t = 3.0)]
+        idle: f64,
     },
     /// VQL parse rate, and a filter over in-memory rows beside a hand-written Rust loop
     Vql {
@@ -97,7 +100,8 @@ fn main() -> anyhow::Result<()> {
             queue,
             rows,
             timeout,
-        } => cluster::watch(&debug, &queue, rows, timeout),
+            idle,
+        } => cluster::watch(&debug, &queue, rows, timeout, idle),
         Bench::Store {
             row_bytes,
             seconds,

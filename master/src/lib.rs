@@ -80,11 +80,13 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let frontend = talon_shared::frontend::FrontendService::new(qm.clone(), &config.node_name);
     let nodes = cluster::Nodes::default();
+    let mut persister_progress = None;
     if let Some(url) = &config.nats_url {
         let bus = talon_shared::bus::Bus::connect(url, &config.node_name).await?;
         qm.attach_bus(bus.clone());
         qm.start_delivery(shutdown.clone()).await?;
         let progress = std::sync::Arc::new(persister::Progress::default());
+        persister_progress = Some(progress.clone());
         tasks.spawn(persister::run(
             bus.clone(),
             qm.clone(),
@@ -155,7 +157,22 @@ pub async fn run(
             .await
     });
     let debug_shutdown = shutdown.clone();
-    let debug_router = talon_shared::debug::router(qm.clone());
+    let mut debug_router = talon_shared::debug::router(qm.clone());
+    if let Some(progress) = persister_progress {
+        // What the persister has stored, for operators and the cluster benchmark.
+        debug_router = debug_router.route(
+            "/debug/persister",
+            axum::routing::get(move || {
+                let progress = progress.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        progress.to_json().to_string(),
+                    )
+                }
+            }),
+        );
+    }
     tasks.spawn(async move {
         axum::serve(debug_listener, debug_router)
             .with_graceful_shutdown(debug_shutdown.cancelled_owned())

@@ -32,6 +32,19 @@ pub struct Progress {
     pub applied: Arc<AtomicU64>,
     /// Messages that could not be decoded, passed over.
     pub undecodable: AtomicU64,
+    /// Rows stored since start (a replayed message adds none).
+    pub rows: AtomicU64,
+}
+
+impl Progress {
+    /// The figures as JSON, for `/debug/persister`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "applied_seq": self.applied.load(Ordering::Relaxed),
+            "rows_stored": self.rows.load(Ordering::Relaxed),
+            "undecodable": self.undecodable.load(Ordering::Relaxed),
+        })
+    }
 }
 
 /// Runs until shutdown, reconnecting after errors.
@@ -121,11 +134,18 @@ async fn consume(
                     (Vec::new(), None)
                 }
             };
-            waits.push((seq, qm.store().enqueue_bus(seq, appends, client).await?));
+            let rows: usize = appends.iter().map(|(_, r)| r.len()).sum();
+            waits.push((
+                seq,
+                rows as u64,
+                qm.store().enqueue_bus(seq, appends, client).await?,
+            ));
             fetched.push(m);
         }
-        for (seq, w) in waits {
-            w.await.map_err(|_| anyhow::anyhow!("store closed"))??;
+        for (seq, rows, w) in waits {
+            if w.await.map_err(|_| anyhow::anyhow!("store closed"))?? {
+                progress.rows.fetch_add(rows, Ordering::Relaxed);
+            }
             progress.applied.store(seq, Ordering::Relaxed);
         }
         if let Some(m) = fetched.last() {

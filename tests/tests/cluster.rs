@@ -174,6 +174,15 @@ fn rows_from_clients_on_both_minions_reach_watchers_on_master_and_minion_once() 
     }
     let stored = wait_stored(&c.master, &counts(&m_seen));
     assert_exactly_once("stored", &stored, &ids);
+    // The persister's own count (on the master's debug server) covers every stored row.
+    let (_, body) = c.master.http_get("/debug/persister");
+    let persister: serde_json::Value = serde_json::from_str(&body).expect(&body);
+    let rows: usize = stored.values().map(Vec::len).sum();
+    assert!(
+        persister["rows_stored"].as_u64().unwrap_or(0) >= rows as u64
+            && persister["applied_seq"].as_u64().unwrap_or(0) > 0,
+        "{persister} for {rows} rows"
+    );
     // The master knows both clients, connected on minions, with their hostnames.
     let list = ok(&c.master.talon(&["clients", "list", "--format", "json"]));
     for id in &ids {
