@@ -106,36 +106,7 @@ pub async fn run(
 ) {
     let remote = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = sock.set_nodelay(true);
-    let mut c = Conn {
-        fe,
-        remote,
-        limits,
-        tasks,
-        rbuf: Vec::new(),
-        wbuf: Vec::new(),
-        preface_seen: 0,
-        peer_max_frame: http2::DEFAULT_MAX_FRAME,
-        peer_initial_window: http2::DEFAULT_WINDOW,
-        send_window: http2::DEFAULT_WINDOW,
-        recv_window: i64::from(RECV_WINDOW),
-        owed: 0,
-        continuation: None,
-        last_stream: 0,
-        stream: None,
-        hpack: loona_hpack::Decoder::new(),
-        ping_outstanding: false,
-        going_away: false,
-    };
-    http2::put_settings(
-        &mut c.wbuf,
-        &[
-            (setting::ENABLE_PUSH, 0),
-            (setting::MAX_CONCURRENT_STREAMS, 1),
-            (setting::INITIAL_WINDOW_SIZE, RECV_WINDOW),
-            (setting::MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK as u32),
-        ],
-    );
-    http2::put_window_update(&mut c.wbuf, 0, RECV_WINDOW - http2::DEFAULT_WINDOW as u32);
+    let mut c = Conn::new(fe, remote, limits, tasks);
     let mut work: Option<Work> = None;
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -267,6 +238,41 @@ async fn write_all(sock: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
 }
 
 impl Conn {
+    /// A connection's state, with this side's settings and window queued to send.
+    fn new(fe: FrontendService, remote: String, limits: Limits, tasks: TaskTracker) -> Conn {
+        let mut c = Conn {
+            fe,
+            remote,
+            limits,
+            tasks,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            preface_seen: 0,
+            peer_max_frame: http2::DEFAULT_MAX_FRAME,
+            peer_initial_window: http2::DEFAULT_WINDOW,
+            send_window: http2::DEFAULT_WINDOW,
+            recv_window: i64::from(RECV_WINDOW),
+            owed: 0,
+            continuation: None,
+            last_stream: 0,
+            stream: None,
+            hpack: loona_hpack::Decoder::new(),
+            ping_outstanding: false,
+            going_away: false,
+        };
+        http2::put_settings(
+            &mut c.wbuf,
+            &[
+                (setting::ENABLE_PUSH, 0),
+                (setting::MAX_CONCURRENT_STREAMS, 1),
+                (setting::INITIAL_WINDOW_SIZE, RECV_WINDOW),
+                (setting::MAX_HEADER_LIST_SIZE, MAX_HEADER_BLOCK as u32),
+            ],
+        );
+        http2::put_window_update(&mut c.wbuf, 0, RECV_WINDOW - http2::DEFAULT_WINDOW as u32);
+        c
+    }
+
     fn wrote(&mut self, n: usize) {
         if n == self.wbuf.len() {
             // Nothing is kept between writes: an idle connection holds no buffer.
@@ -885,6 +891,120 @@ mod tests {
         assert_eq!(e.code(), tonic::Code::Unimplemented);
         let e = take_message(&mut vec![0, 0, 0, 0, 3, 0x0a, 0xff, 0xff], 1000).unwrap_err();
         assert!(e.message().contains("could not decode"), "{e:?}");
+    }
+
+    /// What a real client sends first: preface, settings, a session request with hello, a
+    /// window update, a ping and a keepalive message.
+    fn client_bytes() -> Vec<u8> {
+        let mut out = http2::PREFACE.to_vec();
+        http2::put_settings(&mut out, &[(setting::INITIAL_WINDOW_SIZE, 100)]);
+        let mut block = Vec::new();
+        for (name, value) in [
+            (":method", "POST"),
+            (":path", "/talon.client.Frontend/Session"),
+            ("content-type", "application/grpc"),
+        ] {
+            http2::put_literal(&mut block, name, value.as_bytes());
+        }
+        http2::put_frame(&mut out, kind::HEADERS, flag::END_HEADERS, 1, &block);
+        let hello = ClientMessage {
+            msg: Some(talon_proto::client::client_message::Msg::Hello(
+                talon_proto::client::Hello {
+                    client_id: "C.0000000000000001".into(),
+                    ..Default::default()
+                },
+            )),
+        };
+        http2::put_frame(&mut out, kind::DATA, flag::PADDED, 1, &{
+            let mut p = vec![2];
+            p.extend_from_slice(&framed(&hello));
+            p.extend_from_slice(&[0, 0]);
+            p
+        });
+        http2::put_window_update(&mut out, 1, 1000);
+        http2::put_frame(&mut out, kind::PING, 0, 0, &[7; 8]);
+        let keepalive = ClientMessage {
+            msg: Some(talon_proto::client::client_message::Msg::Keepalive(
+                Default::default(),
+            )),
+        };
+        http2::put_frame(
+            &mut out,
+            kind::DATA,
+            flag::END_STREAM,
+            1,
+            &framed(&keepalive),
+        );
+        out
+    }
+
+    #[tokio::test]
+    async fn mangled_client_bytes_give_errors_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("t.redb")).unwrap();
+        let qm = crate::queue::QueueManager::new(
+            crate::artifacts::Repository::with_builtins(),
+            store,
+            crate::queue::Limits::default(),
+        );
+        let fe = FrontendService::new(qm, "test");
+        let limits = Limits {
+            max_decode: 1 << 16,
+            max_encode: 1 << 16,
+        };
+        let valid = client_bytes();
+        // The unmangled bytes are a session: hello is taken as work, nothing fails.
+        let mut c = Conn::new(fe.clone(), "t".into(), limits, TaskTracker::new());
+        c.receive(&valid).unwrap();
+        assert!(c.next_work().unwrap().is_some(), "hello becomes work");
+        // Mangled copies (bytes changed, cut, repeated), fed in chunks of every size.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |below: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % below as u64) as usize
+        };
+        let (mut errors, mut works) = (0, 0);
+        for _ in 0..50_000 {
+            let mut bytes = valid.clone();
+            for _ in 0..1 + next(4) {
+                match next(3) {
+                    0 => {
+                        let at = next(bytes.len());
+                        bytes[at] = next(256) as u8;
+                    }
+                    1 => bytes.truncate(next(bytes.len()) + 1),
+                    _ => {
+                        let at = next(bytes.len());
+                        let piece = bytes[at..(at + next(32)).min(bytes.len())].to_vec();
+                        bytes.splice(at..at, piece);
+                    }
+                }
+            }
+            let mut c = Conn::new(fe.clone(), "t".into(), limits, TaskTracker::new());
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let n = (1 + next(64)).min(rest.len());
+                if let Err(e) = c.receive(&rest[..n]) {
+                    assert!(!e.reason.is_empty());
+                    errors += 1;
+                    break;
+                }
+                rest = &rest[n..];
+                match c.next_work() {
+                    Ok(Some(_)) => works += 1,
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+                c.grant();
+                c.pump().unwrap();
+            }
+        }
+        assert!(
+            errors > 100 && works > 100,
+            "{errors} errors, {works} works"
+        );
     }
 
     #[test]
