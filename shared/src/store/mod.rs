@@ -2,9 +2,10 @@
 //! artifacts. All writes go through one writer thread that group-commits whatever is queued,
 //! so a push costs one fsync per group, never one per row.
 //!
-//! Event rows live in one table keyed by `(stream, seq)`, where a stream is one org's queue and
-//! `seq` is dense per stream (1, 2, 3 ...). Timestamps never go backwards inside a stream, so a
-//! time range is found by binary search over `seq` and read in order.
+//! Event rows live in blocks of consecutive rows ([`block`]), one entry per block keyed by
+//! `(stream, first seq)`, where a stream is one org's queue and `seq` is dense per stream
+//! (1, 2, 3 ...). Timestamps never go backwards inside a stream, so a time range is found by
+//! binary search over blocks and read in order.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,10 +13,15 @@ use std::thread::JoinHandle;
 
 use redb::{Database, ReadableTable, TableDefinition};
 
+mod block;
 mod writer;
 use tokio::sync::{mpsc, oneshot};
 use writer::Writer;
 
+/// Blocks of event rows by (stream, first seq).
+const EVENT_BLOCKS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("event_blocks");
+/// Event rows one per entry, as stores made before blocks hold them; moved into blocks when
+/// such a store is opened.
 const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 const ARTIFACTS: TableDefinition<&str, &str> = TableDefinition::new("artifacts");
 /// Last seq ever assigned per stream, so seqs never restart even when retention empties one.
@@ -86,6 +92,8 @@ pub struct StoredRow {
 }
 
 impl StoredRow {
+    /// One row as a store made before blocks held it (and as a block holds each row).
+    #[cfg(test)]
     fn encode(&self, buf: &mut Vec<u8>) {
         buf.clear();
         buf.extend_from_slice(&self.ts_us.to_le_bytes());
@@ -104,10 +112,6 @@ impl StoredRow {
             client,
             json,
         })
-    }
-
-    fn ts_of(b: &[u8]) -> Option<i64> {
-        Some(i64::from_le_bytes(b.get(0..8)?.try_into().ok()?))
     }
 }
 
@@ -187,7 +191,14 @@ impl Store {
         })?;
         {
             let w = db.begin_write()?;
-            w.open_table(EVENTS)?;
+            w.open_table(EVENT_BLOCKS)?;
+            let moved = move_rows_into_blocks(&w)?;
+            if moved > 0 {
+                tracing::info!(
+                    rows = moved,
+                    "moved event rows of an older store into blocks"
+                );
+            }
             w.open_table(ARTIFACTS)?;
             w.open_table(HEADS)?;
             w.open_table(ALERTS)?;
@@ -427,7 +438,7 @@ impl Store {
     /// Every stream that holds rows, with its row count.
     pub fn streams(&self) -> Result<Vec<(String, u64)>> {
         let r = self.db.begin_read()?;
-        let t = r.open_table(EVENTS)?;
+        let t = r.open_table(EVENT_BLOCKS)?;
         let mut out: Vec<(String, u64)> = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
@@ -467,19 +478,31 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(u64, StoredRow)>> {
         let r = self.db.begin_read()?;
-        let t = r.open_table(EVENTS)?;
+        let t = r.open_table(EVENT_BLOCKS)?;
         let mut out = Vec::new();
-        if from >= to {
+        if from >= to || limit == 0 {
             return Ok(out);
         }
-        for item in t.range((stream, from)..(stream, to))?.take(limit) {
+        let start = block::holding(&t, stream, from)?.map_or(from, |(first, _, _)| first);
+        for item in t.range((stream, start)..(stream, to))? {
             let (k, v) = item?;
-            let seq = k.value().1;
-            let row = StoredRow::decode(v.value()).ok_or_else(|| Error::Corrupt {
-                stream: stream.into(),
-                seq,
-            })?;
-            out.push((seq, row));
+            let first = k.value().1;
+            for (i, row) in block::decode(stream, first, v.value())?
+                .into_iter()
+                .enumerate()
+            {
+                let seq = first + i as u64;
+                if seq < from {
+                    continue;
+                }
+                if seq >= to {
+                    return Ok(out);
+                }
+                out.push((seq, row));
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
         }
         Ok(out)
     }
@@ -495,39 +518,47 @@ impl Store {
         mut visit: impl FnMut(u64, StoredRow) -> bool,
     ) -> Result<()> {
         let r = self.db.begin_read()?;
-        let t = r.open_table(EVENTS)?;
+        let t = r.open_table(EVENT_BLOCKS)?;
         let Some((first, last)) = bounds(&t, stream)? else {
             return Ok(());
         };
-        // Lowest seq whose ts >= start_us (ts is non-decreasing in seq).
-        let (mut lo, mut hi) = (first, last + 1);
+        // The first block whose last row is at or after start_us (ts is non-decreasing).
+        let (mut lo, mut hi, mut start) = (first, last + 1, None);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let ts = match t.get((stream, mid))? {
-                Some(v) => StoredRow::ts_of(v.value()).unwrap_or(i64::MAX),
-                None => i64::MIN, // purged concurrently: treat as old
-            };
-            if ts < start_us {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+            match block::holding(&t, stream, mid)? {
+                Some((block_first, count, last_ts)) if last_ts < start_us => {
+                    lo = block_first + count;
+                }
+                Some((block_first, _, _)) => {
+                    start = Some(block_first);
+                    hi = block_first;
+                }
+                None => lo = mid + 1,
             }
         }
-        for item in t.range((stream, lo)..=(stream, last))? {
+        let Some(start) = start else {
+            return Ok(());
+        };
+        for item in t.range((stream, start)..=(stream, last))? {
             let (k, v) = item?;
-            let seq = k.value().1;
-            let row = StoredRow::decode(v.value()).ok_or_else(|| Error::Corrupt {
-                stream: stream.into(),
-                seq,
-            })?;
-            if row.ts_us > end_us {
-                break;
-            }
-            if client.is_some_and(|c| c != row.client) {
-                continue;
-            }
-            if !visit(seq, row) {
-                break;
+            let first = k.value().1;
+            for (i, row) in block::decode(stream, first, v.value())?
+                .into_iter()
+                .enumerate()
+            {
+                if row.ts_us < start_us {
+                    continue;
+                }
+                if row.ts_us > end_us {
+                    return Ok(());
+                }
+                if client.is_some_and(|c| c != row.client) {
+                    continue;
+                }
+                if !visit(first + i as u64, row) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -547,20 +578,78 @@ impl Store {
     }
 }
 
+/// The first and last seq a stream holds.
 fn bounds<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
     t: &T,
     stream: &str,
 ) -> Result<Option<(u64, u64)>> {
+    let last_of = |first: u64, v: &[u8]| -> Result<u64> {
+        let block = block::Block::parse(v).ok_or_else(|| Error::Corrupt {
+            stream: stream.into(),
+            seq: first,
+        })?;
+        Ok(first + block.count.max(1) - 1)
+    };
     let mut range = t.range((stream, 0)..=(stream, u64::MAX))?;
-    let first = match range.next() {
-        Some(item) => item?.0.value().1,
+    let (first, first_last) = match range.next() {
+        Some(item) => {
+            let (k, v) = item?;
+            let first = k.value().1;
+            (first, last_of(first, v.value())?)
+        }
         None => return Ok(None),
     };
     let last = match range.next_back() {
-        Some(item) => item?.0.value().1,
-        None => first,
+        Some(item) => {
+            let (k, v) = item?;
+            last_of(k.value().1, v.value())?
+        }
+        None => first_last,
     };
     Ok(Some((first, last)))
+}
+
+/// Moves the rows of a store made before blocks (one entry per row) into blocks, once, in
+/// the open's transaction; returns how many rows moved.
+fn move_rows_into_blocks(w: &redb::WriteTransaction) -> Result<u64> {
+    use redb::TableHandle;
+    if !w.list_tables()?.any(|t| t.name() == EVENTS.name()) {
+        return Ok(0);
+    }
+    let mut moved = 0u64;
+    {
+        let old = w.open_table(EVENTS)?;
+        let mut blocks = w.open_table(EVENT_BLOCKS)?;
+        let mut buf = Vec::new();
+        let mut flush = |stream: &str, first: u64, rows: &mut Vec<StoredRow>| -> Result<()> {
+            let mut at = first;
+            for run in block::runs(rows) {
+                block::encode(run.iter(), i64::MIN, &mut buf);
+                blocks.insert((stream, at), buf.as_slice())?;
+                at += run.len() as u64;
+            }
+            rows.clear();
+            Ok(())
+        };
+        let (mut stream, mut first, mut rows) = (String::new(), 0u64, Vec::new());
+        for item in old.iter()? {
+            let (k, v) = item?;
+            let (s, seq) = k.value();
+            let row = StoredRow::decode(v.value()).ok_or_else(|| Error::Corrupt {
+                stream: s.into(),
+                seq,
+            })?;
+            if s != stream || seq != first + rows.len() as u64 {
+                flush(&stream, first, &mut rows)?;
+                (stream, first) = (s.to_string(), seq);
+            }
+            rows.push(row);
+            moved += 1;
+        }
+        flush(&stream, first, &mut rows)?;
+    }
+    w.delete_table(EVENTS)?;
+    Ok(moved)
 }
 
 #[cfg(test)]

@@ -112,3 +112,90 @@ async fn bus_messages_apply_once_across_reopening_with_client_parts_in_order() {
     // The clamped row reads back at the time of the row before it.
     assert_eq!(read(&store, 50, 50, None).len(), 2);
 }
+
+#[tokio::test]
+async fn blocks_split_read_by_seq_and_time_and_purge_part_of_a_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    // 2500 rows in one append: three blocks (1024, 1024, 452), times 0..2499.
+    let rows: Vec<StoredRow> = (0..2500).map(|n| row(n as i64, "", n)).collect();
+    assert_eq!(store.append("s".into(), rows).await.unwrap(), 1);
+    let seqs = |v: Vec<(u64, StoredRow)>| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+    // Reads that start and end inside blocks and across their edges.
+    assert_eq!(
+        seqs(store.read_seq("s", 1020, 1030, 100).unwrap()),
+        (1020..1030).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        seqs(store.read_seq("s", 2049, 9999, 3).unwrap()),
+        vec![2049, 2050, 2051]
+    );
+    let got = read(&store, 1023, 1025, None);
+    assert_eq!(
+        got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1024, 1025, 1026],
+        "ts n is seq n+1"
+    );
+    assert_eq!(got[0].1, "{\"n\":1023}");
+    // Purging before time 1500 takes the first block whole and part of the second.
+    assert_eq!(store.purge("s".into(), 1500).await.unwrap(), 1500);
+    assert_eq!(store.streams().unwrap(), vec![("s".to_string(), 1000)]);
+    assert_eq!(read(&store, 0, i64::MAX, None)[0].0, 1501);
+    assert_eq!(
+        seqs(store.read_seq("s", 0, 1503, 10).unwrap()),
+        vec![1501, 1502]
+    );
+    // Seqs go on after the purge.
+    assert_eq!(
+        store
+            .append("s".into(), vec![row(3000, "", 9)])
+            .await
+            .unwrap(),
+        2501
+    );
+    assert_eq!(store.purge("s".into(), i64::MAX).await.unwrap(), 1001);
+    assert!(store.streams().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_store_of_one_row_per_entry_is_moved_into_blocks_when_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    {
+        // The layout before blocks: one entry per row, and the stream heads.
+        let db = Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut events = w.open_table(EVENTS).unwrap();
+            let mut heads = w.open_table(HEADS).unwrap();
+            let mut buf = Vec::new();
+            // Stream "s" lost seqs 1-2 to retention; "t" has one row.
+            for (stream, seq, ts) in [("s", 3, 30), ("s", 4, 40), ("s", 5, 40), ("t", 1, 10)] {
+                row(ts, "C.a", seq as u32).encode(&mut buf);
+                events.insert((stream, seq), buf.as_slice()).unwrap();
+                heads.insert(stream, seq).unwrap();
+            }
+        }
+        w.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let mut streams = store.streams().unwrap();
+    streams.sort();
+    assert_eq!(streams, vec![("s".to_string(), 3), ("t".to_string(), 1)]);
+    assert_eq!(
+        read(&store, 40, 40, Some("C.a")),
+        vec![(4, "{\"n\":4}".to_string()), (5, "{\"n\":5}".to_string())]
+    );
+    assert_eq!(
+        store
+            .append("s".into(), vec![row(50, "", 6)])
+            .await
+            .unwrap(),
+        6
+    );
+    store.close().await;
+    drop(store);
+    // Opened again: nothing is moved twice.
+    let store = Store::open(&path).unwrap();
+    assert_eq!(read(&store, 0, i64::MAX, None).len(), 4);
+}

@@ -143,25 +143,86 @@ impl Writer {
         }
     }
 
-    /// Appends rows to a stream after its last seq; returns the first new seq.
+    /// The last row time of a stream: cached, else read from its last block.
+    fn last_ts(
+        &self,
+        blocks: &redb::Table<(&str, u64), &[u8]>,
+        stream: &str,
+    ) -> Result<i64, redb::StorageError> {
+        if let Some(t) = self.last_ts.get(stream) {
+            return Ok(*t);
+        }
+        let last = blocks.range((stream, 0)..=(stream, u64::MAX))?.next_back();
+        Ok(match last {
+            Some(item) => block::Block::parse(item?.1.value()).map_or(i64::MIN, |b| b.last_ts),
+            None => i64::MIN,
+        })
+    }
+
+    /// Appends rows to a stream after its last seq, as blocks, their times raised so they
+    /// never go back; returns the first new seq.
     fn append_rows(
         &mut self,
-        events: &mut redb::Table<(&str, u64), &[u8]>,
+        blocks: &mut redb::Table<(&str, u64), &[u8]>,
         heads: &mut redb::Table<&str, u64>,
         stream: &str,
         rows: &[StoredRow],
     ) -> Result<u64, redb::StorageError> {
         let next = self.next_seq(heads, stream)?;
-        for (i, row) in rows.iter().enumerate() {
-            row.encode(&mut self.buf);
-            events.insert((stream, next + i as u64), self.buf.as_slice())?;
+        if rows.is_empty() {
+            return Ok(next);
         }
-        let end = next + rows.len() as u64;
-        if !rows.is_empty() {
-            heads.insert(stream, end - 1)?;
+        let mut last = self.last_ts(blocks, stream)?;
+        let mut seq = next;
+        for run in block::runs(rows) {
+            last = block::encode(run.iter(), last, &mut self.buf);
+            blocks.insert((stream, seq), self.buf.as_slice())?;
+            seq += run.len() as u64;
         }
-        self.next.insert(stream.to_string(), end);
+        heads.insert(stream, seq - 1)?;
+        self.next.insert(stream.to_string(), seq);
+        self.last_ts.insert(stream.to_string(), last);
         Ok(next)
+    }
+
+    /// Deletes a stream's rows older than `before_us`: whole blocks, and the older rows of
+    /// the block that holds both (it is written again under its first kept seq).
+    fn purge(
+        &mut self,
+        blocks: &mut redb::Table<(&str, u64), &[u8]>,
+        stream: &str,
+        before_us: i64,
+    ) -> Result<u64> {
+        let (mut whole, mut partial, mut purged) = (Vec::new(), None, 0u64);
+        for item in blocks.range((stream, 0)..=(stream, u64::MAX))? {
+            let (k, v) = item?;
+            let first = k.value().1;
+            let parsed = block::Block::parse(v.value()).ok_or_else(|| Error::Corrupt {
+                stream: stream.into(),
+                seq: first,
+            })?;
+            if parsed.last_ts < before_us {
+                whole.push(first);
+                purged += parsed.count;
+                continue;
+            }
+            let rows = block::decode(stream, first, v.value())?;
+            let old = rows.iter().take_while(|r| r.ts_us < before_us).count();
+            if old > 0 {
+                purged += old as u64;
+                partial = Some((first, old, rows));
+            }
+            break;
+        }
+        for first in whole {
+            blocks.remove((stream, first))?;
+        }
+        if let Some((first, old, rows)) = partial {
+            blocks.remove((stream, first))?;
+            block::encode(rows[old..].iter(), i64::MIN, &mut self.buf);
+            blocks.insert((stream, first + old as u64), self.buf.as_slice())?;
+        }
+        Ok(purged)
     }
 
     /// Writes a group in one transaction; per-command results (first seq, or a count).
@@ -169,7 +230,7 @@ impl Writer {
         let w = self.db.begin_write()?;
         let mut results = Vec::with_capacity(group.len());
         {
-            let mut events = w.open_table(EVENTS)?;
+            let mut events = w.open_table(EVENT_BLOCKS)?;
             let mut artifacts = w.open_table(ARTIFACTS)?;
             let mut heads = w.open_table(HEADS)?;
             let mut alerts = w.open_table(ALERTS)?;
@@ -212,20 +273,8 @@ impl Writer {
                     Command::Purge {
                         stream, before_us, ..
                     } => {
-                        let mut doomed = Vec::new();
-                        for item in
-                            events.range((stream.as_str(), 0)..=(stream.as_str(), u64::MAX))?
-                        {
-                            let (k, v) = item?;
-                            match StoredRow::ts_of(v.value()) {
-                                Some(ts) if ts < *before_us => doomed.push(k.value().1),
-                                _ => break,
-                            }
-                        }
-                        for seq in &doomed {
-                            events.remove((stream.as_str(), *seq))?;
-                        }
-                        results.push(Ok(doomed.len() as u64));
+                        let purged = self.purge(&mut events, stream, *before_us)?;
+                        results.push(Ok(purged));
                     }
                     Command::Shutdown { .. } => results.push(Ok(0)),
                     Command::ApplyBus {
@@ -248,28 +297,9 @@ impl Writer {
                             }
                             parts.insert(key.as_str(), (*batch, *part))?;
                         }
+                        // Times are clamped so they never go back within a stream.
                         for (stream, rows) in appends {
-                            let next = self.next_seq(&heads, stream)?;
-                            let mut last = match self.last_ts.get(stream) {
-                                Some(t) => *t,
-                                None => events
-                                    .get((stream.as_str(), next - 1))?
-                                    .and_then(|v| StoredRow::ts_of(v.value()))
-                                    .unwrap_or(i64::MIN),
-                            };
-                            let clamped: Vec<StoredRow> = rows
-                                .iter()
-                                .map(|r| {
-                                    last = last.max(r.ts_us);
-                                    StoredRow {
-                                        ts_us: last,
-                                        client: r.client.clone(),
-                                        json: r.json.clone(),
-                                    }
-                                })
-                                .collect();
-                            self.append_rows(&mut events, &mut heads, stream, &clamped)?;
-                            self.last_ts.insert(stream.clone(), last);
+                            self.append_rows(&mut events, &mut heads, stream, rows)?;
                         }
                         results.push(Ok(1));
                     }
