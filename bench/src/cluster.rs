@@ -98,7 +98,10 @@ fn sent_us(line: &[u8]) -> Option<i64> {
     const KEY: &[u8] = b"\"SentUs\":";
     let at = line.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let digits = line[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&line[at..at + digits]).ok()?.parse().ok()
+    std::str::from_utf8(&line[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Watches `queue` on the node whose debug server is `debug` until `rows` rows arrived or

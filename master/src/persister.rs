@@ -24,6 +24,8 @@ pub const FETCH_MESSAGES: usize = 1000;
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Bytes fetched at once at most (NATS cuts off a connection with 64 MiB pending).
 pub const FETCH_BYTES: usize = 16 << 20;
+/// Fetches handed to the store and not yet acknowledged, at most.
+pub const FETCHES_IN_FLIGHT: usize = 4;
 
 /// Figures of the persister, for metrics and `cluster status`.
 #[derive(Default)]
@@ -99,60 +101,87 @@ async fn consume(
             },
         )
         .await?;
-    loop {
-        let mut batch = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            b = consumer
-                .fetch()
-                .max_messages(FETCH_MESSAGES)
-                .max_bytes(FETCH_BYTES)
-                .expires(Duration::from_millis(500))
-                .messages() => b?,
-        };
-        let mut waits = Vec::new();
-        let mut fetched = Vec::new();
-        while let Some(m) = batch.next().await {
-            let m = match m {
-                Ok(m) => m,
-                // The server ends a fetch early (say, the next message would pass
-                // FETCH_BYTES): keep what came and fetch again.
-                Err(e) if !fetched.is_empty() => {
-                    tracing::debug!(error = %e, "fetch ended early");
-                    break;
-                }
-                Err(e) => return Err(anyhow::anyhow!("{e}")),
+    // Fetching and acknowledging overlap: the next fetch goes out while the store commits
+    // the last one. A fetch is acknowledged (all up to its last message) only once every
+    // message of it is committed, in order.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Fetched>(FETCHES_IN_FLIGHT);
+    let fetching = async move {
+        loop {
+            let mut batch = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                b = consumer
+                    .fetch()
+                    .max_messages(FETCH_MESSAGES)
+                    .max_bytes(FETCH_BYTES)
+                    .expires(Duration::from_millis(500))
+                    .messages() => b?,
             };
-            let seq = m
-                .info()
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .stream_sequence;
-            let (appends, client) = match BusBatch::decode(m.payload.clone()) {
-                Ok(b) => to_appends(b),
-                Err(e) => {
-                    progress.undecodable.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(seq, subject = %m.subject, error = %e, "undecodable bus message passed over");
-                    (Vec::new(), None)
-                }
-            };
-            let rows: usize = appends.iter().map(|(_, r)| r.len()).sum();
-            waits.push((
-                seq,
-                rows as u64,
-                qm.store().enqueue_bus(seq, appends, client).await?,
-            ));
-            fetched.push(m);
-        }
-        for (seq, rows, w) in waits {
-            if w.await.map_err(|_| anyhow::anyhow!("store closed"))?? {
-                progress.rows.fetch_add(rows, Ordering::Relaxed);
+            let mut waits = Vec::new();
+            let mut last = None;
+            while let Some(m) = batch.next().await {
+                let m = match m {
+                    Ok(m) => m,
+                    // The server ends a fetch early (say, the next message would pass
+                    // FETCH_BYTES): keep what came and fetch again.
+                    Err(e) if last.is_some() => {
+                        tracing::debug!(error = %e, "fetch ended early");
+                        break;
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("{e}")),
+                };
+                let seq = m
+                    .info()
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .stream_sequence;
+                let (appends, client) = match BusBatch::decode(m.payload.clone()) {
+                    Ok(b) => to_appends(b),
+                    Err(e) => {
+                        progress.undecodable.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(seq, subject = %m.subject, error = %e, "undecodable bus message passed over");
+                        (Vec::new(), None)
+                    }
+                };
+                let rows: usize = appends.iter().map(|(_, r)| r.len()).sum();
+                waits.push((
+                    seq,
+                    rows as u64,
+                    qm.store().enqueue_bus(seq, appends, client).await?,
+                ));
+                last = Some(m);
             }
-            progress.applied.store(seq, Ordering::Relaxed);
+            if let Some(last) = last {
+                if done_tx.send((waits, last)).await.is_err() {
+                    return Ok(());
+                }
+            }
         }
-        if let Some(m) = fetched.last() {
-            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    };
+    let acking = async {
+        while let Some((waits, last)) = done_rx.recv().await {
+            for (seq, rows, w) in waits {
+                if w.await.map_err(|_| anyhow::anyhow!("store closed"))?? {
+                    progress.rows.fetch_add(rows, Ordering::Relaxed);
+                }
+                progress.applied.store(seq, Ordering::Relaxed);
+            }
+            last.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
-    }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(fetching, acking)?;
+    Ok(())
 }
+
+/// One fetch on its way into the store: (stream seq, rows, commit) per message, and the
+/// fetch's last message, acknowledged once all are committed.
+type Fetched = (
+    Vec<(
+        u64,
+        u64,
+        tokio::sync::oneshot::Receiver<talon_shared::store::Result<bool>>,
+    )>,
+    async_nats::jetstream::Message,
+);
 
 type Appends = Vec<(String, Vec<StoredRow>)>;
 
