@@ -520,3 +520,132 @@ async fn a_stalled_watcher_in_a_cluster_catches_up_from_jetstream_losing_nothing
     assert_eq!(audit["rows_dropped"], 0, "{audit}");
     assert!(audit["rows_caught_up"].as_u64().unwrap() > 0, "{audit}");
 }
+
+/// A raw gRPC session to a frontend: its server stream after the welcome.
+async fn raw_session(
+    frontend: std::net::SocketAddr,
+    id: &str,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<talon_proto::client::ClientMessage>,
+        tonic::Streaming<talon_proto::client::ServerMessage>,
+    ),
+    tonic::Status,
+> {
+    use talon_proto::client::*;
+    let mut client = frontend_client::FrontendClient::connect(format!("http://{frontend}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ClientMessage {
+        msg: Some(client_message::Msg::Hello(Hello {
+            client_id: id.into(),
+            hostname: "raw".into(),
+            ..Hello::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let welcome = stream.message().await?.expect("welcome");
+    assert!(matches!(welcome.msg, Some(server_message::Msg::Welcome(_))));
+    Ok((tx, stream))
+}
+
+/// Whether an event table arrives on `stream` within `within`.
+async fn table_arrives(
+    stream: &mut tonic::Streaming<talon_proto::client::ServerMessage>,
+    within: Duration,
+) -> bool {
+    use talon_proto::client::server_message::Msg;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => return false,
+            Ok(Ok(Some(m))) if matches!(m.msg, Some(Msg::EventTable(_))) => return true,
+            Ok(Ok(Some(_))) => continue,
+            Ok(other) => panic!("the session ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_on_another_minion_is_refused_and_notifications_reach_the_holding_node()
+{
+    let c = tokio::task::block_in_place(cluster);
+    let id = "C.00000000000000c1";
+    let (_tx, mut stream) = raw_session(c.a.frontend, id).await.unwrap();
+    assert!(
+        table_arrives(&mut stream, Duration::from_secs(10)).await,
+        "the first table"
+    );
+
+    // The same id on minion B is refused, and the conflict is reported cluster-wide.
+    let (_conflicts, conflicts) = tokio::task::block_in_place(|| {
+        c.master.spawn_watching(
+            &[
+                "events",
+                "watch",
+                "Server.Internal.ClientConflict",
+                "--count",
+                "1",
+            ],
+            "root",
+            "Server.Internal.ClientConflict",
+            1,
+        )
+    });
+    let e = raw_session(c.b.frontend, id).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    assert!(e.message().contains("is already connected"), "{e:?}");
+    let row: serde_json::Value = serde_json::from_str(
+        &tokio::task::block_in_place(|| conflicts.recv_timeout(Duration::from_secs(20)))
+            .expect("a conflict row on the master"),
+    )
+    .unwrap();
+    assert_eq!(
+        (row["ClientId"].as_str(), row["Node"].as_str()),
+        (Some(id), Some("minion-b"))
+    );
+
+    // A notification published by another node reaches minion A, which wakes the client
+    // (it sends the table again); one naming another client does not.
+    let bus = talon_shared::bus::Bus::connect(&c.nats.url(), "test-node")
+        .await
+        .unwrap();
+    let notify = |target: &str, n: u32| {
+        let row = talon_shared::store::StoredRow {
+            ts_us: 0,
+            client: String::new(),
+            json: serde_json::json!({"Target": target, "Tag": "test"}).to_string(),
+        };
+        let bus = bus.clone();
+        async move {
+            bus.send(
+                "root",
+                false,
+                vec![("Server.Internal.Notifications".into(), vec![row])],
+                None,
+                &format!("test-notify-{n}"),
+            )
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        }
+    };
+    notify("C.00000000000000ff", 1).await;
+    assert!(
+        !table_arrives(&mut stream, Duration::from_secs(3)).await,
+        "woken by another client's notification"
+    );
+    notify(id, 2).await;
+    assert!(
+        table_arrives(&mut stream, Duration::from_secs(20)).await,
+        "the notification never woke the client on minion A"
+    );
+}
