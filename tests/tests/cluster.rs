@@ -649,3 +649,89 @@ async fn a_second_connection_on_another_minion_is_refused_and_notifications_reac
         "the notification never woke the client on minion A"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_publish_is_stored_once_and_health_totals_reach_the_master() {
+    let c = tokio::task::block_in_place(cluster);
+    let (_tx, _stream) = raw_session(c.a.frontend, "C.00000000000000c2")
+        .await
+        .unwrap();
+    let (_health, health) = tokio::task::block_in_place(|| {
+        c.master.spawn_watching(
+            &["events", "watch", "Server.Monitor.Health"],
+            "root",
+            "Server.Monitor.Health",
+            1,
+        )
+    });
+    // The same batch published twice under one message id (a retry after a lost ack) is
+    // stored once; another id is another batch.
+    let bus = talon_shared::bus::Bus::connect(&c.nats.url(), "test-node")
+        .await
+        .unwrap();
+    for (tag, msg_id) in [
+        ("once", "retry-1"),
+        ("once", "retry-1"),
+        ("last", "retry-2"),
+    ] {
+        let row = talon_shared::store::StoredRow {
+            ts_us: 1,
+            client: String::new(),
+            json: serde_json::json!({ "Tag": tag }).to_string(),
+        };
+        bus.send(
+            "root",
+            true,
+            vec![("Server.Audit.Logs".into(), vec![row])],
+            None,
+            msg_id,
+        )
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    }
+    let tags = || {
+        ok(&c.master.talon(&["events", "read", "Server.Audit.Logs"]))
+            .lines()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v["Tag"].as_str().map(String::from)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut stored = Vec::new();
+    assert!(
+        tokio::task::block_in_place(|| wait_until(Duration::from_secs(20), || {
+            stored = tags();
+            stored.contains(&"last".to_string())
+        })),
+        "the last batch was never stored: {stored:?}"
+    );
+    assert_eq!(
+        stored,
+        vec!["once", "last"],
+        "the retried batch is stored once"
+    );
+
+    // Health: the master writes per-org totals from the nodes' reports (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = tokio::task::block_in_place(|| health.recv_timeout(left))
+            .expect("a health row with three nodes and the client within 40 s");
+        let row: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if row["NodesAlive"] == 3 && row["ConnectedClients"].as_u64() >= Some(1) {
+            let mut nodes: Vec<&str> = row["Nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|n| n.as_str())
+                .collect();
+            nodes.sort_unstable();
+            assert_eq!(nodes, ["master", "minion-a", "minion-b"]);
+            break;
+        }
+    }
+}
