@@ -195,6 +195,17 @@ impl Master {
         (child, rx)
     }
 
+    /// Watches for one row of a `root` queue (`events watch QUEUE --count 1`); returns once
+    /// the watch is registered.
+    pub fn watch_one(&self, queue: &str) -> (KillOnDrop, mpsc::Receiver<String>) {
+        self.spawn_watching(
+            &["events", "watch", queue, "--count", "1"],
+            "root",
+            queue,
+            1,
+        )
+    }
+
     /// A gRPC admin client.
     pub async fn client(&self) -> AdminClient<Channel> {
         AdminClient::connect(format!("http://{}", self.api))

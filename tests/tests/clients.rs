@@ -38,18 +38,7 @@ fn a_client_enrolls_streams_rows_and_follows_table_changes() {
         "--param",
         "Frequency=1",
     ]));
-    let (_enroll, enrolled) = master.spawn_watching(
-        &[
-            "events",
-            "watch",
-            "Server.Internal.Enrollment",
-            "--count",
-            "1",
-        ],
-        "root",
-        "Server.Internal.Enrollment",
-        1,
-    );
+    let (_enroll, enrolled) = master.watch_one("Server.Internal.Enrollment");
     let (_watch, stats) = master.spawn_watching(
         &["events", "watch", "Generic.Client.Stats"],
         "root",
@@ -169,18 +158,7 @@ fn kill_9_of_the_master_while_clients_stream_loses_and_duplicates_nothing() {
 fn a_second_client_with_a_connected_id_is_refused_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(&dir.path().join("data"), &[]);
-    let (_w, conflicts) = master.spawn_watching(
-        &[
-            "events",
-            "watch",
-            "Server.Internal.ClientConflict",
-            "--count",
-            "1",
-        ],
-        "root",
-        "Server.Internal.ClientConflict",
-        1,
-    );
+    let (_w, conflicts) = master.watch_one("Server.Internal.ClientConflict");
     let first = Client::start(&master.frontend.to_string(), &dir.path().join("one"), &[]);
     let id = first.id();
     assert!(wait_until(Duration::from_secs(20), || ok(

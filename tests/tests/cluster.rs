@@ -584,20 +584,8 @@ async fn a_second_connection_on_another_minion_is_refused_and_notifications_reac
     );
 
     // The same id on minion B is refused, and the conflict is reported cluster-wide.
-    let (_conflicts, conflicts) = tokio::task::block_in_place(|| {
-        c.master.spawn_watching(
-            &[
-                "events",
-                "watch",
-                "Server.Internal.ClientConflict",
-                "--count",
-                "1",
-            ],
-            "root",
-            "Server.Internal.ClientConflict",
-            1,
-        )
-    });
+    let (_conflicts, conflicts) =
+        tokio::task::block_in_place(|| c.master.watch_one("Server.Internal.ClientConflict"));
     let e = raw_session(c.b.frontend, id).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
     assert!(e.message().contains("is already connected"), "{e:?}");

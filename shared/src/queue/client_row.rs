@@ -11,7 +11,7 @@ use std::fmt::{self, Write};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{json_type, stamp, Error, JsonRow, Result};
+use super::{parse_object, stamp, JsonRow, Result};
 
 /// A row a client sent, either parsed or as text.
 pub trait ClientRow {
@@ -35,17 +35,7 @@ impl ClientRow for &str {
                 Ok(fields.write(self.len(), client_json, ts_s))
             }
             // Repeated keys, or not an object: the `Value` path decides and explains.
-            _ => match serde_json::from_str::<serde_json::Value>(self) {
-                Ok(serde_json::Value::Object(row)) => row.stamp(client, client_json, ts_s, index),
-                Ok(other) => Err(Error::NotAnObject {
-                    index,
-                    got: json_type(&other),
-                }),
-                Err(e) => Err(Error::InvalidJson {
-                    index,
-                    message: e.to_string(),
-                }),
-            },
+            _ => parse_object(self, index)?.stamp(client, client_json, ts_s, index),
         }
     }
 }
@@ -167,6 +157,7 @@ impl Fields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::Error;
 
     fn via_text(text: &str) -> Result<String> {
         text.stamp("C.1", "\"C.1\"", 100, 3)

@@ -340,17 +340,7 @@ impl QueueManager {
                         limit,
                     });
                 }
-                match serde_json::from_str::<Value>(text) {
-                    Ok(Value::Object(m)) => Ok(m),
-                    Ok(other) => Err(Error::NotAnObject {
-                        index,
-                        got: json_type(&other),
-                    }),
-                    Err(e) => Err(Error::InvalidJson {
-                        index,
-                        message: e.to_string(),
-                    }),
-                }
+                parse_object(text, index)
             })
             .collect()
     }
@@ -562,6 +552,21 @@ pub(crate) fn stamp(row: &Map<String, Value>, ts_s: i64, source: &str, size_hint
     })();
     result.expect("a JSON map always serialises");
     String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Row `index` parsed as a JSON object, or why it is not one.
+fn parse_object(text: &str, index: usize) -> Result<JsonRow> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(Error::NotAnObject {
+            index,
+            got: json_type(&other),
+        }),
+        Err(e) => Err(Error::InvalidJson {
+            index,
+            message: e.to_string(),
+        }),
+    }
 }
 
 fn json_type(v: &Value) -> &'static str {
