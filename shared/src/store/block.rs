@@ -4,11 +4,12 @@
 //!
 //! A block is `[u32 count][i64 last ts]` then, per row, `[u32 length][row]` with the row in
 //! [`StoredRow`]'s encoding. The header lets time-range reads skip a block without reading
-//! its rows.
+//! its rows. Here too: a stream's first and last seq, and the one-time move of a store made
+//! before blocks.
 
 use redb::ReadableTable;
 
-use super::{Error, Result, StoredRow};
+use super::{Error, Result, StoredRow, EVENTS, EVENT_BLOCKS};
 
 /// Rows in one block at most.
 pub const BLOCK_ROWS: usize = 1024;
@@ -25,12 +26,8 @@ pub fn encode<'a>(rows: impl Iterator<Item = &'a StoredRow>, floor: i64, out: &m
     let (mut count, mut last) = (0u32, floor);
     for row in rows {
         last = last.max(row.ts_us);
-        let len = 10 + row.client.len() + row.json.len();
-        out.extend_from_slice(&(len as u32).to_le_bytes());
-        out.extend_from_slice(&last.to_le_bytes());
-        out.extend_from_slice(&(row.client.len() as u16).to_le_bytes());
-        out.extend_from_slice(row.client.as_bytes());
-        out.extend_from_slice(row.json.as_bytes());
+        out.extend_from_slice(&(row.encoded_len() as u32).to_le_bytes());
+        row.encode_at(last, out);
         count += 1;
     }
     out[0..4].copy_from_slice(&count.to_le_bytes());
@@ -43,7 +40,7 @@ pub fn runs(rows: &[StoredRow]) -> Vec<&[StoredRow]> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, row) in rows.iter().enumerate() {
-        let size = 14 + row.client.len() + row.json.len();
+        let size = 4 + row.encoded_len();
         if i > start && (i - start >= BLOCK_ROWS || bytes + size > BLOCK_BYTES) {
             out.push(&rows[start..i]);
             (start, bytes) = (i, 0);
@@ -117,6 +114,80 @@ pub fn holding<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
         seq: first,
     })?;
     Ok((seq < first + block.count).then_some((first, block.count, block.last_ts)))
+}
+
+/// The first and last seq a stream holds.
+pub fn bounds<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
+    t: &T,
+    stream: &str,
+) -> Result<Option<(u64, u64)>> {
+    let last_of = |first: u64, v: &[u8]| -> Result<u64> {
+        let block = Block::parse(v).ok_or_else(|| Error::Corrupt {
+            stream: stream.into(),
+            seq: first,
+        })?;
+        Ok(first + block.count.max(1) - 1)
+    };
+    let mut range = t.range((stream, 0)..=(stream, u64::MAX))?;
+    let (first, first_last) = match range.next() {
+        Some(item) => {
+            let (k, v) = item?;
+            let first = k.value().1;
+            (first, last_of(first, v.value())?)
+        }
+        None => return Ok(None),
+    };
+    let last = match range.next_back() {
+        Some(item) => {
+            let (k, v) = item?;
+            last_of(k.value().1, v.value())?
+        }
+        None => first_last,
+    };
+    Ok(Some((first, last)))
+}
+
+/// Moves the rows of a store made before blocks (one entry per row) into blocks, once, in
+/// the open's transaction; returns how many rows moved.
+pub fn move_rows_into_blocks(w: &redb::WriteTransaction) -> Result<u64> {
+    use redb::TableHandle;
+    if !w.list_tables()?.any(|t| t.name() == EVENTS.name()) {
+        return Ok(0);
+    }
+    let mut moved = 0u64;
+    {
+        let old = w.open_table(EVENTS)?;
+        let mut blocks = w.open_table(EVENT_BLOCKS)?;
+        let mut buf = Vec::new();
+        let mut flush = |stream: &str, first: u64, rows: &mut Vec<StoredRow>| -> Result<()> {
+            let mut at = first;
+            for run in runs(rows) {
+                encode(run.iter(), i64::MIN, &mut buf);
+                blocks.insert((stream, at), buf.as_slice())?;
+                at += run.len() as u64;
+            }
+            rows.clear();
+            Ok(())
+        };
+        let (mut stream, mut first, mut rows) = (String::new(), 0u64, Vec::new());
+        for item in old.iter()? {
+            let (k, v) = item?;
+            let (s, seq) = k.value();
+            let row = StoredRow::decode(v.value()).ok_or_else(|| Error::Corrupt {
+                stream: s.into(),
+                seq,
+            })?;
+            if s != stream || seq != first + rows.len() as u64 {
+                flush(&stream, first, &mut rows)?;
+                (stream, first) = (s.to_string(), seq);
+            }
+            rows.push(row);
+            moved += 1;
+        }
+        flush(&stream, first, &mut rows)?;
+    }
+    w.delete_table(EVENTS)?;
+    Ok(moved)
 }
 
 #[cfg(test)]

@@ -92,14 +92,18 @@ pub struct StoredRow {
 }
 
 impl StoredRow {
-    /// One row as a store made before blocks held it (and as a block holds each row).
-    #[cfg(test)]
-    fn encode(&self, buf: &mut Vec<u8>) {
-        buf.clear();
-        buf.extend_from_slice(&self.ts_us.to_le_bytes());
-        buf.extend_from_slice(&(self.client.len() as u16).to_le_bytes());
-        buf.extend_from_slice(self.client.as_bytes());
-        buf.extend_from_slice(self.json.as_bytes());
+    /// Bytes of the row's encoding.
+    fn encoded_len(&self) -> usize {
+        10 + self.client.len() + self.json.len()
+    }
+
+    /// Appends the row's encoding, with `ts_us` as its time: as a block holds each row,
+    /// and as a store made before blocks held it.
+    fn encode_at(&self, ts_us: i64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&ts_us.to_le_bytes());
+        out.extend_from_slice(&(self.client.len() as u16).to_le_bytes());
+        out.extend_from_slice(self.client.as_bytes());
+        out.extend_from_slice(self.json.as_bytes());
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
@@ -192,7 +196,7 @@ impl Store {
         {
             let w = db.begin_write()?;
             w.open_table(EVENT_BLOCKS)?;
-            let moved = move_rows_into_blocks(&w)?;
+            let moved = block::move_rows_into_blocks(&w)?;
             if moved > 0 {
                 tracing::info!(
                     rows = moved,
@@ -455,7 +459,7 @@ impl Store {
             };
             let Some((k, _)) = next else { break };
             let stream = k.value().0.to_string();
-            let (first, last) = bounds(&t, &stream)?.unwrap_or((0, 0));
+            let (first, last) = block::bounds(&t, &stream)?.unwrap_or((0, 0));
             out.push((stream.clone(), last + 1 - first));
             cursor = Some(stream);
         }
@@ -519,7 +523,7 @@ impl Store {
     ) -> Result<()> {
         let r = self.db.begin_read()?;
         let t = r.open_table(EVENT_BLOCKS)?;
-        let Some((first, last)) = bounds(&t, stream)? else {
+        let Some((first, last)) = block::bounds(&t, stream)? else {
             return Ok(());
         };
         // The first block whose last row is at or after start_us (ts is non-decreasing).
@@ -576,80 +580,6 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
-}
-
-/// The first and last seq a stream holds.
-fn bounds<T: ReadableTable<(&'static str, u64), &'static [u8]>>(
-    t: &T,
-    stream: &str,
-) -> Result<Option<(u64, u64)>> {
-    let last_of = |first: u64, v: &[u8]| -> Result<u64> {
-        let block = block::Block::parse(v).ok_or_else(|| Error::Corrupt {
-            stream: stream.into(),
-            seq: first,
-        })?;
-        Ok(first + block.count.max(1) - 1)
-    };
-    let mut range = t.range((stream, 0)..=(stream, u64::MAX))?;
-    let (first, first_last) = match range.next() {
-        Some(item) => {
-            let (k, v) = item?;
-            let first = k.value().1;
-            (first, last_of(first, v.value())?)
-        }
-        None => return Ok(None),
-    };
-    let last = match range.next_back() {
-        Some(item) => {
-            let (k, v) = item?;
-            last_of(k.value().1, v.value())?
-        }
-        None => first_last,
-    };
-    Ok(Some((first, last)))
-}
-
-/// Moves the rows of a store made before blocks (one entry per row) into blocks, once, in
-/// the open's transaction; returns how many rows moved.
-fn move_rows_into_blocks(w: &redb::WriteTransaction) -> Result<u64> {
-    use redb::TableHandle;
-    if !w.list_tables()?.any(|t| t.name() == EVENTS.name()) {
-        return Ok(0);
-    }
-    let mut moved = 0u64;
-    {
-        let old = w.open_table(EVENTS)?;
-        let mut blocks = w.open_table(EVENT_BLOCKS)?;
-        let mut buf = Vec::new();
-        let mut flush = |stream: &str, first: u64, rows: &mut Vec<StoredRow>| -> Result<()> {
-            let mut at = first;
-            for run in block::runs(rows) {
-                block::encode(run.iter(), i64::MIN, &mut buf);
-                blocks.insert((stream, at), buf.as_slice())?;
-                at += run.len() as u64;
-            }
-            rows.clear();
-            Ok(())
-        };
-        let (mut stream, mut first, mut rows) = (String::new(), 0u64, Vec::new());
-        for item in old.iter()? {
-            let (k, v) = item?;
-            let (s, seq) = k.value();
-            let row = StoredRow::decode(v.value()).ok_or_else(|| Error::Corrupt {
-                stream: s.into(),
-                seq,
-            })?;
-            if s != stream || seq != first + rows.len() as u64 {
-                flush(&stream, first, &mut rows)?;
-                (stream, first) = (s.to_string(), seq);
-            }
-            rows.push(row);
-            moved += 1;
-        }
-        flush(&stream, first, &mut rows)?;
-    }
-    w.delete_table(EVENTS)?;
-    Ok(moved)
 }
 
 #[cfg(test)]

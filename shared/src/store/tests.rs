@@ -171,7 +171,8 @@ async fn a_store_of_one_row_per_entry_is_moved_into_blocks_when_opened() {
             let mut buf = Vec::new();
             // Stream "s" lost seqs 1-2 to retention; "t" has one row.
             for (stream, seq, ts) in [("s", 3, 30), ("s", 4, 40), ("s", 5, 40), ("t", 1, 10)] {
-                row(ts, "C.a", seq as u32).encode(&mut buf);
+                buf.clear();
+                row(ts, "C.a", seq as u32).encode_at(ts, &mut buf);
                 events.insert((stream, seq), buf.as_slice()).unwrap();
                 heads.insert(stream, seq).unwrap();
             }
