@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::{bin, free_port, wait_until, START_TIMEOUT};
+use crate::{bin, free_port, ok, wait_until, Master, START_TIMEOUT};
 
 /// The nats-server binary: `$NATS_SERVER`, else `nats-server` on PATH (scripts/test
 /// installs it).
@@ -221,5 +221,48 @@ impl Minion {
 impl Drop for Minion {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A CLIENT_EVENT artifact that counts: row N is the Nth row the client made.
+pub const COUNTER: &str = "name: Custom.Counter\ntype: CLIENT_EVENT\nparameters:\n- name: Ms\n  default: '50'\n  type: int\nsources:\n- query: |\n    SELECT count() AS N FROM clock(ms=Ms)\n";
+
+/// A cluster: its processes stop when it is dropped.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nats: Nats,
+    pub master: Master,
+    pub a: Minion,
+    pub b: Minion,
+}
+
+pub fn start_master(dir: &std::path::Path, nats: &Nats) -> Master {
+    Master::start(&dir.join("master"), &["--nats-url", &nats.url()])
+}
+
+/// nats-server, a master with the counter artifact in every client's table, two minions.
+pub fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("js"));
+    let master = start_master(dir.path(), &nats);
+    let f = dir.path().join("counter.yaml");
+    std::fs::write(&f, COUNTER).unwrap();
+    ok(&master.talon(&["artifacts", "add", f.to_str().unwrap()]));
+    ok(&master.talon(&[
+        "monitoring",
+        "client",
+        "add",
+        "Custom.Counter",
+        "--param",
+        "Ms=100",
+    ]));
+    let a = Minion::start(&nats.url(), "minion-a", dir.path(), 0);
+    let b = Minion::start(&nats.url(), "minion-b", dir.path(), 0);
+    Cluster {
+        dir,
+        nats,
+        master,
+        a,
+        b,
     }
 }

@@ -3,7 +3,7 @@
 //! stops every process it started (by its own pid) when dropped.
 
 pub mod cluster;
-pub use cluster::{Minion, Nats};
+pub use cluster::{cluster, start_master, Cluster, Minion, Nats, COUNTER};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -204,6 +204,20 @@ impl Master {
             queue,
             1,
         )
+    }
+
+    /// A watch of a `root` queue over the admin API, registered when this returns; a
+    /// stream nobody reads stalls, which is how tests make a lagging watcher.
+    pub async fn watch_stream(&self, queue: &str) -> tonic::Streaming<talon_proto::api::EventRow> {
+        self.client()
+            .await
+            .watch(talon_proto::api::WatchRequest {
+                artifact: queue.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner()
     }
 
     /// A gRPC admin client.

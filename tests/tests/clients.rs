@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use talon_tests::*;
 
-/// A CLIENT_EVENT artifact that counts: row N is the Nth row the client made.
-const COUNTER: &str = "name: Custom.Counter\ntype: CLIENT_EVENT\nparameters:\n- name: Ms\n  default: '50'\n  type: int\nsources:\n- query: |\n    SELECT count() AS N FROM clock(ms=Ms)\n";
-
 fn add_artifact(master: &Master, dir: &std::path::Path, text: &str) {
     let f = dir.join("artifact.yaml");
     std::fs::write(&f, text).unwrap();

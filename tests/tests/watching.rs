@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use talon_proto::api::WatchRequest;
 use talon_tests::*;
 
 const QUEUE: &str = "Server.Audit.Logs";
@@ -61,16 +60,7 @@ async fn a_stalled_watcher_blocks_no_push_and_later_gets_every_row_in_order() {
         &dir.path().join("data"),
         &["--config", config.to_str().unwrap()],
     );
-    let mut stalled = master
-        .client()
-        .await
-        .watch(WatchRequest {
-            artifact: QUEUE.into(),
-            ..WatchRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stalled = master.watch_stream(QUEUE).await;
     // A live watcher reading along the way.
     let (_live, live_rx) = master.spawn_watching(
         &["events", "watch", QUEUE, "--count", "4000"],

@@ -1,0 +1,314 @@
+//! Cluster services with real processes (a nats-server, a master, two minions, clients):
+//! pings and registrations, client snapshots, labels, cluster-wide conflicts,
+//! notifications, message ids and health.
+
+use std::time::{Duration, Instant};
+
+use talon_tests::*;
+
+#[test]
+fn pings_move_last_seen_forward_registrations_follow_watches_and_late_minions_get_snapshots() {
+    let c = cluster();
+    let client = Client::start(&c.a.frontend.to_string(), &c.dir.path().join("c1"), &[]);
+    let id = client.id();
+    let show = |m: &Master| -> Option<serde_json::Value> {
+        let out = m.talon(&["clients", "show", &id]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    };
+    let mut rec = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            rec = show(&c.master);
+            rec.is_some()
+        }),
+        "the master never learned the client"
+    );
+    let rec = rec.unwrap();
+    assert_eq!(rec["connected"], true, "{rec}");
+    let first = rec["last_seen_at"].as_i64().unwrap();
+    // The client stays connected to minion a; its pings move last seen on the master.
+    assert!(
+        wait_until(Duration::from_secs(30), || show(&c.master)
+            .is_some_and(|r| r["last_seen_at"].as_i64().unwrap() > first)),
+        "last seen never moved forward"
+    );
+
+    // A watch on the master shows up in its registrations.
+    let (_regs, regs) = c.master.spawn_watching(
+        &["events", "watch", "Server.Internal.MasterRegistrations"],
+        "root",
+        "Server.Internal.MasterRegistrations",
+        1,
+    );
+    let (_w, _rows) = c.master.spawn_watching(
+        &["events", "watch", "Custom.Counter"],
+        "root",
+        "Custom.Counter",
+        1,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = regs
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a registrations row naming root/Custom.Counter");
+        if line.contains("root/Custom.Counter") {
+            break;
+        }
+    }
+
+    // A minion started now fetches the master's client table.
+    let late = Minion::start(&c.nats.url(), "minion-late", c.dir.path(), 0);
+    assert!(
+        wait_until(Duration::from_secs(20), || late
+            .log()
+            .contains("client snapshot fetched org=\"root\" records=1")),
+        "{}",
+        late.log()
+    );
+    drop(client);
+}
+
+#[test]
+fn a_label_added_on_the_master_reaches_a_client_on_a_minion_without_restart() {
+    let c = cluster();
+    ok(&c.master.talon(&[
+        "monitoring",
+        "client",
+        "add",
+        "Generic.Client.Stats",
+        "--label",
+        "web",
+        "--param",
+        "Frequency=1",
+    ]));
+    let stats = c.b.watch("Generic.Client.Stats");
+    let counter = c.b.watch("Custom.Counter");
+    let client = Client::start(&c.a.frontend.to_string(), &c.dir.path().join("c1"), &[]);
+    let id = client.id();
+    // Connected and streaming its unlabelled table, but no stats yet.
+    counter
+        .recv_timeout(Duration::from_secs(20))
+        .expect("counter rows from the client on minion a");
+    assert!(stats.try_recv().is_err(), "stats before the label");
+    assert!(
+        wait_until(Duration::from_secs(20), || c
+            .master
+            .talon(&["clients", "show", &id])
+            .status
+            .success()),
+        "the master never learned the client"
+    );
+    ok(&c.master.talon(&["clients", "label", &id, "--add", "web"]));
+    let row: serde_json::Value = serde_json::from_str(
+        &stats
+            .recv_timeout(Duration::from_secs(20))
+            .expect("stats rows once the label reached the client's node"),
+    )
+    .unwrap();
+    assert_eq!(row["ClientId"], id.as_str());
+}
+
+/// A raw gRPC session to a frontend: its server stream after the welcome.
+async fn raw_session(
+    frontend: std::net::SocketAddr,
+    id: &str,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<talon_proto::client::ClientMessage>,
+        tonic::Streaming<talon_proto::client::ServerMessage>,
+    ),
+    tonic::Status,
+> {
+    use talon_proto::client::*;
+    let mut client = frontend_client::FrontendClient::connect(format!("http://{frontend}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(ClientMessage {
+        msg: Some(client_message::Msg::Hello(Hello {
+            client_id: id.into(),
+            hostname: "raw".into(),
+            ..Hello::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = client
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let welcome = stream.message().await?.expect("welcome");
+    assert!(matches!(welcome.msg, Some(server_message::Msg::Welcome(_))));
+    Ok((tx, stream))
+}
+
+/// Whether an event table arrives on `stream` within `within`.
+async fn table_arrives(
+    stream: &mut tonic::Streaming<talon_proto::client::ServerMessage>,
+    within: Duration,
+) -> bool {
+    use talon_proto::client::server_message::Msg;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Err(_) => return false,
+            Ok(Ok(Some(m))) if matches!(m.msg, Some(Msg::EventTable(_))) => return true,
+            Ok(Ok(Some(_))) => continue,
+            Ok(other) => panic!("the session ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_on_another_minion_is_refused_and_notifications_reach_the_holding_node()
+{
+    let c = tokio::task::block_in_place(cluster);
+    let id = "C.00000000000000c1";
+    let (_tx, mut stream) = raw_session(c.a.frontend, id).await.unwrap();
+    assert!(
+        table_arrives(&mut stream, Duration::from_secs(10)).await,
+        "the first table"
+    );
+
+    // The same id on minion B is refused, and the conflict is reported cluster-wide.
+    let (_conflicts, conflicts) =
+        tokio::task::block_in_place(|| c.master.watch_one("Server.Internal.ClientConflict"));
+    let e = raw_session(c.b.frontend, id).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    assert!(e.message().contains("is already connected"), "{e:?}");
+    let row: serde_json::Value = serde_json::from_str(
+        &tokio::task::block_in_place(|| conflicts.recv_timeout(Duration::from_secs(20)))
+            .expect("a conflict row on the master"),
+    )
+    .unwrap();
+    assert_eq!(
+        (row["ClientId"].as_str(), row["Node"].as_str()),
+        (Some(id), Some("minion-b"))
+    );
+
+    // A notification published by another node reaches minion A, which wakes the client
+    // (it sends the table again); one naming another client does not.
+    let bus = talon_shared::bus::Bus::connect(&c.nats.url(), "test-node")
+        .await
+        .unwrap();
+    let notify = |target: &str, n: u32| {
+        let row = talon_shared::store::StoredRow {
+            ts_us: 0,
+            client: String::new(),
+            json: serde_json::json!({"Target": target, "Tag": "test"}).to_string(),
+        };
+        let bus = bus.clone();
+        async move {
+            bus.send(
+                "root",
+                false,
+                vec![("Server.Internal.Notifications".into(), vec![row])],
+                None,
+                &format!("test-notify-{n}"),
+            )
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+        }
+    };
+    notify("C.00000000000000ff", 1).await;
+    assert!(
+        !table_arrives(&mut stream, Duration::from_secs(3)).await,
+        "woken by another client's notification"
+    );
+    notify(id, 2).await;
+    assert!(
+        table_arrives(&mut stream, Duration::from_secs(20)).await,
+        "the notification never woke the client on minion A"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_publish_is_stored_once_and_health_totals_reach_the_master() {
+    let c = tokio::task::block_in_place(cluster);
+    let (_tx, _stream) = raw_session(c.a.frontend, "C.00000000000000c2")
+        .await
+        .unwrap();
+    let (_health, health) = tokio::task::block_in_place(|| {
+        c.master.spawn_watching(
+            &["events", "watch", "Server.Monitor.Health"],
+            "root",
+            "Server.Monitor.Health",
+            1,
+        )
+    });
+    // The same batch published twice under one message id (a retry after a lost ack) is
+    // stored once; another id is another batch.
+    let bus = talon_shared::bus::Bus::connect(&c.nats.url(), "test-node")
+        .await
+        .unwrap();
+    for (tag, msg_id) in [
+        ("once", "retry-1"),
+        ("once", "retry-1"),
+        ("last", "retry-2"),
+    ] {
+        let row = talon_shared::store::StoredRow {
+            ts_us: 1,
+            client: String::new(),
+            json: serde_json::json!({ "Tag": tag }).to_string(),
+        };
+        bus.send(
+            "root",
+            true,
+            vec![("Server.Audit.Logs".into(), vec![row])],
+            None,
+            msg_id,
+        )
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    }
+    let tags = || {
+        ok(&c.master.talon(&["events", "read", "Server.Audit.Logs"]))
+            .lines()
+            .filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v["Tag"].as_str().map(String::from)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut stored = Vec::new();
+    assert!(
+        tokio::task::block_in_place(|| wait_until(Duration::from_secs(20), || {
+            stored = tags();
+            stored.contains(&"last".to_string())
+        })),
+        "the last batch was never stored: {stored:?}"
+    );
+    assert_eq!(
+        stored,
+        vec!["once", "last"],
+        "the retried batch is stored once"
+    );
+
+    // Health: the master writes per-org totals from the nodes' reports (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = tokio::task::block_in_place(|| health.recv_timeout(left))
+            .expect("a health row with three nodes and the client within 40 s");
+        let row: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if row["NodesAlive"] == 3 && row["ConnectedClients"].as_u64() >= Some(1) {
+            let mut nodes: Vec<&str> = row["Nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|n| n.as_str())
+                .collect();
+            nodes.sort_unstable();
+            assert_eq!(nodes, ["master", "minion-a", "minion-b"]);
+            break;
+        }
+    }
+}
