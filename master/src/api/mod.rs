@@ -1,6 +1,8 @@
 //! The admin gRPC API (`proto/api.proto`) over the queue manager and artifact repository;
-//! table and record conversions and auditing are in `support`.
+//! client records and monitoring tables are in `clients`, other conversions and auditing
+//! in `support`.
 
+mod clients;
 mod cluster;
 mod support;
 use support::{audit, monitor_status};
@@ -11,11 +13,11 @@ use futures::{Stream, StreamExt};
 use talon_proto::api::admin_server::Admin;
 use talon_proto::api::*;
 use talon_shared::artifacts::{ArtifactKind, LoadedArtifact};
-use talon_shared::queue::{validate_org, QueueManager, ROOT_ORG};
+use talon_shared::queue::{QueueManager, ROOT_ORG};
 use talon_shared::vql_host::{metadata_namespace, Output, Vql};
 
 use crate::monitor::ServerMonitor;
-use talon_shared::frontend::{FrontendService, RelabelError, TableEntry};
+use talon_shared::frontend::{FrontendService, RelabelError};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -500,30 +502,7 @@ impl Admin for AdminService {
         req: Request<ClientMonitoringRequest>,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
         let who = principal(&req);
-        let r = req.into_inner();
-        let org = org_of(&r.org).to_string();
-        validate_org(&org).map_err(|e| to_status(e.into()))?;
-        let entry = TableEntry {
-            artifact: r.artifact.clone(),
-            label: r.label.clone(),
-            params: r.params.clone().into_iter().collect(),
-        };
-        self.frontend
-            .clients()
-            .add(self.qm.repository(), &org, entry)
-            .await
-            .map_err(Status::invalid_argument)?;
-        audit(
-            &self.qm,
-            &org,
-            "client_monitoring_add",
-            &who,
-            serde_json::json!({"artifact": r.artifact, "label": r.label, "params": r.params}),
-        )
-        .await;
-        self.frontend.table_changed(&org);
-        self.cluster_state_changed().await;
-        self.client_table(&org)
+        self.add_to_client_table(&who, req.into_inner()).await
     }
 
     async fn remove_client_monitoring(
@@ -531,36 +510,7 @@ impl Admin for AdminService {
         req: Request<ClientMonitoringRequest>,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
         let who = principal(&req);
-        let r = req.into_inner();
-        let org = org_of(&r.org).to_string();
-        let removed = self
-            .frontend
-            .clients()
-            .remove(&org, &r.artifact, &r.label)
-            .await
-            .map_err(|e| to_status(e.into()))?;
-        if removed.is_none() {
-            let which = if r.label.is_empty() {
-                "all clients".to_string()
-            } else {
-                format!("label {}", r.label)
-            };
-            return Err(Status::not_found(format!(
-                "artifact {} is not in the client monitoring table for {which}",
-                r.artifact
-            )));
-        }
-        audit(
-            &self.qm,
-            &org,
-            "client_monitoring_remove",
-            &who,
-            serde_json::json!({"artifact": r.artifact, "label": r.label}),
-        )
-        .await;
-        self.frontend.table_changed(&org);
-        self.cluster_state_changed().await;
-        self.client_table(&org)
+        self.remove_from_client_table(&who, req.into_inner()).await
     }
 
     async fn cluster_status(
