@@ -13,9 +13,10 @@ pub(super) struct Writer {
     db: Arc<Database>,
     /// First seqs per stream of each applied client batch in the current group, by index.
     batch_seqs: HashMap<usize, Vec<u64>>,
-    /// Next seq per stream, loaded on first use.
+    /// Caches of what the committed tables say, loaded on first use and dropped when a
+    /// commit fails: the next seq per stream (from `heads`), and the last stored time per
+    /// stream (from its last block).
     next: HashMap<String, u64>,
-    /// Last stored time per stream of rows applied from the bus, loaded on first use.
     last_ts: HashMap<String, i64>,
     buf: Vec<u8>,
 }
@@ -54,8 +55,6 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: Vec<Command>) {
-        let saved_next = self.next.clone();
-        let saved_ts = self.last_ts.clone();
         self.batch_seqs.clear();
         match self.write_group(&group) {
             Ok(results) => {
@@ -100,8 +99,9 @@ impl Writer {
                 }
             }
             Err(e) => {
-                self.next = saved_next;
-                self.last_ts = saved_ts;
+                // The caches may hold what the failed transaction wrote; the tables do not.
+                self.next.clear();
+                self.last_ts.clear();
                 tracing::error!(error = %e, "store commit failed");
                 let msg = e.to_string();
                 for cmd in group {
