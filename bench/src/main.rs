@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
-use talon_shared::artifacts::Repository;
+use talon_artifacts::Repository;
 use talon_shared::queue::{Limits, QueueManager, ROOT_ORG};
 use talon_shared::store::Store;
 

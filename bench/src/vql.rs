@@ -16,7 +16,7 @@ const FILTER: &str = "SELECT * FROM Q WHERE x =~ 'ab' AND y > 5";
 /// Every query text of the built-in artifacts and the VQL scenario files.
 fn artifact_queries() -> Vec<String> {
     let mut out = Vec::new();
-    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vql/tests/scenarios");
+    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/../vql/tests/scenarios");
     if let Ok(dir) = std::fs::read_dir(scenarios) {
         for f in dir.flatten() {
             let text = std::fs::read_to_string(f.path()).unwrap_or_default();
@@ -29,7 +29,7 @@ fn artifact_queries() -> Vec<String> {
             );
         }
     }
-    for a in talon_shared::artifacts::builtin::all() {
+    for a in talon_artifacts::builtin::all() {
         for s in &a.def.sources {
             out.extend(s.query.clone());
             out.extend(s.precondition.clone());

@@ -153,8 +153,8 @@ pub async fn run(api: &str, cmd: ArtifactsCmd) -> anyhow::Result<ExitCode> {
 
 /// Loads each file (or every `*.yaml` below a directory); prints OK or `file:line:col: message`.
 fn verify(paths: &[PathBuf], syntax_only: bool) -> anyhow::Result<ExitCode> {
-    use talon_shared::artifacts::verify::{verify as check_vql, Level};
-    let registry = talon_vql::registry::Registry::builtin();
+    use talon_artifacts::verify::{verify as check_vql, Level};
+    let registry = talon_artifacts::Registry::builtin();
     let level = if syntax_only {
         Level::Syntax
     } else {
@@ -176,8 +176,7 @@ fn verify(paths: &[PathBuf], syntax_only: bool) -> anyhow::Result<ExitCode> {
         let result = std::fs::read_to_string(f)
             .map_err(|e| vec![format!("{origin}:1:1: cannot read: {e}")])
             .and_then(|text| {
-                let a = talon_shared::artifacts::load(&origin, &text)
-                    .map_err(|e| vec![e.to_string()])?;
+                let a = talon_artifacts::load(&origin, &text).map_err(|e| vec![e.to_string()])?;
                 let problems = check_vql(&a, &registry, level, &origin);
                 if problems.is_empty() {
                     Ok(a)

@@ -93,7 +93,7 @@ pub async fn run(api: &str, org: &str, cmd: ClientsCmd) -> anyhow::Result<ExitCo
                                 } else {
                                     "no".into()
                                 },
-                                talon_shared::timefmt::rfc3339(c.last_seen_at),
+                                talon_core::timefmt::rfc3339(c.last_seen_at),
                             ]
                         })
                         .collect();

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
+use talon_core::timefmt;
 use talon_proto::api::*;
-use talon_shared::timefmt;
 
 use crate::{connect, output, status_error};
 

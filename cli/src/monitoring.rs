@@ -140,7 +140,7 @@ pub async fn run(api: &str, org: &str, cmd: MonitoringCmd) -> anyhow::Result<Exi
                         let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
                         let ts = v["Timestamp"]
                             .as_i64()
-                            .map(|s| talon_shared::timefmt::rfc3339(s * 1_000_000))
+                            .map(|s| talon_core::timefmt::rfc3339(s * 1_000_000))
                             .unwrap_or_default();
                         lines.push_back(format!(
                             "{ts} {}: {}",

@@ -44,7 +44,7 @@ pub fn client_id(state: &std::path::Path) -> std::io::Result<String> {
     let path = state.join("client_id");
     if let Ok(id) = std::fs::read_to_string(&path) {
         let id = id.trim().to_string();
-        if talon_shared::frontend::valid_client_id(&id) {
+        if talon_core::ids::valid_client_id(&id) {
             return Ok(id);
         }
     }

@@ -73,8 +73,8 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let a = Args::parse();
-    talon_shared::telemetry::init(
-        talon_shared::telemetry::LogFormat::Text,
+    talon_core::telemetry::init(
+        talon_core::telemetry::LogFormat::Text,
         "warn,talon_client=info",
     );
     if let Some(Cmd::Simulate {

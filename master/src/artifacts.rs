@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
-use talon_shared::artifacts::{LoadedArtifact, Repository};
+use talon_artifacts::{LoadedArtifact, Repository};
 use talon_shared::queue::{QueueManager, ROOT_ORG};
 
 use crate::error::ApiError;
@@ -71,11 +71,9 @@ pub async fn set(
 pub async fn delete(qm: &QueueManager, name: &str, principal: &str) -> Result<(), ApiError> {
     let repo = qm.repository();
     match repo.get(name) {
-        None => {
-            return Err(talon_shared::artifacts::repository::Error::NotFound(name.into()).into())
-        }
+        None => return Err(talon_artifacts::repository::Error::NotFound(name.into()).into()),
         Some(a) if a.built_in => {
-            return Err(talon_shared::artifacts::repository::Error::BuiltIn(name.into()).into())
+            return Err(talon_artifacts::repository::Error::BuiltIn(name.into()).into())
         }
         Some(_) => {}
     }

@@ -1,6 +1,6 @@
 //! The admin API's errors and the one function that maps them to gRPC status codes.
 
-use talon_shared::artifacts::{repository, LoadError};
+use talon_artifacts::{repository, LoadError};
 use talon_shared::{queue, store};
 use tonic::{Code, Status};
 

@@ -4,6 +4,7 @@
 //! - [`api`]: the admin gRPC service.
 //! - [`artifacts`]: user artifact administration (store, announce, audit).
 //! - [`cluster`]: in a cluster, client records from other nodes, node reports and health.
+//! - [`config`]: the master's configuration: YAML and flags to an immutable `Config`.
 //! - [`error`]: API errors and their gRPC status codes.
 //! - [`monitor`]: the server monitoring table and its running queries.
 //! - [`persister`]: in a cluster, the durable stream into the store.
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod cluster;
+pub mod config;
 pub mod error;
 pub mod monitor;
 pub mod persister;
@@ -18,10 +20,10 @@ pub mod persister;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::config::Config;
 use anyhow::Context;
+use talon_artifacts::Repository;
 use talon_proto::api::admin_server::AdminServer;
-use talon_shared::artifacts::Repository;
-use talon_shared::config::Config;
 use talon_shared::queue::{self, Limits, QueueManager};
 use talon_shared::store::Store;
 use tokio::net::TcpListener;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use talon_shared::config::{Config, ConfigFile, Overrides};
+use talon_master::config::{Config, ConfigFile, Overrides};
 
 /// The Talon master: event queues, store, admin API. Without --nats-url it is a complete
 /// standalone server.
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    talon_shared::telemetry::init(config.log_format, "info");
+    talon_core::telemetry::init(config.log_format, "info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -85,7 +85,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let shutdown = talon_shared::telemetry::shutdown_on_signals();
+    let shutdown = talon_core::telemetry::shutdown_on_signals();
     let datastore = config.datastore.clone();
     talon_master::run(config, shutdown, |bound| {
         let mut out = std::io::stdout().lock();

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use talon_shared::artifacts::compile::compile;
-use talon_shared::artifacts::ArtifactKind;
+use talon_artifacts::compile::compile;
+use talon_artifacts::ArtifactKind;
 use talon_shared::queue::QueueManager;
 use talon_shared::vql_host::{append_log, Output, Vql};
 use talon_vql::engine::{LogLine, QueryInfo};

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use talon_shared::artifacts::Repository;
+use talon_artifacts::Repository;
 use talon_shared::bus::Bus;
 use talon_shared::frontend::{FrontendService, DEFAULT_MAX_MESSAGE_BYTES};
 use talon_shared::queue::{Limits, QueueManager};

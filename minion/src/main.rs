@@ -51,7 +51,7 @@ fn main() -> ExitCode {
         }
     }
     config.cache_dir = args.cache_dir;
-    talon_shared::telemetry::init(Default::default(), "info");
+    talon_core::telemetry::init(Default::default(), "info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: talon_minion::Config) -> anyhow::Result<()> {
-    let shutdown = talon_shared::telemetry::shutdown_on_signals();
+    let shutdown = talon_core::telemetry::shutdown_on_signals();
     let node = config.node_name.clone();
     talon_minion::run(config, shutdown, |bound| {
         let mut out = std::io::stdout().lock();

@@ -14,8 +14,8 @@ use talon_vql::{ParseError, Row, Runner, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::ArtifactKind;
 use crate::queue::{now_us, QueueManager};
+use talon_artifacts::ArtifactKind;
 
 /// Queue that receives alerts.
 pub const ALERTS_QUEUE: &str = "Server.Internal.Alerts";
@@ -214,7 +214,7 @@ impl Host for ServerHost {
         name: &str,
         params: Vec<(String, String)>,
     ) -> Result<Vec<ArtifactQuery>, String> {
-        let compiled = crate::artifacts::compile::compile(self.qm.repository(), name, &params)
+        let compiled = talon_artifacts::compile::compile(self.qm.repository(), name, &params)
             .map_err(|e| e.to_string())?;
         Ok(compiled
             .into_iter()

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use serde_json::json;
+use talon_artifacts::Repository;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
-use talon_shared::artifacts::Repository;
 use talon_shared::frontend::FrontendService;
 use talon_shared::queue::{Limits, QueueManager, ROOT_ORG};
 use talon_shared::store::Store;

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use prost::Message;
+use talon_artifacts::Repository;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
-use talon_shared::artifacts::Repository;
 use talon_shared::frontend::http2::{self, code, flag, kind, setting, Head};
 use talon_shared::frontend::FrontendService;
 use talon_shared::queue::{Limits, QueueManager};

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
-use talon_shared::artifacts::compile::compile;
-use talon_shared::artifacts::Repository;
+use talon_artifacts::compile::compile;
+use talon_artifacts::Repository;
 use talon_shared::queue::{Limits, QueueManager, ROOT_ORG};
 use talon_shared::store::Store;
 use talon_shared::vql_host::{Output, Vql};

@@ -128,10 +128,12 @@ impl Master {
     /// Sends SIGTERM and waits (up to 30 s) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut c = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
-        }
+        // kill(1) on our own child's pid, which we have not reaped yet (no unsafe libc call).
+        let sent = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {} failed", c.id());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = c.try_wait().expect("wait master") {

@@ -115,7 +115,7 @@ fn artifact_changes_are_stored_announced_and_audited() {
 
 #[test]
 fn verify_accepts_the_projects_own_artifacts_offline() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../artifacts");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../artifacts/definitions");
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples");
     // No server is listening at this address: verify must not need one.
     let out = talon("127.0.0.1:1", &["artifacts", "verify", dir, examples], None);

@@ -10,9 +10,9 @@ use support::{audit, monitor_status};
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use talon_artifacts::{ArtifactKind, LoadedArtifact};
 use talon_proto::api::admin_server::Admin;
 use talon_proto::api::*;
-use talon_shared::artifacts::{ArtifactKind, LoadedArtifact};
 use talon_shared::queue::{QueueManager, ROOT_ORG};
 use talon_shared::vql_host::{metadata_namespace, Output, Vql};
 
@@ -240,7 +240,7 @@ impl Admin for AdminService {
         match self.qm.repository().get(name) {
             Some(a) => Ok(Response::new(artifact_msg(&a))),
             None => Err(to_status(
-                talon_shared::artifacts::repository::Error::NotFound(name.clone()).into(),
+                talon_artifacts::repository::Error::NotFound(name.clone()).into(),
             )),
         }
     }

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifacts::compile::compile;
-use crate::artifacts::{ArtifactKind, Repository};
 use crate::store::{self, Store};
+use talon_artifacts::compile::compile;
+use talon_artifacts::{ArtifactKind, Repository};
 
 /// What the server knows of a client.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

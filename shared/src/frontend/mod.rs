@@ -15,6 +15,7 @@ mod notify;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use talon_core::ids::valid_client_id;
 
 use serde_json::{json, Map, Value};
 use talon_proto::client::*;
@@ -99,11 +100,6 @@ pub async fn serve(
     tasks.close();
     tasks.wait().await;
     Ok(())
-}
-
-/// Checks a client id: `C.` and 16 hex digits.
-pub fn valid_client_id(id: &str) -> bool {
-    id.len() == 18 && id.starts_with("C.") && id[2..].bytes().all(|c| c.is_ascii_hexdigit())
 }
 
 /// A message for a session's client.

@@ -4,8 +4,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{now_us, stream_key, ClientRow, Error, QueueManager, QueueState, Result};
-use crate::artifacts::ArtifactKind;
 use crate::store::{self, StoredRow};
+use talon_artifacts::ArtifactKind;
 
 impl QueueManager {
     /// Pushes a client's event batch (rows per CLIENT_EVENT queue) atomically and at most

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
-use crate::artifacts::{ArtifactKind, Repository};
 use crate::store::{self, Store, StoredRow};
+use talon_artifacts::{ArtifactKind, Repository};
 pub use watcher::{Event, Watcher};
 
 /// The default org.
-pub const ROOT_ORG: &str = "root";
+pub use talon_core::ids::ROOT_ORG;
 /// Default largest accepted row, in bytes of JSON.
 pub const DEFAULT_MAX_ROW_BYTES: usize = 10 * 1024 * 1024;
 /// Default number of batches a queue buffers in memory for its watchers.
@@ -224,12 +224,7 @@ pub fn split_stream_key(stream: &str) -> Option<(&str, &str)> {
 
 /// Checks an org id.
 pub fn validate_org(org: &str) -> Result<()> {
-    let ok = !org.is_empty()
-        && org.len() <= 64
-        && org
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
+    if talon_core::ids::valid_org(org) {
         Ok(())
     } else {
         Err(Error::InvalidOrg(org.into()))

@@ -55,7 +55,7 @@ async fn mangled_client_bytes_give_errors_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::Store::open(&dir.path().join("t.redb")).unwrap();
     let qm = crate::queue::QueueManager::new(
-        crate::artifacts::Repository::with_builtins(),
+        talon_artifacts::Repository::with_builtins(),
         store,
         crate::queue::Limits::default(),
     );

@@ -1,5 +1,5 @@
 //! Rebuild when the embedded built-in artifacts change.
 
 fn main() {
-    println!("cargo:rerun-if-changed=../artifacts");
+    println!("cargo:rerun-if-changed=definitions");
 }

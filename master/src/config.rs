@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::queue::{DEFAULT_BUFFER_BATCHES, DEFAULT_MAX_ROW_BYTES};
-use crate::telemetry::LogFormat;
+use talon_core::telemetry::LogFormat;
+use talon_shared::queue::{DEFAULT_BUFFER_BATCHES, DEFAULT_MAX_ROW_BYTES};
 
 /// The validated configuration of a master.
 #[derive(Debug, Clone, PartialEq)]
@@ -161,8 +161,7 @@ impl Config {
         }
         let retention = file.retention.unwrap_or_default();
         for name in retention.queues.keys() {
-            if crate::artifacts::load::validate_name(name.split('/').next().unwrap_or(name))
-                .is_err()
+            if talon_artifacts::load::validate_name(name.split('/').next().unwrap_or(name)).is_err()
             {
                 problems.push(format!("retention.queues: {name:?} is not a queue name"));
             }
@@ -187,7 +186,7 @@ impl Config {
             log_format: file.log_format.unwrap_or_default(),
             max_client_message_bytes: file
                 .max_client_message_bytes
-                .unwrap_or(crate::frontend::DEFAULT_MAX_MESSAGE_BYTES),
+                .unwrap_or(talon_shared::frontend::DEFAULT_MAX_MESSAGE_BYTES),
             nats_url: flags.nats_url.or(file.nats_url),
             node_name: flags
                 .node_name

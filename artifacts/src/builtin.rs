@@ -1,4 +1,4 @@
-//! The built-in artifacts of `artifacts/`, embedded in every binary.
+//! The built-in artifacts of `artifacts/definitions/`, embedded in every binary.
 
 use std::sync::OnceLock;
 
@@ -6,7 +6,7 @@ use include_dir::{include_dir, Dir};
 
 use super::load::{load_with, LoadError, LoadedArtifact};
 
-static DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../artifacts");
+static DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/definitions");
 
 /// Every embedded YAML file as (path, text), sorted by path.
 pub fn files() -> Vec<(&'static str, &'static str)> {
@@ -52,7 +52,7 @@ pub fn find(name: &str) -> Option<&'static LoadedArtifact> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifacts::ArtifactKind;
+    use crate::ArtifactKind;
 
     /// Every queue SPEC-EVENT-QUEUES §2 names, with its type.
     const SPEC_QUEUES: &[(&str, ArtifactKind)] = &[

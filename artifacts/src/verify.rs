@@ -278,7 +278,7 @@ fn locate(yaml: &str, query: &str) -> Option<(usize, usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifacts::load;
+    use crate::load;
 
     fn check(text: &str, level: Level) -> Vec<String> {
         let a = load("a.yaml", text).unwrap();
