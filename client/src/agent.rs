@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use talon_core::Shutdown;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
 use talon_vql::engine::{Host, LogLine as VqlLog, NoHost, QueryInfo};
@@ -110,7 +111,7 @@ impl Host for ClientHost {
 }
 
 /// Runs the agent until `shutdown`.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> {
     let id = client_id(&config.state)?;
     let spool = Arc::new(Mutex::new(Spool::open(
         &config.state.join("spool"),
@@ -122,22 +123,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
     let (table_tx, table_rx) = watch::channel::<Option<EventTable>>(None);
     let (spooled_tx, _) = tokio::sync::broadcast::channel::<u64>(1024);
 
-    let queries = tokio::spawn(run_queries(
-        table_rx,
-        rows_tx,
-        logs_tx.clone(),
-        config.org.clone(),
-        id.clone(),
-        shutdown.clone(),
-    ));
-    let batcher = tokio::spawn(batch_rows(
-        rows_rx,
-        spool.clone(),
-        spooled_tx.clone(),
-        config.batch_rows,
-        config.batch_wait,
-        shutdown.clone(),
-    ));
+    let shutdown = shutdown.in_span(tracing::info_span!("client", client_id = %id));
+    let queries = shutdown.spawn(
+        "event-queries",
+        run_queries(
+            table_rx,
+            rows_tx,
+            logs_tx.clone(),
+            config.org.clone(),
+            id.clone(),
+            shutdown.clone(),
+        ),
+    );
+    let batcher = shutdown.spawn(
+        "batcher",
+        batch_rows(
+            rows_rx,
+            spool.clone(),
+            spooled_tx.clone(),
+            config.batch_rows,
+            config.batch_wait,
+            shutdown.token().clone(),
+        ),
+    );
     let logs_rx = Arc::new(tokio::sync::Mutex::new(logs_rx));
 
     let mut attempt = 0u32;
@@ -153,7 +161,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Re
             &spooled_tx,
             &table_tx,
             &logs_rx,
-            &shutdown,
+            shutdown.token(),
         )
         .await
         {
@@ -354,12 +362,12 @@ async fn run_queries(
     logs: mpsc::UnboundedSender<LogLine>,
     org: String,
     client_id: String,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) {
     let runner = Runner::new(Arc::new(ClientHost {
         fired: Mutex::new(HashMap::new()),
     }));
-    let mut running = shutdown.child_token();
+    let mut running = shutdown.token().child_token();
     let mut current: Option<Vec<EventQuery>> = None;
     loop {
         tokio::select! {
@@ -373,7 +381,7 @@ async fn run_queries(
             continue;
         }
         running.cancel();
-        running = shutdown.child_token();
+        running = shutdown.token().child_token();
         tracing::info!(
             version = t.version,
             queries = t.queries.len(),
@@ -386,14 +394,19 @@ async fn run_queries(
                 artifact_type: "CLIENT_EVENT".into(),
                 client_id: client_id.clone(),
             };
-            tokio::spawn(run_query(
-                runner.clone(),
-                q.clone(),
-                info,
-                rows.clone(),
-                logs.clone(),
-                running.clone(),
-            ));
+            let span =
+                tracing::info_span!(parent: shutdown.span(), "query", artifact = %q.artifact);
+            shutdown.spawn_in(
+                span,
+                run_query(
+                    runner.clone(),
+                    q.clone(),
+                    info,
+                    rows.clone(),
+                    logs.clone(),
+                    running.clone(),
+                ),
+            );
         }
         current = Some(t.queries);
     }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use talon_client::agent::{run, AgentConfig};
-use tokio_util::sync::CancellationToken;
 
 /// The Talon endpoint agent.
 #[derive(Parser, Debug)]
@@ -126,19 +125,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
     let result = rt.block_on(async move {
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            signals.cancel();
-        });
+        let shutdown = talon_core::Shutdown::on_signals(talon_core::shutdown::DEFAULT_GRACE);
         run(config, shutdown).await
     });
     match result {

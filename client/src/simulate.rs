@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use talon_core::Shutdown;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
-use tokio_util::sync::CancellationToken;
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ fn row(i: u64, bytes: usize, sent_us: i64) -> String {
     base.replace("\"Pad\":\"\"", &format!("\"Pad\":\"{}\"", "x".repeat(pad)))
 }
 
-async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: CancellationToken) {
+async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Shutdown) {
     let who = n;
     let addr = &cfg.frontends[n % cfg.frontends.len()];
     let url = if addr.contains("://") {
@@ -122,8 +122,9 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Ca
     totals.connected.fetch_add(1, Ordering::Relaxed);
     let sent_at: Arc<Mutex<std::collections::HashMap<u64, (Instant, u64)>>> = Arc::default();
     let acks = {
-        let (totals, sent_at, stop) = (totals.clone(), sent_at.clone(), stop.clone());
-        tokio::spawn(async move {
+        let (totals, sent_at, stop_acks) = (totals.clone(), sent_at.clone(), stop.clone());
+        stop.spawn("sim-acks", async move {
+            let stop = stop_acks;
             loop {
                 let m = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -225,15 +226,13 @@ fn pct(v: &[u64], p: f64) -> u64 {
 pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let totals = Arc::new(Totals::default());
-    let stop = CancellationToken::new();
+    let stop = Shutdown::default();
     let mut tasks = Vec::with_capacity(cfg.clients);
     for n in 0..cfg.clients {
-        tasks.push(tokio::spawn(one_client(
-            n,
-            cfg.clone(),
-            totals.clone(),
-            stop.clone(),
-        )));
+        tasks.push(stop.spawn_in(
+            tracing::debug_span!("sim-client", n),
+            one_client(n, cfg.clone(), totals.clone(), stop.clone()),
+        ));
         if n % 200 == 199 {
             tokio::task::yield_now().await;
         }

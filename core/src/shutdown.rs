@@ -87,6 +87,17 @@ impl Shutdown {
         }
     }
 
+    /// A subsystem with a tracker of its own, so it can wait for its own tasks (the
+    /// frontend for its connections); its token is cancelled with this one.
+    pub fn subtree(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+            tracker: TaskTracker::new(),
+            grace: self.grace,
+            span: self.span.clone(),
+        }
+    }
+
     /// The same node of the tree whose tasks run inside `span` (made a child of this
     /// one's span when it has no parent of its own).
     pub fn in_span(&self, span: tracing::Span) -> Self {
@@ -149,6 +160,16 @@ impl Shutdown {
         F::Output: Send + 'static,
     {
         let span = tracing::info_span!(parent: &self.span, "task", task = name);
+        self.tracker.spawn(future.instrument(span))
+    }
+
+    /// Spawns a tracked task in `span`, which names it and what it serves (for many small
+    /// tasks, such as one per connection, pass a `debug_span!`: disabled, it costs nothing).
+    pub fn spawn_in<F>(&self, span: tracing::Span, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
         self.tracker.spawn(future.instrument(span))
     }
 

@@ -25,19 +25,3 @@ pub fn init(format: LogFormat, default_filter: &str) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
-
-/// A shutdown token cancelled by SIGINT or SIGTERM (call inside the runtime).
-pub fn shutdown_on_signals() -> tokio_util::sync::CancellationToken {
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        signals.cancel();
-    });
-    shutdown
-}

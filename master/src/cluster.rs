@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use prost::Message;
 use serde_json::{json, Value};
+use talon_core::Shutdown;
 use talon_proto::bus::BusBatch;
 use talon_shared::bus::{self, Bus};
 use talon_shared::cluster::node::{NodeReport, ALIVE_WINDOW, METRICS_PERIOD, METRICS_QUEUE};
 use talon_shared::frontend::{ClientRecord, FrontendService};
 use talon_shared::queue::{QueueManager, ROOT_ORG};
-use tokio_util::sync::CancellationToken;
 
 /// Where the master answers what it watches (its registrations).
 pub const REGISTRATIONS_REQUEST: &str = "talonctl.registrations";
@@ -65,7 +65,7 @@ pub async fn start(
     qm: QueueManager,
     frontend: FrontendService,
     nodes: Nodes,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     talon_shared::cluster::node::serve_lookups(bus.clone(), frontend.clone(), shutdown.clone())
         .await?;
@@ -74,7 +74,7 @@ pub async fn start(
         .subscribe(bus::subject("*", false, "Server.Internal.ClientInfo"))
         .await?;
     let (b, fe, stop) = (bus.clone(), frontend.clone(), shutdown.clone());
-    tokio::spawn(async move {
+    shutdown.spawn("client-info-merge", async move {
         loop {
             let m = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -90,21 +90,26 @@ pub async fn start(
     });
     start_registrations(bus.clone(), qm.clone(), shutdown.clone()).await?;
     let mut metrics = qm.watch(ROOT_ORG, METRICS_QUEUE, "master-metrics")?;
-    let n = nodes.clone();
-    tokio::spawn(async move {
-        while let Ok(ev) = metrics.next().await {
+    let (n, stop) = (nodes.clone(), shutdown.clone());
+    shutdown.spawn("node-reports", async move {
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => break,
+                ev = metrics.next() => match ev { Ok(ev) => ev, Err(_) => break },
+            };
             match serde_json::from_str::<NodeReport>(&ev.row.json) {
                 Ok(r) => n.record(r),
                 Err(e) => tracing::warn!(error = %e, "unreadable node report"),
             }
         }
     });
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn("health", async move {
         let mut tick = tokio::time::interval(METRICS_PERIOD);
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             write_health(&qm, &nodes).await;
@@ -181,18 +186,15 @@ fn watched(qm: &QueueManager) -> Vec<String> {
 /// they change, and answers a node asking for them (a node that starts gets them at once).
 /// Nothing depends on them for delivery: every durable row goes to JetStream and every
 /// node follows what its own watchers need, so there is no window in which rows are lost.
-async fn start_registrations(
-    bus: Bus,
-    qm: QueueManager,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+async fn start_registrations(bus: Bus, qm: QueueManager, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut requests = bus.client().subscribe(REGISTRATIONS_REQUEST).await?;
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn("registrations", async move {
         let mut tick = tokio::time::interval(REGISTRATIONS_CHECK);
         let mut last: Option<Vec<String>> = None;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 r = requests.next() => {
                     let Some(r) = r else { break };
                     if let Some(reply) = r.reply {

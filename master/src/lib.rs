@@ -23,12 +23,11 @@ use std::time::Duration;
 use crate::config::Config;
 use anyhow::Context;
 use talon_artifacts::Repository;
+use talon_core::Shutdown;
 use talon_proto::api::admin_server::AdminServer;
 use talon_shared::queue::{self, Limits, QueueManager};
 use talon_shared::store::Store;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// File name of the redb store inside the datastore directory.
 pub const STORE_FILE: &str = "talon.redb";
@@ -47,12 +46,18 @@ pub struct Bound {
     pub frontend: SocketAddr,
 }
 
-/// Runs a master until `shutdown` fires; `on_ready` is called once every listener is bound.
+/// Runs a master until `stop` fires; `on_ready` is called once every listener is bound.
+/// Then it shuts down in the one order of [`talon_shared::lifecycle::shut_down`].
 pub async fn run(
     config: Config,
-    shutdown: CancellationToken,
+    stop: Shutdown,
     on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
+    let tree = Shutdown::for_node(&config.node_name, SHUTDOWN_GRACE);
+    // Listeners and the calls and streams they serve.
+    let intake = tree.child();
+    // Everything that runs in the background.
+    let services = tree.child();
     std::fs::create_dir_all(&config.datastore)
         .with_context(|| format!("cannot create datastore {}", config.datastore.display()))?;
     let store_path = config.datastore.join(STORE_FILE);
@@ -79,29 +84,37 @@ pub async fn run(
         frontend: frontend_listener.local_addr()?,
     };
 
-    let tasks = TaskTracker::new();
-    let frontend = talon_shared::frontend::FrontendService::new(qm.clone(), &config.node_name);
+    let frontend = talon_shared::frontend::FrontendService::new(
+        qm.clone(),
+        &config.node_name,
+        services.clone(),
+    );
     let nodes = cluster::Nodes::default();
     let mut persister_progress = None;
+    let mut cluster_bus = None;
     if let Some(url) = &config.nats_url {
         let bus = talon_shared::bus::Bus::connect(url, &config.node_name).await?;
+        cluster_bus = Some(bus.clone());
         qm.attach_bus(bus.clone());
-        qm.start_delivery(shutdown.clone()).await?;
+        qm.start_delivery(services.clone()).await?;
         let progress = std::sync::Arc::new(persister::Progress::default());
         persister_progress = Some(progress.clone());
-        tasks.spawn(persister::run(
-            bus.clone(),
-            qm.clone(),
-            progress.clone(),
-            shutdown.clone(),
-        ));
+        services.spawn(
+            "persister",
+            persister::run(
+                bus.clone(),
+                qm.clone(),
+                progress.clone(),
+                services.token().clone(),
+            ),
+        );
         talon_shared::cluster::node::start(
             bus.clone(),
             qm.clone(),
             frontend.clone(),
             "master",
             Some(progress.applied.clone()),
-            shutdown.clone(),
+            services.clone(),
         )
         .await?;
         talon_shared::cluster::clients::start_master(
@@ -109,7 +122,7 @@ pub async fn run(
             qm.clone(),
             frontend.clone(),
             talon_shared::cluster::clients::SNAPSHOT_PERIOD,
-            shutdown.clone(),
+            services.clone(),
         )
         .await?;
         cluster::start(
@@ -117,39 +130,42 @@ pub async fn run(
             qm.clone(),
             frontend.clone(),
             nodes.clone(),
-            shutdown.clone(),
+            services.clone(),
         )
         .await?;
-        talon_shared::cluster::serve(bus.clone(), qm.clone(), frontend.clone(), shutdown.clone())
+        talon_shared::cluster::serve(bus.clone(), qm.clone(), frontend.clone(), services.clone())
             .await?;
         talon_shared::cluster::publish(&bus, &qm, &frontend).await;
         tracing::info!(nats = %url, node = %config.node_name, "joined the cluster");
     }
-    let vql = talon_shared::vql_host::Vql::new(qm.clone()).with_frontend(frontend.clone());
-    let monitor =
-        monitor::ServerMonitor::new(qm.clone(), vql.clone(), shutdown.clone(), tasks.clone());
+    let vql = talon_shared::vql_host::Vql::new(qm.clone(), services.clone())
+        .with_frontend(frontend.clone());
+    let monitor = monitor::ServerMonitor::new(qm.clone(), vql.clone(), services.clone());
     let monitored = monitor.start_stored()?;
     tracing::info!(monitored, "server monitoring table started");
     let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
-    tasks.spawn(talon_shared::frontend::serve(
-        frontend.clone(),
-        frontend_listener,
-        config.max_client_message_bytes,
-        config.max_client_message_bytes.max(max_message),
-        shutdown.clone(),
-    ));
+    intake.spawn(
+        "frontend",
+        talon_shared::frontend::serve(
+            frontend.clone(),
+            frontend_listener,
+            config.max_client_message_bytes,
+            config.max_client_message_bytes.max(max_message),
+            intake.clone(),
+        ),
+    );
     let admin = AdminServer::new(api::AdminService::new(
         qm.clone(),
         vql,
         monitor,
         frontend,
         nodes,
-        shutdown.clone(),
+        intake.clone(),
     ))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
-    let api_shutdown = shutdown.clone();
-    let api_task = tasks.spawn(async move {
+    let api_shutdown = intake.clone();
+    let api_task = intake.spawn("admin-api", async move {
         tonic::transport::Server::builder()
             .add_service(admin)
             .serve_with_incoming_shutdown(
@@ -158,7 +174,7 @@ pub async fn run(
             )
             .await
     });
-    let debug_shutdown = shutdown.clone();
+    let debug_shutdown = intake.clone();
     let mut debug_router = talon_shared::debug::router(qm.clone());
     if let Some(progress) = persister_progress {
         // What the persister has stored, for operators and the cluster benchmark.
@@ -175,15 +191,15 @@ pub async fn run(
             }),
         );
     }
-    tasks.spawn(async move {
+    intake.spawn("debug-http", async move {
         axum::serve(debug_listener, debug_router)
             .with_graceful_shutdown(debug_shutdown.cancelled_owned())
             .await
     });
     let retention = config.retention.clone();
     let retention_qm = qm.clone();
-    let retention_shutdown = shutdown.clone();
-    tasks.spawn(async move {
+    let retention_shutdown = services.clone();
+    services.spawn("retention", async move {
         let mut tick = tokio::time::interval(RETENTION_PERIOD);
         loop {
             tokio::select! {
@@ -200,22 +216,17 @@ pub async fn run(
             }
         }
     });
-    tasks.close();
     on_ready(bound);
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down: stopping intake");
-    // Stop intake and let in-flight calls finish, within the grace period.
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within the grace period");
-    }
-    // Flush the store: everything acknowledged is already committed; this waits for
-    // writes queued behind it and closes the file cleanly.
-    store.close().await;
-    tracing::info!("store closed");
+    stop.cancelled().await;
+    talon_shared::lifecycle::shut_down(talon_shared::lifecycle::Parts {
+        tree: &tree,
+        intake: &intake,
+        services: &services,
+        bus: cluster_bus.as_ref(),
+        store: &store,
+    })
+    .await;
     if api_task.is_finished() {
         if let Ok(Err(e)) = api_task.await {
             return Err(e).context("api server failed");

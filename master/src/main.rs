@@ -85,7 +85,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let shutdown = talon_core::telemetry::shutdown_on_signals();
+    let shutdown = talon_core::Shutdown::on_signals(talon_master::SHUTDOWN_GRACE);
     let datastore = config.datastore.clone();
     talon_master::run(config, shutdown, |bound| {
         let mut out = std::io::stdout().lock();

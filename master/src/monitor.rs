@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use talon_artifacts::compile::compile;
 use talon_artifacts::ArtifactKind;
+use talon_core::Shutdown;
 use talon_shared::queue::QueueManager;
 use talon_shared::vql_host::{append_log, Output, Vql};
 use talon_vql::engine::{LogLine, QueryInfo};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Settings namespace of the table; keys are `org/artifact`, values the parameters as JSON.
 const NAMESPACE: &str = "server_monitoring";
@@ -47,25 +47,18 @@ struct Inner {
     qm: QueueManager,
     vql: Vql,
     running: Mutex<HashMap<(String, String), CancellationToken>>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    shutdown: Shutdown,
 }
 
 impl ServerMonitor {
-    /// A monitor whose queries stop when `shutdown` fires; `tasks` tracks them.
-    pub fn new(
-        qm: QueueManager,
-        vql: Vql,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Self {
+    /// A monitor whose queries run under `shutdown` and stop when it fires.
+    pub fn new(qm: QueueManager, vql: Vql, shutdown: Shutdown) -> Self {
         Self {
             inner: Arc::new(Inner {
                 qm,
                 vql,
                 running: Mutex::new(HashMap::new()),
                 shutdown,
-                tasks,
             }),
         }
     }
@@ -146,7 +139,7 @@ impl ServerMonitor {
     }
 
     fn start(&self, org: &str, artifact: &str, params: Params) {
-        let token = self.inner.shutdown.child_token();
+        let token = self.inner.shutdown.token().child_token();
         let key = (org.to_string(), artifact.to_string());
         if let Some(old) = self
             .inner
@@ -166,6 +159,13 @@ impl ServerMonitor {
             }
         };
         for s in sources {
+            let span = tracing::info_span!(
+                parent: self.inner.shutdown.span(),
+                "monitor",
+                org = %org,
+                artifact = %artifact,
+                queue = %s.queue
+            );
             let runner = SourceRunner {
                 inner: self.inner.clone(),
                 org: org.to_string(),
@@ -174,7 +174,7 @@ impl ServerMonitor {
                 params: list.clone(),
                 cancel: token.clone(),
             };
-            self.inner.tasks.spawn(runner.run());
+            self.inner.shutdown.spawn_in(span, runner.run());
         }
     }
 }

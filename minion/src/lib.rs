@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use talon_artifacts::Repository;
+use talon_core::Shutdown;
 use talon_shared::bus::Bus;
 use talon_shared::frontend::{FrontendService, DEFAULT_MAX_MESSAGE_BYTES};
 use talon_shared::queue::{Limits, QueueManager};
 use talon_shared::store::Store;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How long in-flight work gets at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -54,13 +53,17 @@ pub struct Bound {
     pub debug: SocketAddr,
 }
 
-/// Runs a minion until `shutdown` fires; `on_ready` is called once it serves clients with
-/// the master's state (or, if the master is not up, once it serves clients at all).
+/// Runs a minion until `stop` fires; `on_ready` is called once it serves clients with
+/// the master's state (or, if the master is not up, once it serves clients at all). Then
+/// it shuts down in the one order of [`talon_shared::lifecycle::shut_down`].
 pub async fn run(
     config: Config,
-    shutdown: CancellationToken,
+    stop: Shutdown,
     on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
+    let tree = Shutdown::for_node(&config.node_name, SHUTDOWN_GRACE);
+    let intake = tree.child();
+    let services = tree.child();
     let temp = tempfile::tempdir().context("cannot create a cache directory")?;
     let cache_dir = config
         .cache_dir
@@ -76,9 +79,9 @@ pub async fn run(
     );
     let bus = Bus::connect(&config.nats_url, &config.node_name).await?;
     qm.attach_bus(bus.clone());
-    qm.start_delivery(shutdown.clone()).await?;
-    let frontend = FrontendService::new(qm.clone(), &config.node_name);
-    talon_shared::cluster::follow(bus.clone(), qm.clone(), frontend.clone(), shutdown.clone())
+    qm.start_delivery(services.clone()).await?;
+    let frontend = FrontendService::new(qm.clone(), &config.node_name, services.clone());
+    talon_shared::cluster::follow(bus.clone(), qm.clone(), frontend.clone(), services.clone())
         .await?;
     talon_shared::cluster::node::start(
         bus.clone(),
@@ -86,7 +89,7 @@ pub async fn run(
         frontend.clone(),
         "minion",
         None,
-        shutdown.clone(),
+        services.clone(),
     )
     .await?;
 
@@ -99,33 +102,35 @@ pub async fn run(
         frontend: frontend_listener.local_addr()?,
         debug: debug_listener.local_addr()?,
     };
-    let tasks = TaskTracker::new();
-    tasks.spawn(talon_shared::frontend::serve(
-        frontend,
-        frontend_listener,
-        config.max_client_message_bytes,
-        config.max_client_message_bytes,
-        shutdown.clone(),
-    ));
-    let debug_shutdown = shutdown.clone();
+    intake.spawn(
+        "frontend",
+        talon_shared::frontend::serve(
+            frontend,
+            frontend_listener,
+            config.max_client_message_bytes,
+            config.max_client_message_bytes,
+            intake.clone(),
+        ),
+    );
+    let debug_shutdown = intake.clone();
     let router = talon_shared::debug::router(qm.clone());
-    tasks.spawn(async move {
+    intake.spawn("debug-http", async move {
         axum::serve(debug_listener, router)
             .with_graceful_shutdown(debug_shutdown.cancelled_owned())
             .await
     });
-    tasks.close();
     tracing::info!(node = %config.node_name, nats = %config.nats_url, "minion serving");
     on_ready(bound);
 
-    shutdown.cancelled().await;
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within the grace period");
-    }
-    store.close().await;
+    stop.cancelled().await;
+    talon_shared::lifecycle::shut_down(talon_shared::lifecycle::Parts {
+        tree: &tree,
+        intake: &intake,
+        services: &services,
+        bus: Some(&bus),
+        store: &store,
+    })
+    .await;
     drop(temp);
     Ok(())
 }

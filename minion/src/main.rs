@@ -69,7 +69,7 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: talon_minion::Config) -> anyhow::Result<()> {
-    let shutdown = talon_core::telemetry::shutdown_on_signals();
+    let shutdown = talon_core::Shutdown::on_signals(talon_minion::SHUTDOWN_GRACE);
     let node = config.node_name.clone();
     talon_minion::run(config, shutdown, |bound| {
         let mut out = std::io::stdout().lock();

@@ -221,7 +221,19 @@ impl Bus {
         &self.node
     }
 
-    /// Whether the connection to NATS is up.
+    /// Closes both connections at shutdown: what was published is flushed to the server
+    /// and subscriptions are drained (at most [`PUBLISH_TIMEOUT`]).
+    pub async fn close(&self) {
+        for c in [&self.client, &self.feed] {
+            match tokio::time::timeout(PUBLISH_TIMEOUT, c.drain()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "NATS connection did not drain"),
+                Err(_) => tracing::warn!("NATS connection did not drain in time"),
+            }
+        }
+    }
+
+    /// True while the connection to the server is up.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
+use talon_core::Shutdown;
 
 use crate::bus::Bus;
 use crate::frontend::FrontendService;
@@ -74,13 +74,14 @@ pub async fn serve(
     bus: Bus,
     qm: QueueManager,
     frontend: FrontendService,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut requests = bus.client().subscribe(STATE_REQUEST).await?;
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn("state-serve", async move {
         loop {
             let req = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 r = requests.next() => match r { Some(r) => r, None => break },
             };
             let Some(reply) = req.reply else { continue };
@@ -139,7 +140,7 @@ pub async fn follow(
     bus: Bus,
     qm: QueueManager,
     frontend: FrontendService,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut updates = bus.client().subscribe(STATE_SUBJECT).await?;
     bus.client().flush().await?;
@@ -151,11 +152,12 @@ pub async fn follow(
     if let Some(s) = &have {
         apply(s, &qm, &frontend).await;
     }
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn("state-follow", async move {
         let mut retry = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 m = updates.next() => {
                     let Some(m) = m else { break };
                     match serde_json::from_slice::<ClusterState>(&m.payload) {

@@ -7,12 +7,14 @@
 //! - [`queue`]: the queue manager: push and watch per (org, queue), durable and INTERNAL.
 //! - [`debug`]: the debug HTTP pages and Prometheus metrics.
 //! - [`frontend`]: the client frontend: sessions, client records, client monitoring tables.
+//! - [`lifecycle`]: the one shutdown order of a node.
 //! - [`vql_host`]: VQL on the server: queues, stored rows and alerts for queries.
 
 pub mod bus;
 pub mod cluster;
 pub mod debug;
 pub mod frontend;
+pub mod lifecycle;
 pub mod queue;
 pub mod store;
 pub mod vql_host;

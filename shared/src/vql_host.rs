@@ -310,15 +310,19 @@ pub struct Vql {
     qm: QueueManager,
     registry: Arc<Registry>,
     frontend: Option<crate::frontend::FrontendService>,
+    /// Where the tasks that store a query's alerts run.
+    shutdown: talon_core::Shutdown,
 }
 
 impl Vql {
-    /// VQL over a queue manager with the built-in functions and plugins.
-    pub fn new(qm: QueueManager) -> Self {
+    /// VQL over a queue manager with the built-in functions and plugins; the tasks that
+    /// store alerts run under `shutdown`.
+    pub fn new(qm: QueueManager, shutdown: talon_core::Shutdown) -> Self {
         Self {
             qm,
             registry: Arc::new(Registry::builtin()),
             frontend: None,
+            shutdown,
         }
     }
 
@@ -355,12 +359,14 @@ impl Vql {
         let (log_tx, mut log_rx) = mpsc::unbounded_channel::<LogLine>();
         // Alerts are stored as they are raised, whether or not the caller keeps reading;
         // the stream ends only after every one of them is stored.
-        let alerts = tokio_util::task::TaskTracker::new();
+        let alerts = self.shutdown.subtree();
         let (alert_tasks, qm, alert_info) = (alerts.clone(), self.qm.clone(), info.clone());
         let sink: talon_vql::engine::LogSink = Arc::new(move |l| {
             if l.level == "ALERT" {
                 let (qm, info, message) = (qm.clone(), alert_info.clone(), l.message.clone());
-                alert_tasks.spawn(async move { store_alert(&qm, &info, &message).await });
+                alert_tasks.spawn("store-alert", async move {
+                    store_alert(&qm, &info, &message).await
+                });
             }
             let _ = log_tx.send(l);
         });
@@ -384,8 +390,9 @@ impl Vql {
                     },
                 }
             }
-            alerts.close();
-            alerts.wait().await;
+            // Every alert is stored before the stream ends (a store that cannot answer
+            // within the grace period is reported by drain).
+            alerts.drain().await;
         }))
     }
 }

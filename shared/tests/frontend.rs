@@ -25,7 +25,8 @@ async fn a_notification_wakes_the_named_client() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("t.redb")).unwrap();
     let qm = QueueManager::new(Repository::with_builtins(), store, Limits::default());
-    let frontend = FrontendService::new(qm.clone(), "test");
+    let shutdown = talon_core::Shutdown::default();
+    let frontend = FrontendService::new(qm.clone(), "test", shutdown.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(talon_shared::frontend::serve(
@@ -33,7 +34,7 @@ async fn a_notification_wakes_the_named_client() {
         listener,
         1 << 20,
         1 << 20,
-        tokio_util::sync::CancellationToken::new(),
+        shutdown,
     ));
     let mut client = FrontendClient::connect(format!("http://{addr}"))
         .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use prost::Message;
 use talon_artifacts::Repository;
+use talon_core::Shutdown;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
 use talon_shared::frontend::http2::{self, code, flag, kind, setting, Head};
@@ -16,11 +17,10 @@ use talon_shared::queue::{Limits, QueueManager};
 use talon_shared::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 struct Server {
     addr: std::net::SocketAddr,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     served: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: tempfile::TempDir,
 }
@@ -35,9 +35,9 @@ async fn server_with_limit(max_message: usize) -> Server {
     let qm = QueueManager::new(Repository::with_builtins(), store, Limits::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
+    let shutdown = Shutdown::default();
     let served = tokio::spawn(talon_shared::frontend::serve(
-        FrontendService::new(qm, "test"),
+        FrontendService::new(qm, "test", shutdown.clone()),
         listener,
         max_message,
         max_message,

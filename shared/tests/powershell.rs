@@ -18,7 +18,7 @@ async fn encoded_powershell_is_decoded_and_alerted() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("t.redb")).unwrap();
     let qm = QueueManager::new(Repository::with_builtins(), store, Limits::default());
-    let vql = Vql::new(qm.clone());
+    let vql = Vql::new(qm.clone(), talon_core::Shutdown::default());
     let sources = compile(qm.repository(), "Server.Powershell.EncodedCommand", &[]).unwrap();
     let info = QueryInfo {
         artifact: "Server.Powershell.EncodedCommand".into(),

@@ -17,8 +17,8 @@ use talon_shared::queue::{QueueManager, ROOT_ORG};
 use talon_shared::vql_host::{metadata_namespace, Output, Vql};
 
 use crate::monitor::ServerMonitor;
+use talon_core::Shutdown;
 use talon_shared::frontend::{FrontendService, RelabelError};
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::artifacts;
@@ -37,7 +37,7 @@ pub struct AdminService {
     frontend: FrontendService,
     nodes: crate::cluster::Nodes,
     cpu: std::sync::Arc<std::sync::Mutex<talon_shared::cluster::node::CpuSampler>>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 }
 
 impl AdminService {
@@ -48,7 +48,7 @@ impl AdminService {
         monitor: ServerMonitor,
         frontend: FrontendService,
         nodes: crate::cluster::Nodes,
-        shutdown: CancellationToken,
+        shutdown: Shutdown,
     ) -> Self {
         Self {
             qm,
@@ -174,7 +174,8 @@ impl Admin for AdminService {
             .map_err(|e| to_status(e.into()))?;
         let qm = self.qm.clone();
         let org = org_of(&r.org).to_string();
-        tokio::spawn(async move {
+        let span = tracing::info_span!(parent: self.shutdown.span(), "api-read", org = %org, queue = %r.artifact);
+        self.shutdown.spawn_in(span, async move {
             let err_tx = tx.clone();
             let res = qm
                 .read(&org, &r.artifact, client, r.start_us, end, move |_, row| {
@@ -279,7 +280,7 @@ impl Admin for AdminService {
             ..Default::default()
         };
         // The query stops when the caller goes away (the stream is dropped) or at shutdown.
-        let cancel = self.shutdown.child_token();
+        let cancel = self.shutdown.token().child_token();
         let outputs = self
             .vql
             .run(&r.query, env, info, &who, cancel.clone())

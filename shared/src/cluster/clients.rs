@@ -12,8 +12,8 @@ use futures::StreamExt;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use talon_core::Shutdown;
 use talon_proto::bus::BusBatch;
-use tokio_util::sync::CancellationToken;
 
 use crate::bus::{self, Bus};
 use crate::frontend::{ClientRecord, FrontendService};
@@ -52,7 +52,7 @@ pub async fn start_master(
     qm: QueueManager,
     frontend: FrontendService,
     period: Duration,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut pings = bus
         .feed()
@@ -60,7 +60,7 @@ pub async fn start_master(
         .await?;
     let mut pages = bus.client().subscribe(SNAPSHOT_REQUEST).await?;
     let (b, fe, stop) = (bus.clone(), frontend.clone(), shutdown.clone());
-    tokio::spawn(async move {
+    shutdown.spawn("client-pings-apply", async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -79,12 +79,13 @@ pub async fn start_master(
             }
         }
     });
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn("client-snapshots", async move {
         let mut tick = tokio::time::interval(period);
         tick.tick().await;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let clients = frontend.clients();
@@ -197,16 +198,17 @@ pub async fn start_node(
     qm: QueueManager,
     frontend: FrontendService,
     fetch: bool,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     if fetch {
         follow_snapshots(bus.clone(), frontend.clone(), shutdown.clone()).await?;
     }
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn("client-pings-send", async move {
         let mut tick = tokio::time::interval(PING_PERIOD);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let mut per_org: BTreeMap<String, Vec<serde_json::Map<String, Value>>> =
@@ -231,14 +233,14 @@ pub async fn start_node(
 async fn follow_snapshots(
     bus: Bus,
     frontend: FrontendService,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut snapshots = bus
         .feed()
         .subscribe(bus::subject("*", false, SNAPSHOT_QUEUE))
         .await?;
-    let (b, fe, stop) = (bus, frontend, shutdown);
-    tokio::spawn(async move {
+    let (b, fe, stop) = (bus, frontend, shutdown.clone());
+    shutdown.spawn("client-snapshots-follow", async move {
         let orgs = request(
             &b,
             &PageRequest {

@@ -11,8 +11,8 @@ use futures::StreamExt;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use talon_core::Shutdown;
 use talon_proto::bus::BusBatch;
-use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::frontend::{ClientRecord, FrontendService};
@@ -197,13 +197,14 @@ pub async fn lookup_client(bus: &Bus, org: &str, client_id: &str) -> Option<Clie
 pub async fn serve_lookups(
     bus: Bus,
     frontend: FrontendService,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut sub = bus.client().subscribe(CLIENT_LOOKUP).await?;
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn("client-lookups", async move {
         loop {
             let m = tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 m = sub.next() => match m { Some(m) => m, None => break },
             };
             let (Some(reply), Ok(q)) = (m.reply, serde_json::from_slice::<Ping>(&m.payload)) else {
@@ -226,7 +227,7 @@ pub async fn start(
     frontend: FrontendService,
     role: &'static str,
     applied: Option<Arc<AtomicU64>>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let mut pings = bus.client().subscribe(PING_SUBJECT).await?;
     let mut labels = bus
@@ -243,7 +244,7 @@ pub async fn start(
     )
     .await?;
     let (b, fe, stop) = (bus.clone(), frontend.clone(), shutdown.clone());
-    tokio::spawn(async move {
+    shutdown.spawn("presence-and-labels", async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -268,12 +269,13 @@ pub async fn start(
             }
         }
     });
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn("node-report", async move {
         let mut sampler = CpuSampler::new();
         let mut tick = tokio::time::interval(METRICS_PERIOD);
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let lag = match &applied {

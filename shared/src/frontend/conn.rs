@@ -13,10 +13,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use prost::Message;
+use talon_core::Shutdown;
 use talon_proto::client::ServerMessage;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tonic::Status;
 
 use super::http2::{self, code, kind, setting, ConnError};
@@ -83,7 +82,7 @@ struct Conn {
     fe: FrontendService,
     remote: String,
     limits: Limits,
-    tasks: TaskTracker,
+    tasks: Shutdown,
     /// A partial frame (or the partial preface) carried over to the next read.
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
@@ -103,16 +102,10 @@ struct Conn {
 }
 
 /// Serves one accepted connection until it ends or `shutdown`.
-pub async fn run(
-    fe: FrontendService,
-    sock: TcpStream,
-    limits: Limits,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
+pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown: Shutdown) {
     let remote = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = sock.set_nodelay(true);
-    let mut c = Conn::new(fe, remote, limits, tasks);
+    let mut c = Conn::new(fe, remote, limits, shutdown.clone());
     let mut work: Option<Work> = None;
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -245,7 +238,7 @@ async fn write_all(sock: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
 
 impl Conn {
     /// A connection's state, with this side's settings and window queued to send.
-    fn new(fe: FrontendService, remote: String, limits: Limits, tasks: TaskTracker) -> Conn {
+    fn new(fe: FrontendService, remote: String, limits: Limits, tasks: Shutdown) -> Conn {
         let mut c = Conn {
             fe,
             remote,
@@ -455,8 +448,9 @@ impl Conn {
     fn end_session(&self, session: Option<Opened>) {
         if let Some(session) = session {
             let fe = self.fe.clone();
-            self.tasks
-                .spawn(async move { fe.end(&session.key, session.session_id).await });
+            self.tasks.spawn("session-end", async move {
+                fe.end(&session.key, session.session_id).await
+            });
         }
     }
 }

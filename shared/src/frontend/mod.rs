@@ -68,27 +68,25 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     max_decode: usize,
     max_encode: usize,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: talon_core::Shutdown,
 ) -> std::io::Result<()> {
     let limits = conn::Limits {
         max_decode,
         max_encode,
     };
-    let tasks = tokio_util::task::TaskTracker::new();
+    // Connections are tracked on their own, so serve can wait for them to close.
+    let conns = shutdown.subtree();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((sock, _)) => {
-                tasks.spawn(conn::run(
-                    frontend.clone(),
-                    sock,
-                    limits,
-                    shutdown.clone(),
-                    tasks.clone(),
-                ));
+            Ok((sock, remote)) => {
+                conns.spawn_in(
+                    tracing::debug_span!(parent: conns.span(), "conn", remote = %remote),
+                    conn::run(frontend.clone(), sock, limits, conns.clone()),
+                );
             }
             Err(e) => {
                 // Out of file descriptors, usually: wait a moment rather than spin.
@@ -97,8 +95,7 @@ pub async fn serve(
             }
         }
     }
-    tasks.close();
-    tasks.wait().await;
+    conns.drain().await;
     Ok(())
 }
 
@@ -142,11 +139,14 @@ struct Inner {
     activity: Mutex<HashMap<(String, String), i64>>,
     /// Orgs whose `Server.Internal.Notifications` this frontend already follows.
     notified_orgs: Mutex<std::collections::HashSet<String>>,
+    /// Where the frontend's own tasks (notification followers, delayed wake-ups) run.
+    shutdown: talon_core::Shutdown,
 }
 
 impl FrontendService {
-    /// A frontend over a queue manager; `node` names this node in conflict reports.
-    pub fn new(qm: QueueManager, node: &str) -> Self {
+    /// A frontend over a queue manager; `node` names this node in conflict reports; its
+    /// background tasks run under `shutdown`.
+    pub fn new(qm: QueueManager, node: &str, shutdown: talon_core::Shutdown) -> Self {
         Self {
             inner: Arc::new(Inner {
                 clients: Clients::new(qm.store().clone()),
@@ -157,6 +157,7 @@ impl FrontendService {
                 activity: Mutex::new(HashMap::new()),
                 wakes: Mutex::new(HashMap::new()),
                 notified_orgs: Mutex::new(std::collections::HashSet::new()),
+                shutdown,
             }),
         }
     }

@@ -38,8 +38,15 @@ impl FrontendService {
             }
         };
         let (this, org) = (self.clone(), org.to_string());
-        tokio::spawn(async move {
-            while let Ok(ev) = watcher.next().await {
+        let span =
+            tracing::info_span!(parent: self.inner.shutdown.span(), "notifications", org = %org);
+        let stop = self.inner.shutdown.clone();
+        self.inner.shutdown.spawn_in(span, async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    ev = watcher.next() => match ev { Ok(ev) => ev, Err(_) => break },
+                };
                 let Ok(Value::Object(row)) = serde_json::from_str::<Value>(&ev.row.json) else {
                     continue;
                 };
@@ -79,7 +86,7 @@ impl FrontendService {
             None => self.wake(org, client),
             Some(d) => {
                 let this = self.clone();
-                tokio::spawn(async move {
+                self.inner.shutdown.spawn("wake-debounced", async move {
                     tokio::time::sleep(d).await;
                     this.inner
                         .wakes

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use prost::Message;
+use talon_core::Shutdown;
 use talon_proto::bus::BusBatch;
-use tokio_util::sync::CancellationToken;
 
 use super::{PushClock, QueueManager, QueueState, Result};
 use crate::bus::{self, Bus};
@@ -117,7 +117,7 @@ impl QueueManager {
     /// Follows the INTERNAL subjects of the bus for local watchers until shutdown (durable
     /// queues are followed once watched, see [`QueueManager::follow_durable`]). Returns
     /// once the subscription is registered with the server.
-    pub async fn start_delivery(&self, shutdown: CancellationToken) -> Result<()> {
+    pub async fn start_delivery(&self, shutdown: Shutdown) -> Result<()> {
         let Some(bus) = self.inner.bus.get() else {
             return Ok(());
         };
@@ -130,10 +130,11 @@ impl QueueManager {
     fn spawn_delivery(&self, mut sub: async_nats::Subscriber) {
         let qm = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
-        tokio::spawn(async move {
+        let stop = shutdown.clone();
+        shutdown.spawn("bus-internal-feed", async move {
             loop {
                 let msg = tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = stop.cancelled() => break,
                     m = sub.next() => match m { Some(m) => m, None => break },
                 };
                 qm.deliver_message(&msg.subject, msg.payload, None);
@@ -165,7 +166,8 @@ impl QueueManager {
             }
         } else {
             let (qm, bus) = (self.clone(), bus.clone());
-            tokio::spawn(async move {
+            let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
+            shutdown.spawn("bus-durable-follow", async move {
                 match bus.follow_durable(subject).await {
                     Ok(messages) => qm.spawn_stream_delivery(messages),
                     Err(e) => tracing::error!(error = %e, "cannot follow a durable queue"),
@@ -178,10 +180,11 @@ impl QueueManager {
     fn spawn_stream_delivery(&self, mut messages: async_nats::jetstream::consumer::push::Ordered) {
         let qm = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
-        tokio::spawn(async move {
+        let stop = shutdown.clone();
+        shutdown.spawn("bus-durable-feed", async move {
             loop {
                 let msg = tokio::select! {
-                    _ = shutdown.cancelled() => break,
+                    _ = stop.cancelled() => break,
                     m = messages.next() => match m {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {

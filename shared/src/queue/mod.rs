@@ -209,7 +209,7 @@ struct Inner {
     /// Numbers this node's durable pushes for their bus message ids.
     next_msg: AtomicU64,
     /// Ends the bus delivery tasks.
-    shutdown: std::sync::OnceLock<tokio_util::sync::CancellationToken>,
+    shutdown: std::sync::OnceLock<talon_core::Shutdown>,
 }
 
 /// The store stream of one org's queue.

@@ -3,6 +3,7 @@
 use super::grpc::tests::framed;
 use super::*;
 use crate::frontend::http2::flag;
+use talon_core::Shutdown;
 use talon_proto::client::ClientMessage;
 
 /// What a real client sends first: preface, settings, a session request with hello, a
@@ -59,14 +60,14 @@ async fn mangled_client_bytes_give_errors_never_panics() {
         store,
         crate::queue::Limits::default(),
     );
-    let fe = FrontendService::new(qm, "test");
+    let fe = FrontendService::new(qm, "test", Shutdown::default());
     let limits = Limits {
         max_decode: 1 << 16,
         max_encode: 1 << 16,
     };
     let valid = client_bytes();
     // The unmangled bytes are a session: hello is taken as work, nothing fails.
-    let mut c = Conn::new(fe.clone(), "t".into(), limits, TaskTracker::new());
+    let mut c = Conn::new(fe.clone(), "t".into(), limits, Shutdown::default());
     c.receive(&valid).unwrap();
     assert!(c.next_work().unwrap().is_some(), "hello becomes work");
     // Mangled copies (bytes changed, cut, repeated), fed in chunks of every size.
@@ -94,7 +95,7 @@ async fn mangled_client_bytes_give_errors_never_panics() {
                 }
             }
         }
-        let mut c = Conn::new(fe.clone(), "t".into(), limits, TaskTracker::new());
+        let mut c = Conn::new(fe.clone(), "t".into(), limits, Shutdown::default());
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             let n = (1 + next(64)).min(rest.len());
