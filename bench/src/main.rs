@@ -221,7 +221,7 @@ async fn talon_concurrent(
 async fn watch_latency(rows: &[Map<String, Value>], samples: usize) -> anyhow::Result<Vec<f64>> {
     let dir = tempfile::tempdir()?;
     let qm = open_manager(&dir).await?;
-    let mut watcher = qm.watch(ROOT_ORG, QUEUE, "bench")?;
+    let mut watcher = qm.watch(ROOT_ORG, QUEUE, "bench").await?;
     let mut lat = Vec::with_capacity(samples);
     for i in 0..samples {
         let t0 = Instant::now();

@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use talon_core::Shutdown;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
-use talon_vql::engine::{Host, LogLine as VqlLog, NoHost, QueryInfo};
+use talon_vql::engine::{Host, HostResult, LogLine as VqlLog, NoHost, QueryInfo};
 use talon_vql::{Row, Runner};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -65,15 +67,10 @@ struct ClientHost {
 }
 
 impl Host for ClientHost {
-    fn send_event(
-        &self,
-        o: &str,
-        a: &str,
-        r: Row,
-    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+    fn send_event(&self, o: &str, a: &str, r: Row) -> BoxFuture<'static, HostResult<()>> {
         NoHost.send_event(o, a, r)
     }
-    fn watch(&self, o: &str, a: &str) -> Result<futures::stream::BoxStream<'static, Row>, String> {
+    fn watch(&self, o: &str, a: &str) -> BoxFuture<'static, HostResult<BoxStream<'static, Row>>> {
         NoHost.watch(o, a)
     }
     fn read(
@@ -83,7 +80,7 @@ impl Host for ClientHost {
         c: Option<String>,
         s: i64,
         e: i64,
-    ) -> futures::stream::BoxStream<'static, Result<Row, String>> {
+    ) -> BoxStream<'static, HostResult<Row>> {
         NoHost.read(o, a, c, s, e)
     }
     fn alert_allowed(

@@ -89,7 +89,7 @@ pub async fn start(
         }
     });
     start_registrations(bus.clone(), qm.clone(), shutdown.clone()).await?;
-    let mut metrics = qm.watch(ROOT_ORG, METRICS_QUEUE, "master-metrics")?;
+    let mut metrics = qm.watch(ROOT_ORG, METRICS_QUEUE, "master-metrics").await?;
     let (n, stop) = (nodes.clone(), shutdown.clone());
     shutdown.spawn("node-reports", async move {
         loop {

@@ -66,7 +66,20 @@ pub async fn run(
         max_row_bytes: config.max_row_bytes,
         buffer_batches: config.queue_buffer_batches,
     };
-    let qm = QueueManager::new(Repository::with_builtins(), store.clone(), limits);
+    // Standalone or cluster is decided here, once: the queue manager's durable log is the
+    // store, or with a NATS URL the bus.
+    let cluster_bus = match &config.nats_url {
+        Some(url) => Some(talon_shared::bus::Bus::connect(url, &config.node_name).await?),
+        None => None,
+    };
+    let repo = Repository::with_builtins();
+    let qm = match &cluster_bus {
+        Some(bus) => {
+            QueueManager::clustered(repo, store.clone(), limits, bus.clone(), services.clone())
+                .await?
+        }
+        None => QueueManager::new(repo, store.clone(), limits),
+    };
     let user_artifacts = artifacts::load_stored(&qm)?;
     tracing::info!(datastore = %config.datastore.display(), user_artifacts, "store open");
 
@@ -91,12 +104,7 @@ pub async fn run(
     );
     let nodes = cluster::Nodes::default();
     let mut persister_progress = None;
-    let mut cluster_bus = None;
-    if let Some(url) = &config.nats_url {
-        let bus = talon_shared::bus::Bus::connect(url, &config.node_name).await?;
-        cluster_bus = Some(bus.clone());
-        qm.attach_bus(bus.clone());
-        qm.start_delivery(services.clone()).await?;
+    if let (Some(bus), Some(url)) = (cluster_bus.clone(), &config.nats_url) {
         let progress = std::sync::Arc::new(persister::Progress::default());
         persister_progress = Some(progress.clone());
         services.spawn(

@@ -72,14 +72,15 @@ pub async fn run(
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
     let store = Store::open(&cache_dir.join("cache.redb"))?;
-    let qm = QueueManager::new(
+    let bus = Bus::connect(&config.nats_url, &config.node_name).await?;
+    let qm = QueueManager::clustered(
         Repository::with_builtins(),
         store.clone(),
         Limits::default(),
-    );
-    let bus = Bus::connect(&config.nats_url, &config.node_name).await?;
-    qm.attach_bus(bus.clone());
-    qm.start_delivery(services.clone()).await?;
+        bus.clone(),
+        services.clone(),
+    )
+    .await?;
     let frontend = FrontendService::new(qm.clone(), &config.node_name, services.clone());
     talon_shared::cluster::follow(bus.clone(), qm.clone(), frontend.clone(), services.clone())
         .await?;

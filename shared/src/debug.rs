@@ -36,7 +36,7 @@ struct WatchQuery {
 /// (on any node: the way to check a minion's view of a queue).
 async fn watch(State(qm): State<QueueManager>, Query(q): Query<WatchQuery>) -> Response {
     let org = q.org.unwrap_or_else(|| crate::queue::ROOT_ORG.to_string());
-    let mut watcher = match qm.watch(&org, &q.queue, "debug-http") {
+    let mut watcher = match qm.watch(&org, &q.queue, "debug-http").await {
         Ok(w) => w,
         Err(e) => {
             return (axum::http::StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();

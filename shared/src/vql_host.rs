@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde_json::Map;
-use talon_vql::engine::{ArtifactQuery, Host, LogLine, QueryInfo};
+use talon_vql::engine::{ArtifactQuery, Host, HostError, HostResult, LogLine, QueryInfo};
 use talon_vql::registry::Registry;
 use talon_vql::{ParseError, Row, Runner, Value};
 use tokio::sync::mpsc;
@@ -44,13 +44,26 @@ fn json_map(row: &Row) -> Map<String, serde_json::Value> {
     }
 }
 
+/// A queue manager error as the VQL host reports it: what does not exist is NotFound,
+/// what a query may not do is Refused, the rest is a server failure with its source.
+fn host_error(e: crate::queue::Error) -> HostError {
+    use crate::queue::Error as Q;
+    match e {
+        Q::UnknownQueue(_) => HostError::NotFound(e.to_string()),
+        Q::WrongKind { .. } | Q::InvalidOrg(_) | Q::RowTooLarge { .. } => {
+            HostError::Refused(e.to_string())
+        }
+        other => HostError::failed(other),
+    }
+}
+
 impl Host for ServerHost {
     fn send_event(
         &self,
         org: &str,
         artifact: &str,
         row: Row,
-    ) -> BoxFuture<'static, Result<(), String>> {
+    ) -> BoxFuture<'static, HostResult<()>> {
         let qm = self.qm.clone();
         let (org, artifact, source) = (
             org.to_string(),
@@ -58,34 +71,40 @@ impl Host for ServerHost {
             self.principal.clone(),
         );
         Box::pin(async move {
-            let kind = qm.kind(&artifact).map_err(|e| e.to_string())?;
+            let kind = qm.kind(&artifact).map_err(host_error)?;
             if kind != ArtifactKind::ServerEvent {
-                return Err(format!(
+                return Err(HostError::Refused(format!(
                     "queue {artifact} is {kind}; send_event may write SERVER_EVENT queues only"
-                ));
+                )));
             }
             qm.push(&org, &artifact, vec![json_map(&row)], &source, "")
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(host_error)
         })
     }
 
-    fn watch(&self, org: &str, artifact: &str) -> Result<BoxStream<'static, Row>, String> {
-        let watcher = self
-            .qm
-            .watch(org, artifact, &format!("vql:{}", self.principal))
-            .map_err(|e| e.to_string())?;
-        Ok(futures::stream::unfold(watcher, |mut w| async move {
-            match w.next().await {
-                Ok(ev) => Some((row_of_json(&ev.row.json), w)),
-                Err(e) => {
-                    tracing::error!(error = %e, "watch_monitoring stopped");
-                    None
+    fn watch(
+        &self,
+        org: &str,
+        artifact: &str,
+    ) -> BoxFuture<'static, HostResult<BoxStream<'static, Row>>> {
+        let qm = self.qm.clone();
+        let (org, artifact) = (org.to_string(), artifact.to_string());
+        let name = format!("vql:{}", self.principal);
+        Box::pin(async move {
+            let watcher = qm.watch(&org, &artifact, &name).await.map_err(host_error)?;
+            Ok(futures::stream::unfold(watcher, |mut w| async move {
+                match w.next().await {
+                    Ok(ev) => Some((row_of_json(&ev.row.json), w)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "watch_monitoring stopped");
+                        None
+                    }
                 }
-            }
+            })
+            .boxed())
         })
-        .boxed())
     }
 
     fn read(
@@ -95,9 +114,9 @@ impl Host for ServerHost {
         client_id: Option<String>,
         start_us: i64,
         end_us: i64,
-    ) -> BoxStream<'static, Result<Row, String>> {
+    ) -> BoxStream<'static, HostResult<Row>> {
         if let Err(e) = self.qm.check_stored(org, artifact) {
-            return futures::stream::once(async move { Err(e.to_string()) }).boxed();
+            return futures::stream::once(async move { Err(host_error(e)) }).boxed();
         }
         let stream = crate::queue::stream_key(org, artifact);
         stored_rows(self.qm.store().clone(), stream, client_id, start_us, end_us)
@@ -161,7 +180,7 @@ impl Host for ServerHost {
         client_id: &str,
         labels: Vec<String>,
         op: &str,
-    ) -> BoxFuture<'static, Result<Value, String>> {
+    ) -> BoxFuture<'static, HostResult<Value>> {
         let (org, id, op, who) = (
             org.to_string(),
             client_id.to_string(),
@@ -174,11 +193,12 @@ impl Host for ServerHost {
             if op == "check" {
                 let c = clients
                     .get(&org, &id)
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("unknown client {id}"))?;
+                    .map_err(HostError::failed)?
+                    .ok_or_else(|| HostError::NotFound(format!("unknown client {id}")))?;
                 return Ok(Value::Bool(labels.iter().all(|l| c.labels.contains(l))));
             }
-            let frontend = frontend.ok_or_else(|| "labels cannot be changed here".to_string())?;
+            let frontend = frontend
+                .ok_or_else(|| HostError::NotHere("labels cannot be changed here".into()))?;
             let (add, remove) = if op == "set" {
                 (labels.clone(), Vec::new())
             } else {
@@ -187,7 +207,7 @@ impl Host for ServerHost {
             frontend
                 .relabel(&org, &id, &add, &remove, &who)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(HostError::failed)?;
             let mut out = Row::new();
             out.insert("ClientId".into(), Value::Str(id));
             out.insert(
@@ -213,9 +233,9 @@ impl Host for ServerHost {
         &self,
         name: &str,
         params: Vec<(String, String)>,
-    ) -> Result<Vec<ArtifactQuery>, String> {
+    ) -> HostResult<Vec<ArtifactQuery>> {
         let compiled = talon_artifacts::compile::compile(self.qm.repository(), name, &params)
-            .map_err(|e| e.to_string())?;
+            .map_err(HostError::failed)?;
         Ok(compiled
             .into_iter()
             .map(|c| ArtifactQuery {
@@ -233,7 +253,7 @@ impl Host for ServerHost {
         artifact: &str,
         start_us: i64,
         end_us: i64,
-    ) -> BoxStream<'static, Result<Row, String>> {
+    ) -> BoxStream<'static, HostResult<Row>> {
         stored_rows(
             self.qm.store().clone(),
             log_stream(org, artifact),
@@ -251,14 +271,14 @@ fn stored_rows(
     client: Option<String>,
     start_us: i64,
     end_us: i64,
-) -> BoxStream<'static, Result<Row, String>> {
-    let (tx, rx) = mpsc::channel::<Result<Row, String>>(1024);
+) -> BoxStream<'static, HostResult<Row>> {
+    let (tx, rx) = mpsc::channel::<HostResult<Row>>(1024);
     tokio::task::spawn_blocking(move || {
         let res = store.read_time(&stream, start_us, end_us, client.as_deref(), |_, r| {
             tx.blocking_send(Ok(row_of_json(&r.json))).is_ok()
         });
         if let Err(e) = res {
-            let _ = tx.blocking_send(Err(e.to_string()));
+            let _ = tx.blocking_send(Err(HostError::failed(e)));
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()

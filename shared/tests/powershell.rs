@@ -37,6 +37,7 @@ async fn encoded_powershell_is_decoded_and_alerted() {
         .unwrap();
     let mut alerts = qm
         .watch(ROOT_ORG, "Server.Internal.Alerts", "test")
+        .await
         .unwrap();
 
     // The watcher is registered once the query has started; rows pushed after that count.

@@ -27,17 +27,49 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// What a host could not do for a query. Functions and plugins log it as the query's
+/// error; the variants say whether the capability is missing here, the request was
+/// refused, the thing named does not exist, or the server itself failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HostError {
+    /// There is no server where the query runs (on a client, in the CLI's offline checks).
+    #[error("no server: {0} are not available here")]
+    NoServer(&'static str),
+    /// The capability exists, but not on this host.
+    #[error("{0}")]
+    NotHere(String),
+    /// The query asked for something it may not do.
+    #[error("{0}")]
+    Refused(String),
+    /// The thing named does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The server failed (store, bus, compiler); the source is kept.
+    #[error("{0}")]
+    Failed(#[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl HostError {
+    /// A server failure, keeping its source.
+    pub fn failed(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Failed(Arc::new(e))
+    }
+}
+
+/// A host call's result.
+pub type HostResult<T> = Result<T, HostError>;
+
 /// What the server provides to queries: queues, stored rows, persistent alert dedup.
 pub trait Host: Send + Sync {
-    /// Pushes one row to an event queue of the org (send_event). Errors are messages.
-    fn send_event(
+    /// Pushes one row to an event queue of the org (send_event).
+    fn send_event(&self, org: &str, artifact: &str, row: Row)
+        -> BoxFuture<'static, HostResult<()>>;
+    /// Watches an event queue from now on; resolves once the watch is in place.
+    fn watch(
         &self,
         org: &str,
         artifact: &str,
-        row: Row,
-    ) -> BoxFuture<'static, Result<(), String>>;
-    /// Watches an event queue from now on.
-    fn watch(&self, org: &str, artifact: &str) -> Result<BoxStream<'static, Row>, String>;
+    ) -> BoxFuture<'static, HostResult<BoxStream<'static, Row>>>;
     /// Stored rows of a queue in a time range (microseconds), oldest first.
     fn read(
         &self,
@@ -46,7 +78,7 @@ pub trait Host: Send + Sync {
         client_id: Option<String>,
         start_us: i64,
         end_us: i64,
-    ) -> BoxStream<'static, Result<Row, String>>;
+    ) -> BoxStream<'static, HostResult<Row>>;
     /// True when an alert of this name may fire now (and records it); false inside the window.
     fn alert_allowed(&self, org: &str, name: &str, window_secs: i64) -> BoxFuture<'static, bool>;
     /// Every artifact definition as a row.
@@ -65,9 +97,9 @@ pub trait Host: Send + Sync {
         client_id: &str,
         labels: Vec<String>,
         op: &str,
-    ) -> BoxFuture<'static, Result<Value, String>> {
+    ) -> BoxFuture<'static, HostResult<Value>> {
         let _ = (org, client_id, labels, op);
-        Box::pin(async { Err("no clients here".to_string()) })
+        Box::pin(async { Err(HostError::NotHere("no clients here".into())) })
     }
     /// Every server metadata key of an org.
     fn metadata_all(&self, org: &str) -> Row {
@@ -79,9 +111,11 @@ pub trait Host: Send + Sync {
         &self,
         name: &str,
         params: Vec<(String, String)>,
-    ) -> Result<Vec<ArtifactQuery>, String> {
+    ) -> HostResult<Vec<ArtifactQuery>> {
         let _ = params;
-        Err(format!("artifact {name} cannot be run here"))
+        Err(HostError::NotHere(format!(
+            "artifact {name} cannot be run here"
+        )))
     }
     /// Log lines of a server monitoring artifact in a time range (microseconds).
     fn read_logs(
@@ -90,10 +124,10 @@ pub trait Host: Send + Sync {
         artifact: &str,
         start_us: i64,
         end_us: i64,
-    ) -> BoxStream<'static, Result<Row, String>> {
+    ) -> BoxStream<'static, HostResult<Row>> {
         let _ = (org, start_us, end_us);
-        let msg = format!("no monitoring logs of {artifact} here");
-        Box::pin(futures::stream::once(async move { Err(msg) }))
+        let e = HostError::NotHere(format!("no monitoring logs of {artifact} here"));
+        Box::pin(futures::stream::once(async move { Err(e) }))
     }
 }
 
@@ -111,11 +145,11 @@ pub struct ArtifactQuery {
 pub struct NoHost;
 
 impl Host for NoHost {
-    fn send_event(&self, _: &str, _: &str, _: Row) -> BoxFuture<'static, Result<(), String>> {
-        Box::pin(async { Err("no server: events are not available here".to_string()) })
+    fn send_event(&self, _: &str, _: &str, _: Row) -> BoxFuture<'static, HostResult<()>> {
+        Box::pin(async { Err(HostError::NoServer("events")) })
     }
-    fn watch(&self, _: &str, _: &str) -> Result<BoxStream<'static, Row>, String> {
-        Err("no server: events are not available here".into())
+    fn watch(&self, _: &str, _: &str) -> BoxFuture<'static, HostResult<BoxStream<'static, Row>>> {
+        Box::pin(async { Err(HostError::NoServer("events")) })
     }
     fn read(
         &self,
@@ -124,9 +158,9 @@ impl Host for NoHost {
         _: Option<String>,
         _: i64,
         _: i64,
-    ) -> BoxStream<'static, Result<Row, String>> {
+    ) -> BoxStream<'static, HostResult<Row>> {
         Box::pin(futures::stream::once(async {
-            Err("no server: stored rows are not available here".to_string())
+            Err(HostError::NoServer("stored rows"))
         }))
     }
     fn alert_allowed(&self, _: &str, _: &str, _: i64) -> BoxFuture<'static, bool> {

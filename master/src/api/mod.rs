@@ -137,6 +137,7 @@ impl Admin for AdminService {
         let watcher = self
             .qm
             .watch(org_of(&r.org), &r.artifact, &name)
+            .await
             .map_err(|e| to_status(e.into()))?;
         let shutdown = self.shutdown.clone();
         let stream = futures::stream::unfold(Some(watcher), move |w| {

@@ -373,7 +373,7 @@ impl FrontendService {
                 hello.client_id
             )));
         }
-        self.follow_notifications(&org);
+        self.follow_notifications(&org).await;
         let welcome = self.start(&org, &hello, &remote).await;
         let table = self.table_message(&org, &hello.labels);
         match (welcome, table) {

@@ -16,7 +16,7 @@ pub const NOTIFICATIONS_QUEUE: &str = "Server.Internal.Notifications";
 impl FrontendService {
     /// Follows an org's notifications (once): a row whose `Target` is a client connected
     /// here wakes it, which makes it check in: it gets its event table again.
-    pub(super) fn follow_notifications(&self, org: &str) {
+    pub(super) async fn follow_notifications(&self, org: &str) {
         if !self
             .inner
             .notified_orgs
@@ -30,6 +30,7 @@ impl FrontendService {
             .inner
             .qm
             .watch(org, NOTIFICATIONS_QUEUE, "frontend-notifier")
+            .await
         {
             Ok(w) => w,
             Err(e) => {

@@ -65,7 +65,7 @@ impl QueueManager {
             }
             stamped.push((state, out));
         }
-        if let Some(bus) = self.inner.bus.get() {
+        if let Some(bus) = self.bus() {
             return self
                 .push_client_batch_over_bus(bus, org, client, batch_id, stamped)
                 .await;

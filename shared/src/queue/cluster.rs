@@ -14,14 +14,20 @@ use crate::bus::{self, Bus};
 use crate::store::StoredRow;
 
 impl QueueManager {
-    /// Joins a cluster: from now on pushes go over `bus`. Call before serving.
-    pub fn attach_bus(&self, bus: Bus) {
-        let _ = self.inner.bus.set(bus);
-    }
-
     /// The bus, in a cluster.
     pub fn bus(&self) -> Option<&Bus> {
-        self.inner.bus.get()
+        match &self.inner.log {
+            super::Log::Bus(b) => Some(&b.0),
+            super::Log::Store => None,
+        }
+    }
+
+    /// Where the bus delivery tasks run (a standalone node has none).
+    fn delivery_shutdown(&self) -> Shutdown {
+        match &self.inner.log {
+            super::Log::Bus(b) => b.1.clone(),
+            super::Log::Store => Shutdown::default(),
+        }
     }
 
     /// Sends a push over the bus in queue order (under the queue's push lock), then waits
@@ -117,19 +123,13 @@ impl QueueManager {
     /// Follows the INTERNAL subjects of the bus for local watchers until shutdown (durable
     /// queues are followed once watched, see [`QueueManager::follow_durable`]). Returns
     /// once the subscription is registered with the server.
-    pub async fn start_delivery(&self, shutdown: Shutdown) -> Result<()> {
-        let Some(bus) = self.inner.bus.get() else {
+    pub(super) async fn start_delivery(&self) -> Result<()> {
+        let Some(bus) = self.bus() else {
             return Ok(());
         };
-        let sub = subscribe(bus, bus::INTERNAL_SUBJECTS.to_string()).await?;
-        self.inner.shutdown.set(shutdown).ok();
-        self.spawn_delivery(sub);
-        Ok(())
-    }
-
-    fn spawn_delivery(&self, mut sub: async_nats::Subscriber) {
+        let mut sub = subscribe(bus, bus::INTERNAL_SUBJECTS.to_string()).await?;
         let qm = self.clone();
-        let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
+        let shutdown = self.delivery_shutdown();
         let stop = shutdown.clone();
         shutdown.spawn("bus-internal-feed", async move {
             loop {
@@ -140,48 +140,43 @@ impl QueueManager {
                 qm.deliver_message(&msg.subject, msg.payload, None);
             }
         });
+        Ok(())
     }
 
     /// In a cluster, makes sure this node follows a durable queue's subject before its
-    /// first watcher starts, so the watcher sees every row pushed after `watch` returns.
-    /// The subscription is confirmed by a round trip to the server (on a multi-threaded
-    /// runtime the caller's thread waits for it; elsewhere it is made in the background).
-    pub(super) fn follow_durable(&self, state: &QueueState) -> Result<()> {
-        let Some(bus) = self.inner.bus.get() else {
+    /// first watcher starts, so the watcher sees every row pushed after `watch` returns
+    /// (the subscription is confirmed by a round trip to the server).
+    pub(super) async fn follow_durable(&self, state: &QueueState) -> Result<()> {
+        let Some(bus) = self.bus() else {
             return Ok(());
         };
         if !state.kind.is_durable() || state.followed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         let subject = bus::subject(&state.org, true, &state.name);
-        let handle = tokio::runtime::Handle::current();
-        if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-            let bus = bus.clone();
-            match tokio::task::block_in_place(|| handle.block_on(bus.follow_durable(subject))) {
-                Ok(messages) => self.spawn_stream_delivery(messages),
-                Err(e) => {
-                    state.followed.store(false, Ordering::Release);
-                    return Err(e.into());
-                }
+        match bus.follow_durable(subject).await {
+            Ok(messages) => {
+                self.spawn_stream_delivery(messages, &state.org, &state.name);
+                Ok(())
             }
-        } else {
-            let (qm, bus) = (self.clone(), bus.clone());
-            let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
-            shutdown.spawn("bus-durable-follow", async move {
-                match bus.follow_durable(subject).await {
-                    Ok(messages) => qm.spawn_stream_delivery(messages),
-                    Err(e) => tracing::error!(error = %e, "cannot follow a durable queue"),
-                }
-            });
+            Err(e) => {
+                state.followed.store(false, Ordering::Release);
+                Err(e.into())
+            }
         }
-        Ok(())
     }
 
-    fn spawn_stream_delivery(&self, mut messages: async_nats::jetstream::consumer::push::Ordered) {
+    fn spawn_stream_delivery(
+        &self,
+        mut messages: async_nats::jetstream::consumer::push::Ordered,
+        org: &str,
+        queue: &str,
+    ) {
         let qm = self.clone();
-        let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
+        let shutdown = self.delivery_shutdown();
         let stop = shutdown.clone();
-        shutdown.spawn("bus-durable-feed", async move {
+        let span = tracing::info_span!(parent: shutdown.span(), "bus-durable-feed", org = %org, queue = %queue);
+        shutdown.spawn_in(span, async move {
             loop {
                 let msg = tokio::select! {
                     _ = stop.cancelled() => break,

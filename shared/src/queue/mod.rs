@@ -204,12 +204,19 @@ struct Inner {
     store: Store,
     limits: Limits,
     queues: RwLock<HashMap<(String, String), Arc<QueueState>>>,
-    /// Set in a cluster: pushes go over the bus and watchers are fed from it.
-    bus: std::sync::OnceLock<crate::bus::Bus>,
+    /// Where durable rows go, chosen at construction.
+    log: Log,
     /// Numbers this node's durable pushes for their bus message ids.
     next_msg: AtomicU64,
-    /// Ends the bus delivery tasks.
-    shutdown: std::sync::OnceLock<talon_core::Shutdown>,
+}
+
+/// The durable log of a queue manager, chosen when it is built: the store (standalone), or
+/// in a cluster the bus (pushes go to JetStream, watchers are fed from it) with the
+/// shutdown node its delivery tasks run under.
+enum Log {
+    Store,
+    /// Boxed: the bus handle is large and the store variant is the common one.
+    Bus(Box<(crate::bus::Bus, talon_core::Shutdown)>),
 }
 
 /// The store stream of one org's queue.
@@ -237,17 +244,36 @@ pub fn now_us() -> i64 {
 }
 
 impl QueueManager {
-    /// A queue manager over a repository and a store.
+    /// A standalone queue manager: durable rows go to `store`.
     pub fn new(repo: Repository, store: Store, limits: Limits) -> Self {
+        Self::with_log(repo, store, limits, Log::Store)
+    }
+
+    /// A cluster node's queue manager: durable rows go over `bus` to JetStream and local
+    /// watchers are fed from the bus by tasks under `shutdown`. Returns once this node
+    /// follows the bus's INTERNAL subjects. `store` still answers reads (on the master,
+    /// where the persister fills it).
+    pub async fn clustered(
+        repo: Repository,
+        store: Store,
+        limits: Limits,
+        bus: crate::bus::Bus,
+        shutdown: talon_core::Shutdown,
+    ) -> Result<Self> {
+        let qm = Self::with_log(repo, store, limits, Log::Bus(Box::new((bus, shutdown))));
+        qm.start_delivery().await?;
+        Ok(qm)
+    }
+
+    fn with_log(repo: Repository, store: Store, limits: Limits, log: Log) -> Self {
         Self {
             inner: Arc::new(Inner {
                 repo,
                 store,
                 limits,
                 queues: RwLock::new(HashMap::new()),
-                bus: std::sync::OnceLock::new(),
+                log,
                 next_msg: AtomicU64::new(0),
-                shutdown: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -389,7 +415,7 @@ impl QueueManager {
             }
         }
         let rows = Arc::new(stored);
-        if let Some(bus) = self.inner.bus.get() {
+        if let Some(bus) = self.bus() {
             self.push_over_bus(bus, &state, rows, clock).await?;
         } else if state.kind.is_durable() {
             let publisher = state.clone();
@@ -414,13 +440,15 @@ impl QueueManager {
         Ok(n)
     }
 
-    /// Watches a queue from now on. `name` identifies the watcher on debug pages.
-    pub fn watch(&self, org: &str, queue: &str, name: &str) -> Result<Watcher> {
+    /// Watches a queue from now on. `name` identifies the watcher on debug pages. In a
+    /// cluster it returns once this node follows the queue on the bus, so the watcher sees
+    /// every row pushed after `watch` returns.
+    pub async fn watch(&self, org: &str, queue: &str, name: &str) -> Result<Watcher> {
         let state = self.state(org, queue)?;
         // A lagging watcher of a durable queue re-reads what it missed: from the store, or
         // in a cluster (where rows arrive with node-local seqs) from JetStream.
-        self.follow_durable(&state)?;
-        let source = match (state.kind.is_durable(), self.inner.bus.get()) {
+        self.follow_durable(&state).await?;
+        let source = match (state.kind.is_durable(), self.bus()) {
             (false, _) => watcher::CatchUp::None,
             (true, None) => watcher::CatchUp::Store(self.inner.store.clone()),
             (true, Some(bus)) => watcher::CatchUp::Bus(Box::new(bus.clone())),

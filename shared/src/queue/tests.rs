@@ -33,8 +33,8 @@ const AUDIT: &str = "Server.Audit.Logs";
 async fn watchers_get_every_row_with_ts_and_source() {
     let dir = tempfile::tempdir().unwrap();
     let qm = manager(&dir, 16);
-    let mut a = qm.watch(ROOT_ORG, AUDIT, "test").unwrap();
-    let mut b = qm.watch(ROOT_ORG, AUDIT, "test").unwrap();
+    let mut a = qm.watch(ROOT_ORG, AUDIT, "test").await.unwrap();
+    let mut b = qm.watch(ROOT_ORG, AUDIT, "test").await.unwrap();
     qm.push(ROOT_ORG, AUDIT, rows(3, 0), "tester", "")
         .await
         .unwrap();
@@ -70,7 +70,7 @@ async fn slow_durable_watcher_catches_up_in_order_without_blocking_pushes() {
     let dir = tempfile::tempdir().unwrap();
     // A buffer of two batches: the watcher below falls far behind it.
     let qm = manager(&dir, 2);
-    let mut w = qm.watch(ROOT_ORG, AUDIT, "test").unwrap();
+    let mut w = qm.watch(ROOT_ORG, AUDIT, "test").await.unwrap();
     for b in 0..50 {
         // Every push returns although nobody reads.
         tokio::time::timeout(
@@ -111,7 +111,7 @@ async fn slow_internal_watcher_drops_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let qm = manager(&dir, 2);
     let q = "Server.Internal.Ping";
-    let mut w = qm.watch(ROOT_ORG, q, "test").unwrap();
+    let mut w = qm.watch(ROOT_ORG, q, "test").await.unwrap();
     for b in 0..10 {
         qm.push(ROOT_ORG, q, rows(1, b), "t", "").await.unwrap();
     }
@@ -140,7 +140,7 @@ fn stamping_replaces_given_ts_and_source_without_duplicates() {
 async fn orgs_are_isolated() {
     let dir = tempfile::tempdir().unwrap();
     let qm = manager(&dir, 16);
-    let mut in_b = qm.watch("b", AUDIT, "test").unwrap();
+    let mut in_b = qm.watch("b", AUDIT, "test").await.unwrap();
     qm.push(ROOT_ORG, AUDIT, rows(1, 0), "t", "").await.unwrap();
     qm.push("b", AUDIT, rows(1, 7), "t", "").await.unwrap();
     assert_eq!(next(&mut in_b).await["i"], 7);
@@ -273,7 +273,7 @@ async fn client_batches_are_applied_once_with_client_id() {
     let qm = manager(&dir, 16);
     let stats = "Generic.Client.Stats";
     let procs = "Windows.Events.ProcessCreation";
-    let mut w = qm.watch(ROOT_ORG, stats, "t").unwrap();
+    let mut w = qm.watch(ROOT_ORG, stats, "t").await.unwrap();
     let batch = || {
         vec![
             (stats.to_string(), rows(2, 0)),

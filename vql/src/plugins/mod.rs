@@ -243,20 +243,26 @@ fn watch_monitoring(c: PluginCall) -> BoxStream<'static, Row> {
     }
     let artifact = c.get("artifact").map(Value::to_text).unwrap_or_default();
     let ctx = c.scope.ctx().clone();
-    match ctx.host.watch(&ctx.info.org, &artifact) {
-        Err(e) => {
-            c.fail(e);
-            stream::empty().boxed()
+    let name = c.name.clone();
+    let cancel = ctx.cancel.clone();
+    let watch = ctx.host.watch(&ctx.info.org, &artifact);
+    stream::once(async move {
+        match watch.await {
+            Err(e) => {
+                ctx.log("ERROR", format!("{name}: {e}"));
+                stream::empty().boxed()
+            }
+            Ok(rows) => rows
+                .map(move |mut r| {
+                    r.insert("_Source".into(), Value::from(artifact.as_str()));
+                    r
+                })
+                .boxed(),
         }
-        Ok(rows) => {
-            let cancel = ctx.cancel.clone();
-            let rows = rows.map(move |mut r| {
-                r.insert("_Source".into(), Value::from(artifact.as_str()));
-                r
-            });
-            rows.take_until(cancel.cancelled_owned()).boxed()
-        }
-    }
+    })
+    .flatten()
+    .take_until(cancel.cancelled_owned())
+    .boxed()
 }
 
 fn stored(c: &PluginCall, artifact: String, client: Option<String>) -> BoxStream<'static, Row> {
