@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 use talon_artifacts::{LoadedArtifact, Repository};
+use talon_shared::control::{ArtifactModification, ControlRow};
 use talon_shared::queue::{QueueManager, ROOT_ORG};
 
 use crate::error::ApiError;
 
 /// Queue on which artifact changes are announced.
-pub const MODIFICATION_QUEUE: &str = "Server.Internal.ArtifactModification";
+pub const MODIFICATION_QUEUE: &str = ArtifactModification::QUEUE;
 /// Queue of auditable user actions.
 pub const AUDIT_QUEUE: &str = "Server.Audit.Logs";
 
@@ -84,7 +85,12 @@ pub async fn delete(qm: &QueueManager, name: &str, principal: &str) -> Result<()
 }
 
 async fn announce(qm: &QueueManager, name: &str, change: Change, principal: &str, kind: &str) {
-    let modification = obj(json!({ "artifact": name, "op": change.op(), "principal": principal }));
+    let modification = ArtifactModification {
+        artifact: name.to_string(),
+        op: change.op().to_string(),
+        principal: principal.to_string(),
+    }
+    .to_row();
     let audit = obj(json!({
         "operation": format!("artifact_{}", change.op()),
         "principal": principal,

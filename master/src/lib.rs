@@ -3,19 +3,26 @@
 //!
 //! - [`api`]: the admin gRPC service.
 //! - [`artifacts`]: user artifact administration (store, announce, audit).
-//! - [`cluster`]: in a cluster, client records from other nodes, node reports and health.
 //! - [`config`]: the master's configuration: YAML and flags to an immutable `Config`.
+//! - [`client_records`]: in a cluster, client pings and records from other nodes, client
+//!   snapshots and lookups.
+//! - [`nodes`]: in a cluster, node reports and health totals.
+//! - [`registrations`]: in a cluster, the queues the master watches.
+//! - [`state`]: in a cluster, the shared state (user artifacts, client tables) for nodes.
 //! - [`error`]: API errors and their gRPC status codes.
 //! - [`monitor`]: the server monitoring table and its running queries.
 //! - [`persister`]: in a cluster, the durable stream into the store.
 
 pub mod api;
 pub mod artifacts;
-pub mod cluster;
+pub mod client_records;
 pub mod config;
 pub mod error;
 pub mod monitor;
+pub mod nodes;
 pub mod persister;
+pub mod registrations;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -102,7 +109,7 @@ pub async fn run(
         &config.node_name,
         services.clone(),
     );
-    let nodes = cluster::Nodes::default();
+    let nodes = nodes::Nodes::default();
     let mut persister_progress = None;
     if let (Some(bus), Some(url)) = (cluster_bus.clone(), &config.nats_url) {
         let progress = std::sync::Arc::new(persister::Progress::default());
@@ -116,34 +123,29 @@ pub async fn run(
                 services.token().clone(),
             ),
         );
-        talon_shared::cluster::node::start(
+        // The master's half of the cluster services first, so nothing a node sends
+        // once this master is up arrives before its consumer exists.
+        client_records::start(
+            &bus,
+            &qm,
+            &frontend,
+            client_records::SNAPSHOT_PERIOD,
+            &services,
+        )
+        .await?;
+        nodes::start(&qm, &nodes, &services).await?;
+        registrations::start(&bus, &qm, &services).await?;
+        state::serve(&bus, qm.clone(), frontend.clone(), &services).await?;
+        talon_shared::node::start(
             bus.clone(),
             qm.clone(),
             frontend.clone(),
-            "master",
+            talon_shared::control::Role::Master,
             Some(progress.applied.clone()),
             services.clone(),
         )
         .await?;
-        talon_shared::cluster::clients::start_master(
-            bus.clone(),
-            qm.clone(),
-            frontend.clone(),
-            talon_shared::cluster::clients::SNAPSHOT_PERIOD,
-            services.clone(),
-        )
-        .await?;
-        cluster::start(
-            bus.clone(),
-            qm.clone(),
-            frontend.clone(),
-            nodes.clone(),
-            services.clone(),
-        )
-        .await?;
-        talon_shared::cluster::serve(bus.clone(), qm.clone(), frontend.clone(), services.clone())
-            .await?;
-        talon_shared::cluster::publish(&bus, &qm, &frontend).await;
+        state::publish(&bus, &qm, &frontend).await;
         tracing::info!(nats = %url, node = %config.node_name, "joined the cluster");
     }
     let vql = talon_shared::vql_host::Vql::new(qm.clone(), services.clone())

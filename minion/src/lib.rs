@@ -82,13 +82,13 @@ pub async fn run(
     )
     .await?;
     let frontend = FrontendService::new(qm.clone(), &config.node_name, services.clone());
-    talon_shared::cluster::follow(bus.clone(), qm.clone(), frontend.clone(), services.clone())
+    talon_shared::node::state::follow(bus.clone(), qm.clone(), frontend.clone(), services.clone())
         .await?;
-    talon_shared::cluster::node::start(
+    talon_shared::node::start(
         bus.clone(),
         qm.clone(),
         frontend.clone(),
-        "minion",
+        talon_shared::control::Role::Minion,
         None,
         services.clone(),
     )

@@ -1,20 +1,27 @@
 //! Talon's engine, what master and minion share (the endpoint agent and the CLI never
-//! link it).
+//! link it). Ground floor first:
 //!
-//! - [`bus`]: the NATS bus between cluster nodes (durable batches in JetStream).
-//! - [`cluster`]: state every cluster node needs: user artifacts, client monitoring tables.
-//! - [`store`]: the master's redb store with its group-committing writer thread.
-//! - [`queue`]: the queue manager: push and watch per (org, queue), durable and INTERNAL.
-//! - [`debug`]: the debug HTTP pages and Prometheus metrics.
-//! - [`frontend`]: the client frontend: sessions, client records, client monitoring tables.
-//! - [`lifecycle`]: the one shutdown order of a node.
+//! - [`store`]: the redb store with its group-committing writer thread.
+//! - [`bus`]: the NATS bus between cluster nodes (durable batches in JetStream) and the
+//!   typed request/reply helper of the control plane.
+//! - [`queue`]: the queue manager: push and watch per (org, queue), durable and INTERNAL,
+//!   its durable log (store or bus) chosen at construction.
+//! - [`records`]: client records and client monitoring tables.
+//! - [`control`]: the cluster's own messages, typed (queue rows and exchanges).
+//! - [`frontend`]: the client frontend: sessions, notifications, presence.
+//! - [`node`]: services every cluster node runs (reports, label following, client pings,
+//!   the master's shared state on minions).
 //! - [`vql_host`]: VQL on the server: queues, stored rows and alerts for queries.
+//! - [`debug`]: the debug HTTP pages and Prometheus metrics.
+//! - [`lifecycle`]: the one shutdown order of a node.
 
 pub mod bus;
-pub mod cluster;
+pub mod control;
 pub mod debug;
 pub mod frontend;
 pub mod lifecycle;
+pub mod node;
 pub mod queue;
+pub mod records;
 pub mod store;
 pub mod vql_host;

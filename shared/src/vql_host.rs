@@ -166,11 +166,11 @@ impl Host for ServerHost {
     }
 
     fn clients(&self, org: &str, search: &str) -> Vec<Row> {
-        crate::frontend::Clients::new(self.qm.store().clone())
+        crate::records::Clients::new(self.qm.store().clone())
             .search(org, search)
             .unwrap_or_default()
             .iter()
-            .map(crate::frontend::ClientRecord::to_row)
+            .map(crate::records::ClientRecord::to_row)
             .collect()
     }
 
@@ -188,7 +188,7 @@ impl Host for ServerHost {
             self.principal.clone(),
         );
         let frontend = self.frontend.clone();
-        let clients = crate::frontend::Clients::new(self.qm.store().clone());
+        let clients = crate::records::Clients::new(self.qm.store().clone());
         Box::pin(async move {
             if op == "check" {
                 let c = clients

@@ -175,9 +175,52 @@ async fn a_second_connection_on_another_minion_is_refused_and_notifications_reac
     // The same id on minion B is refused, and the conflict is reported cluster-wide.
     let (_conflicts, conflicts) =
         tokio::task::block_in_place(|| c.master.watch_one("Server.Internal.ClientConflict"));
+    // Presence goes over the replicated queues: B asks with a Ping row, every other node
+    // answers with a Pong row carrying the same NotifyTarget.
+    let pings = tokio::task::block_in_place(|| c.a.watch("Server.Internal.Ping"));
+    let pongs = tokio::task::block_in_place(|| c.a.watch("Server.Internal.Pong"));
     let e = raw_session(c.b.frontend, id).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
     assert!(e.message().contains("is already connected"), "{e:?}");
+    let ping: serde_json::Value = serde_json::from_str(
+        &tokio::task::block_in_place(|| pings.recv_timeout(Duration::from_secs(20)))
+            .expect("a Ping row"),
+    )
+    .unwrap();
+    assert_eq!(
+        (ping["ClientId"].as_str(), ping["Node"].as_str()),
+        (Some(id), Some("minion-b")),
+        "{ping}"
+    );
+    let target = ping["NotifyTarget"]
+        .as_str()
+        .expect("NotifyTarget")
+        .to_string();
+    let mut answers = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while answers.len() < 2 && std::time::Instant::now() < deadline {
+        let Ok(line) = tokio::task::block_in_place(|| pongs.recv_timeout(Duration::from_secs(1)))
+        else {
+            continue;
+        };
+        let pong: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if pong["NotifyTarget"] == target.as_str() {
+            assert_eq!(pong["ClientId"], id, "{pong}");
+            answers.insert(
+                pong["Node"].as_str().unwrap().to_string(),
+                pong["Connected"].as_bool().unwrap(),
+            );
+        }
+    }
+    assert_eq!(
+        answers,
+        [
+            ("master".to_string(), false),
+            ("minion-a".to_string(), true)
+        ]
+        .into(),
+        "the Pong answers to B's Ping"
+    );
     let row: serde_json::Value = serde_json::from_str(
         &tokio::task::block_in_place(|| conflicts.recv_timeout(Duration::from_secs(20)))
             .expect("a conflict row on the master"),

@@ -2,8 +2,8 @@
 //! client records and monitoring tables are in `clients`, other conversions and auditing
 //! in `support`.
 
-mod clients;
-mod cluster;
+mod client_admin;
+mod nodes;
 mod support;
 use support::{audit, monitor_status};
 
@@ -35,8 +35,8 @@ pub struct AdminService {
     vql: Vql,
     monitor: ServerMonitor,
     frontend: FrontendService,
-    nodes: crate::cluster::Nodes,
-    cpu: std::sync::Arc<std::sync::Mutex<talon_shared::cluster::node::CpuSampler>>,
+    nodes: crate::nodes::Nodes,
+    cpu: std::sync::Arc<std::sync::Mutex<talon_shared::node::reports::CpuSampler>>,
     shutdown: Shutdown,
 }
 
@@ -47,7 +47,7 @@ impl AdminService {
         vql: Vql,
         monitor: ServerMonitor,
         frontend: FrontendService,
-        nodes: crate::cluster::Nodes,
+        nodes: crate::nodes::Nodes,
         shutdown: Shutdown,
     ) -> Self {
         Self {
@@ -558,7 +558,7 @@ impl AdminService {
     /// In a cluster, tells every node the new artifacts and client monitoring tables.
     async fn cluster_state_changed(&self) {
         if let Some(bus) = self.qm.bus() {
-            talon_shared::cluster::publish(bus, &self.qm, &self.frontend).await;
+            crate::state::publish(bus, &self.qm, &self.frontend).await;
         }
     }
 }

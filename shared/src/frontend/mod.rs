@@ -7,24 +7,27 @@
 //! [`http2`]) rather than a general one: tens of thousands of mostly idle streams are the
 //! normal load, and a general server keeps tens of kilobytes of buffers per connection.
 
-pub mod clients;
 mod conn;
 pub mod http2;
 mod notify;
+mod presence;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use talon_core::ids::valid_client_id;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use talon_proto::client::*;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::queue::{now_us, validate_org, QueueManager};
-pub use clients::{ClientRecord, Clients, TableEntry};
+use crate::records::{ClientRecord, Clients};
 pub use notify::{NOTIFICATIONS_QUEUE, WAKE_DEBOUNCE};
+pub use presence::PING_WAIT;
+
+use crate::control::{self, ClientConflict, ClientInfo, ControlRow, Enrollment, LabelEdit};
 
 /// Server messages queued per client at most; a client that does not read is cut off.
 pub const SESSION_QUEUE: usize = 256;
@@ -271,13 +274,17 @@ impl FrontendService {
         clients.put(org, &c).await?;
         for (op, labels) in [("set", add), ("remove", remove)] {
             for l in labels {
-                if let Value::Object(m) = json!({"ClientId": client, "Operation": op, "Label": l}) {
-                    let _ = self
-                        .inner
-                        .qm
-                        .push(org, "Server.Internal.Label", vec![m], principal, "")
-                        .await;
-                }
+                let edit = LabelEdit {
+                    client_id: client.to_string(),
+                    operation: op.to_string(),
+                    label: l.clone(),
+                    node: self.inner.node.clone(),
+                };
+                let _ = self
+                    .inner
+                    .qm
+                    .push(org, LabelEdit::QUEUE, vec![edit.to_row()], principal, "")
+                    .await;
             }
         }
         self.labels_changed(org, client, c.labels.clone());
@@ -300,11 +307,9 @@ impl FrontendService {
         })
     }
 
-    async fn announce(&self, org: &str, queue: &str, row: Value) {
-        if let Value::Object(m) = row {
-            if let Err(e) = self.inner.qm.push(org, queue, vec![m], "server", "").await {
-                tracing::error!(queue, error = %e, "could not announce");
-            }
+    async fn announce<R: ControlRow>(&self, org: &str, row: &R) {
+        if let Err(e) = control::push(&self.inner.qm, org, row).await {
+            tracing::error!(queue = R::QUEUE, error = %e, "could not announce");
         }
     }
 }
@@ -350,24 +355,20 @@ impl FrontendService {
         };
         // In a cluster the id may be connected on another node: any node saying so wins.
         let conflict = conflict || {
-            let elsewhere = match self.inner.qm.bus() {
-                Some(bus) => {
-                    crate::cluster::node::connected_elsewhere(bus, &org, &hello.client_id).await
-                }
-                None => false,
-            };
+            let elsewhere = self.inner.qm.bus().is_some()
+                && self.connected_elsewhere(&org, &hello.client_id).await;
             if elsewhere {
                 self.end(&key, session_id).await;
             }
             elsewhere
         };
         if conflict {
-            self.announce(
-                &org,
-                "Server.Internal.ClientConflict",
-                json!({"ClientId": hello.client_id, "RemoteAddr": remote, "Node": self.inner.node}),
-            )
-            .await;
+            let conflict = ClientConflict {
+                client_id: hello.client_id.clone(),
+                remote_addr: remote.clone(),
+                node: self.inner.node.clone(),
+            };
+            self.announce(&org, &conflict).await;
             return Err(Status::already_exists(format!(
                 "client {} is already connected; refusing a second connection from {remote}",
                 hello.client_id
@@ -405,7 +406,17 @@ impl FrontendService {
         if existing.is_none() {
             // A minion's cache may not know a client the master does.
             if let Some(bus) = self.inner.qm.bus() {
-                existing = crate::cluster::node::lookup_client(bus, org, &hello.client_id).await;
+                let question = control::ClientRef {
+                    org: org.to_string(),
+                    client_id: hello.client_id.clone(),
+                };
+                existing = match bus.ask::<control::ClientLookup>(&question).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::warn!(org, client_id = %hello.client_id, error = %e, "master lookup failed; treating the client as new here");
+                        None
+                    }
+                };
             }
         }
         let first_contact = existing.is_none();
@@ -435,9 +446,24 @@ impl FrontendService {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         if first_contact {
-            self.announce(org, "Server.Internal.Enrollment", json!({"ClientId": hello.client_id, "Hostname": hello.hostname, "RemoteAddr": remote})).await;
+            let enrollment = Enrollment {
+                client_id: hello.client_id.clone(),
+                hostname: hello.hostname.clone(),
+                remote_addr: remote.to_string(),
+            };
+            self.announce(org, &enrollment).await;
         }
-        self.announce(org, "Server.Internal.ClientInfo", json!({"ClientId": hello.client_id, "Hostname": record.hostname, "OS": record.os, "Labels": record.labels, "LastSeenAt": now / 1_000_000, "LastIp": remote, "Node": self.inner.node, "Record": record})).await;
+        let info = ClientInfo {
+            client_id: hello.client_id.clone(),
+            hostname: record.hostname.clone(),
+            os: record.os.clone(),
+            labels: record.labels.clone(),
+            last_seen_at: now / 1_000_000,
+            last_ip: remote.to_string(),
+            node: self.inner.node.clone(),
+            record: record.clone(),
+        };
+        self.announce(org, &info).await;
         // The session follows the record's labels (the server may hold more than the hello).
         if let Some(s) = self
             .inner

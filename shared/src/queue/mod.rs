@@ -7,9 +7,10 @@
 //! blocks a producer. INTERNAL queues live in memory only; a watcher that falls behind skips
 //! ahead and the skipped rows are counted as dropped.
 
+mod bus_log;
 mod client_batch;
 mod client_row;
-mod cluster;
+pub mod every_org;
 mod watcher;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,6 +21,7 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
 use crate::store::{self, Store, StoredRow};
+pub use every_org::OrgsWatcher;
 use talon_artifacts::{ArtifactKind, Repository};
 pub use watcher::{Event, Watcher};
 
@@ -144,6 +146,8 @@ pub(crate) struct QueueState {
     /// In a cluster, for durable queues: (first local seq, stream seq, rows) of the latest
     /// batches delivered here, so a lagging watcher can re-read them from JetStream.
     index: Mutex<std::collections::VecDeque<(u64, u64, u64)>>,
+    /// The queue manager's every-org watchers, offered each published batch.
+    taps: Arc<every_org::Taps>,
 }
 
 /// Batches a durable queue's index remembers in a cluster.
@@ -182,12 +186,14 @@ impl QueueState {
             }
             index.push_back((first_seq, seq, rows.len() as u64));
         }
+        self.taps.offer(&self.org, &self.name, &rows);
         let _ = self.tx.send(Arc::new(Published { first_seq, rows }));
     }
 
     fn publish(&self, first_seq: u64, rows: Arc<Vec<StoredRow>>) {
         let mut head = self.head.lock().expect("queue head");
         *head = first_seq + rows.len() as u64 - 1;
+        self.taps.offer(&self.org, &self.name, &rows);
         // An error only means nobody is watching.
         let _ = self.tx.send(Arc::new(Published { first_seq, rows }));
     }
@@ -208,6 +214,8 @@ struct Inner {
     log: Log,
     /// Numbers this node's durable pushes for their bus message ids.
     next_msg: AtomicU64,
+    /// Watchers of INTERNAL queues in every org.
+    taps: Arc<every_org::Taps>,
 }
 
 /// The durable log of a queue manager, chosen when it is built: the store (standalone), or
@@ -274,6 +282,7 @@ impl QueueManager {
                 queues: RwLock::new(HashMap::new()),
                 log,
                 next_msg: AtomicU64::new(0),
+                taps: Arc::default(),
             }),
         }
     }
@@ -341,6 +350,7 @@ impl QueueManager {
             caught_up: AtomicU64::new(0),
             followed: std::sync::atomic::AtomicBool::new(false),
             index: Mutex::new(std::collections::VecDeque::new()),
+            taps: self.inner.taps.clone(),
         });
         map.insert(key, state.clone());
         Ok(state)
@@ -454,6 +464,24 @@ impl QueueManager {
             (true, Some(bus)) => watcher::CatchUp::Bus(Box::new(bus.clone())),
         };
         Ok(Watcher::new(state, source, name))
+    }
+
+    /// Watches an INTERNAL queue in every org, from now on (see [`every_org`]).
+    pub fn watch_every_org(&self, queue: &str, name: &str) -> Result<OrgsWatcher> {
+        let kind = self.kind(queue)?;
+        if kind.is_durable() {
+            return Err(Error::WrongKind {
+                queue: queue.into(),
+                kind,
+                action: "only INTERNAL queues can be watched in every org",
+            });
+        }
+        Ok(self.inner.taps.watch(queue, name))
+    }
+
+    /// Rows the every-org watchers of a queue skipped because they fell behind.
+    pub fn every_org_dropped(&self, queue: &str) -> u64 {
+        self.inner.taps.dropped(queue)
     }
 
     /// Checks that a queue of an org exists and keeps its rows.

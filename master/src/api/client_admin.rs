@@ -2,8 +2,8 @@
 //! messages, and edits of that table.
 
 use talon_proto::api::*;
-use talon_shared::frontend::{ClientRecord, TableEntry};
 use talon_shared::queue::validate_org;
+use talon_shared::records::{ClientRecord, TableEntry};
 use tonic::{Response, Status};
 
 use super::support::audit;
@@ -15,8 +15,8 @@ impl AdminService {
     pub(super) async fn connected_set(&self, org: &str) -> std::collections::HashSet<String> {
         let mut set: std::collections::HashSet<String> =
             self.frontend.connected(org).into_iter().collect();
-        if let Some(bus) = self.qm.bus() {
-            set.extend(talon_shared::cluster::node::connected_in_cluster(bus, org).await);
+        if self.qm.bus().is_some() {
+            set.extend(self.frontend.connected_in_cluster(org).await);
         }
         set
     }

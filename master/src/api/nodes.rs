@@ -2,7 +2,7 @@
 //! in standalone mode the master itself, measured now.
 
 use talon_proto::api::{ClusterStatusResponse, NodeStatus};
-use talon_shared::cluster::node::{rss_bytes, ALIVE_WINDOW};
+use talon_shared::node::reports::{rss_bytes, ALIVE_WINDOW};
 
 use super::AdminService;
 
@@ -40,7 +40,7 @@ impl AdminService {
                 bus_connected: r.bus_connected,
                 persister_lag: r.persister_lag.map(|l| l as i64).unwrap_or(-1),
                 node: r.node,
-                role: r.role,
+                role: r.role.as_str().to_string(),
             })
             .collect();
         ClusterStatusResponse {

@@ -110,9 +110,21 @@ impl QueueManager {
                 .queues
                 .read()
                 .expect("queues lock")
-                .get(&(org.clone(), q.queue))
+                .get(&(org.clone(), q.queue.clone()))
                 .cloned();
-            let Some(state) = state else { continue };
+            // A queue some service watches in every org gets a state in each org its rows
+            // arrive in; other queues nobody here has touched are skipped.
+            let state = match state {
+                Some(s) => s,
+                None if self.inner.taps.has(&q.queue) => match self.state(&org, &q.queue) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(org, queue = %q.queue, error = %e, "bus rows of an unusable queue skipped");
+                        continue;
+                    }
+                },
+                None => continue,
+            };
             let rows: Vec<StoredRow> = q.rows.into_iter().map(bus::stored_row).collect();
             if !rows.is_empty() {
                 state.publish_next(Arc::new(rows), stream_seq);

@@ -14,6 +14,9 @@ use talon_proto::bus::{BusBatch, BusRow, QueueRows};
 
 use crate::store::StoredRow;
 
+pub mod control;
+pub use control::{AskError, Exchange, ServeError};
+
 /// The JetStream stream holding every durable row of the cluster.
 pub const STREAM: &str = "TALON_EVENTS";
 /// Subjects the stream captures.
@@ -198,22 +201,6 @@ impl Bus {
             .await
             .map_err(|e| Error::JetStream(e.to_string()))?;
         BusBatch::decode(m.payload).map_err(|e| Error::JetStream(format!("message {seq}: {e}")))
-    }
-
-    /// Asks `subject` with a JSON body and decodes the JSON answer; None on no answer within
-    /// `timeout` or an answer that does not decode.
-    pub async fn request_json<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
-        &self,
-        subject: &'static str,
-        question: &Q,
-        timeout: Duration,
-    ) -> Option<A> {
-        let body = serde_json::to_vec(question).ok()?;
-        let reply = tokio::time::timeout(timeout, self.client.request(subject, body.into()))
-            .await
-            .ok()?
-            .ok()?;
-        serde_json::from_slice(&reply.payload).ok()
     }
 
     /// This node's name.
