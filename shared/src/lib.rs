@@ -11,6 +11,7 @@
 //! - [`frontend`]: the client frontend: sessions, notifications, presence.
 //! - [`node`]: services every cluster node runs (reports, label following, client pings,
 //!   the master's shared state on minions).
+//! - [`logs`]: monitoring log lines and alerts of server and client queries.
 //! - [`vql_host`]: VQL on the server: queues, stored rows and alerts for queries.
 //! - [`debug`]: the debug HTTP pages and Prometheus metrics.
 //! - [`lifecycle`]: the one shutdown order of a node.
@@ -20,6 +21,7 @@ pub mod control;
 pub mod debug;
 pub mod frontend;
 pub mod lifecycle;
+pub mod logs;
 pub mod node;
 pub mod queue;
 pub mod records;

@@ -17,8 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::{now_us, QueueManager};
 use talon_artifacts::ArtifactKind;
 
-/// Queue that receives alerts.
-pub const ALERTS_QUEUE: &str = "Server.Internal.Alerts";
+pub use crate::logs::{append_log, log_stream, ALERTS_QUEUE};
 
 /// The server's side of VQL for one principal.
 pub struct ServerHost {
@@ -289,33 +288,6 @@ pub fn metadata_namespace(org: &str) -> String {
     format!("metadata/{org}")
 }
 
-/// The store stream holding a server monitoring artifact's log lines.
-pub fn log_stream(org: &str, artifact: &str) -> String {
-    crate::queue::stream_key(org, &format!("{artifact}\u{1f}logs"))
-}
-
-/// Appends one log line of a server monitoring artifact to its monitoring log.
-pub async fn append_log(qm: &QueueManager, org: &str, artifact: &str, line: &LogLine) {
-    let ts = now_us();
-    let mut row = Map::new();
-    row.insert("Timestamp".into(), serde_json::Value::from(ts / 1_000_000));
-    row.insert("Level".into(), line.level.clone().into());
-    row.insert("Message".into(), line.message.clone().into());
-    row.insert("Artifact".into(), artifact.into());
-    let stored = crate::store::StoredRow {
-        ts_us: ts,
-        client: String::new(),
-        json: serde_json::Value::Object(row).to_string(),
-    };
-    if let Err(e) = qm
-        .store()
-        .append(log_stream(org, artifact), vec![stored])
-        .await
-    {
-        tracing::error!(error = %e, artifact, "could not store a monitoring log line");
-    }
-}
-
 /// One item of a running query's output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -385,7 +357,13 @@ impl Vql {
             if l.level == "ALERT" {
                 let (qm, info, message) = (qm.clone(), alert_info.clone(), l.message.clone());
                 alert_tasks.spawn("store-alert", async move {
-                    store_alert(&qm, &info, &message).await
+                    let row = crate::logs::alert_row(
+                        &message,
+                        &info.client_id,
+                        &info.artifact,
+                        &info.artifact_type,
+                    );
+                    crate::logs::store_alert(&qm, &info.org, "server", row).await
                 });
             }
             let _ = log_tx.send(l);
@@ -414,27 +392,5 @@ impl Vql {
             // within the grace period is reported by drain).
             alerts.drain().await;
         }))
-    }
-}
-
-/// Pushes an alert (the JSON an ALERT log line carries) to `Server.Internal.Alerts`.
-async fn store_alert(qm: &QueueManager, info: &QueryInfo, message: &str) {
-    let mut row = match serde_json::from_str::<serde_json::Value>(message) {
-        Ok(serde_json::Value::Object(m)) => m,
-        _ => {
-            let mut m = Map::new();
-            m.insert("name".into(), serde_json::Value::from(message));
-            m
-        }
-    };
-    row.insert("client_id".into(), info.client_id.clone().into());
-    row.insert("artifact".into(), info.artifact.clone().into());
-    row.insert("artifact_type".into(), info.artifact_type.clone().into());
-    row.insert("flow_id".into(), "".into());
-    if let Err(e) = qm
-        .push(&info.org, ALERTS_QUEUE, vec![row], "server", "")
-        .await
-    {
-        tracing::error!(error = %e, "could not store an alert");
     }
 }

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use talon_core::ids::valid_client_id;
 
-use serde_json::{Map, Value};
 use talon_proto::client::*;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -585,7 +584,7 @@ impl FrontendService {
                 level: l.level.clone(),
                 message: l.message.clone(),
             };
-            crate::vql_host::append_log(
+            crate::logs::append_log(
                 &self.inner.qm,
                 org,
                 &format!("{client}\u{1f}{}", l.artifact),
@@ -593,22 +592,8 @@ impl FrontendService {
             )
             .await;
             if l.level == "ALERT" {
-                let mut row: Map<String, Value> = match serde_json::from_str(&l.message) {
-                    Ok(Value::Object(m)) => m,
-                    _ => Map::from_iter([("name".to_string(), Value::from(l.message.clone()))]),
-                };
-                row.insert("client_id".into(), client.into());
-                row.insert("artifact".into(), l.artifact.clone().into());
-                row.insert("artifact_type".into(), "CLIENT_EVENT".into());
-                row.insert("flow_id".into(), "".into());
-                if let Err(e) = self
-                    .inner
-                    .qm
-                    .push(org, crate::vql_host::ALERTS_QUEUE, vec![row], client, "")
-                    .await
-                {
-                    tracing::error!(error = %e, "could not store a client alert");
-                }
+                let row = crate::logs::alert_row(&l.message, client, &l.artifact, "CLIENT_EVENT");
+                crate::logs::store_alert(&self.inner.qm, org, client, row).await;
             }
         }
     }
