@@ -8,11 +8,11 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use indexmap::IndexMap;
 
-use crate::ast::*;
-use crate::engine::MAX_DEPTH;
-use crate::registry::{ArgSrc, Args, Call};
-use crate::scope::{Binding, Found, Scope};
-use crate::value::{self, StoredQuery, Value};
+use crate::eval::engine::MAX_DEPTH;
+use crate::eval::registry::{ArgSrc, Args, Call};
+use crate::eval::scope::{Binding, Found, Scope};
+use crate::eval::value::{self, StoredQuery, Value};
+use crate::syntax::ast::*;
 
 /// Evaluates an expression in a scope.
 pub fn eval<'a>(e: &'a Expr, scope: &'a Scope) -> BoxFuture<'a, Value> {
@@ -130,7 +130,7 @@ fn negate(v: &Value) -> Value {
 pub async fn truthy(v: &Value, scope: &Scope) -> bool {
     match v {
         Value::Query(StoredQuery::Lazy { .. }) => {
-            let mut rows = crate::query::query_rows(v.clone(), scope.clone());
+            let mut rows = crate::eval::query::query_rows(v.clone(), scope.clone());
             rows.next().await.is_some()
         }
         other => other.truthy(),
@@ -211,7 +211,9 @@ fn regex_match(a: &Value, pattern: &Value, scope: &Scope) -> bool {
 pub async fn materialize(v: Value, scope: &Scope) -> Value {
     match v {
         Value::Query(StoredQuery::Lazy { .. }) => {
-            let rows: Vec<_> = crate::query::query_rows(v, scope.clone()).collect().await;
+            let rows: Vec<_> = crate::eval::query::query_rows(v, scope.clone())
+                .collect()
+                .await;
             Value::Query(StoredQuery::Rows(Arc::new(rows)))
         }
         other => other,
@@ -253,7 +255,9 @@ pub fn lookup<'a>(name: &'a str, scope: &'a Scope) -> BoxFuture<'a, Value> {
         match scope.find(name) {
             Some(Found::Value(v)) => v,
             Some(Found::Binding(b)) => binding_value(name, b, scope).await,
-            Some(Found::Column(cols, i, at)) => crate::query::lazy_column(&cols, i, &at).await,
+            Some(Found::Column(cols, i, at)) => {
+                crate::eval::query::lazy_column(&cols, i, &at).await
+            }
             None => {
                 scope.ctx().log("ERROR", format!("Symbol {name} not found"));
                 Value::Null
@@ -266,7 +270,7 @@ async fn binding_value(name: &str, b: Binding, scope: &Scope) -> Value {
     match b {
         Binding::Value(v) => v,
         Binding::Expr(e) => {
-            let child = scope.push_call(crate::scope::Frame::Empty);
+            let child = scope.push_call(crate::eval::scope::Frame::Empty);
             eval(&e, &child).await
         }
         Binding::Query(select) => Value::Query(StoredQuery::Lazy {
@@ -380,5 +384,5 @@ pub async fn bind_params(params: &[Param], args: &[Arg], scope: &Scope) -> Scope
             vars.insert(p.name.clone(), Binding::Value(v));
         }
     }
-    scope.push_call(crate::scope::Frame::Vars(std::sync::Mutex::new(vars)))
+    scope.push_call(crate::eval::scope::Frame::Vars(std::sync::Mutex::new(vars)))
 }

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
-use crate::ast::ArgValue;
-use crate::engine::Place;
-use crate::scope::Scope;
-use crate::value::{Row, Value};
+use crate::eval::engine::Place;
+use crate::eval::scope::Scope;
+use crate::eval::value::{Row, Value};
+use crate::syntax::ast::ArgValue;
 
 /// A function's implementation.
 pub type FnImpl = for<'a> fn(Call<'a>) -> BoxFuture<'a, Value>;
@@ -43,14 +43,6 @@ impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// The registry with every built-in function and plugin.
-    pub fn builtin() -> Self {
-        let mut r = Self::new();
-        crate::functions::register(&mut r);
-        crate::plugins::register(&mut r);
-        r
     }
 
     /// Adds a function.
@@ -129,7 +121,7 @@ impl<'a> Args<'a> {
         let mut out = Vec::new();
         for (name, src) in std::mem::take(&mut self.items) {
             if name == "**" {
-                if let Value::Dict(d) = crate::eval::arg_value(&src, self.scope).await {
+                if let Value::Dict(d) = crate::eval::expr::arg_value(&src, self.scope).await {
                     out.extend(d.into_iter().map(|(k, v)| (k, ArgSrc::Value(v))));
                 }
             } else {
@@ -152,7 +144,7 @@ impl<'a> Args<'a> {
             return Some(v.clone());
         }
         let idx = self.items.iter().position(|(n, _)| n == name)?;
-        let v = crate::eval::arg_value(&self.items[idx].1, self.scope).await;
+        let v = crate::eval::expr::arg_value(&self.items[idx].1, self.scope).await;
         self.cache.insert(name.to_string(), v.clone());
         Some(v)
     }

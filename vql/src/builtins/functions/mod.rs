@@ -11,10 +11,10 @@ pub use text::arg_list;
 use base64::Engine as _;
 use futures::future::BoxFuture;
 
-use crate::engine::Place;
-use crate::eval::{materialize, materialize_deep, truthy};
-use crate::registry::{Call, Registry};
-use crate::value::{time_from_secs, Dict, Value};
+use crate::eval::engine::Place;
+use crate::eval::expr::{materialize, materialize_deep, truthy};
+use crate::eval::registry::{Call, Registry};
+use crate::eval::value::{time_from_secs, Dict, Value};
 
 /// Registers every built-in function.
 pub fn register(r: &mut Registry) {
@@ -238,7 +238,7 @@ fn int<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
             Some(Value::Int(i)) => Value::Int(i),
             Some(Value::Float(f)) => Value::Int(f as i64),
             Some(Value::Bool(b)) => Value::Int(i64::from(b)),
-            Some(Value::Str(s)) => crate::parser::parse_int(s.trim())
+            Some(Value::Str(s)) => crate::syntax::parser::parse_int(s.trim())
                 .or_else(|| s.trim().parse::<f64>().ok().map(|f| f as i64))
                 .map(Value::Int)
                 .unwrap_or(Value::Int(0)),
@@ -271,7 +271,7 @@ fn str_<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
         match v {
             Value::Null => Value::Str(String::new()),
             Value::Str(s) => Value::Str(s),
-            Value::Float(f) => Value::Str(crate::format::float(f)),
+            Value::Float(f) => Value::Str(crate::syntax::format::float(f)),
             other => Value::Str(other.to_text()),
         }
     })
@@ -285,7 +285,7 @@ fn len<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
             Value::Dict(d) => Value::Int(d.len() as i64),
             Value::Str(s) => Value::Int(s.len() as i64),
             Value::Bytes(b) => Value::Int(b.len() as i64),
-            Value::Query(crate::value::StoredQuery::Rows(r)) => Value::Int(r.len() as i64),
+            Value::Query(crate::eval::value::StoredQuery::Rows(r)) => Value::Int(r.len() as i64),
             _ => Value::Int(0),
         }
     })

@@ -2,7 +2,7 @@
 //! (`1+1` is `1 + 1`, `1 AND 2` is `1  AND 2`, `0x10` is `16`, `{SELECT 1 FROM scope()}` is
 //! `{ SELECT 1 FROM scope() }`).
 
-use crate::ast::*;
+use crate::syntax::ast::*;
 
 /// Canonical text of an expression.
 pub fn expr(e: &Expr) -> String {

@@ -3,10 +3,10 @@
 use futures::future::BoxFuture;
 
 use super::gofmt::sprintf;
-use crate::engine::Place;
-use crate::eval::materialize_deep;
-use crate::registry::{Call, Registry};
-use crate::value::{Dict, Value};
+use crate::eval::engine::Place;
+use crate::eval::expr::materialize_deep;
+use crate::eval::registry::{Call, Registry};
+use crate::eval::value::{Dict, Value};
 
 pub(super) fn register(r: &mut Registry) {
     r.function("format", Place::Both, format);

@@ -7,10 +7,10 @@ use futures::future::BoxFuture;
 
 use super::gofmt::sprintf;
 use super::text::arg_list;
-use crate::engine::Place;
-use crate::eval::{materialize_deep, truthy};
-use crate::registry::{Call, Registry};
-use crate::value::{rfc3339, Dict, Value};
+use crate::eval::engine::Place;
+use crate::eval::expr::{materialize_deep, truthy};
+use crate::eval::registry::{Call, Registry};
+use crate::eval::value::{rfc3339, Dict, Value};
 
 /// Default alert dedup window in seconds (Velociraptor's).
 pub const ALERT_DEDUP_SECS: i64 = 7200;

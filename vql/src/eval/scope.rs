@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use indexmap::IndexMap;
 
-use crate::ast::{LetValue, Param, Select};
-use crate::engine::Context;
-use crate::value::{Row, Value};
+use crate::eval::engine::Context;
+use crate::eval::value::{Row, Value};
+use crate::syntax::ast::{LetValue, Param, Select};
 
 /// What a LET name is bound to.
 #[derive(Clone)]
@@ -16,7 +16,7 @@ pub enum Binding {
     /// A value (parameters, `LET X <= expr`).
     Value(Value),
     /// `LET X = expr`: re-evaluated at each reference.
-    Expr(crate::ast::Expr),
+    Expr(crate::syntax::ast::Expr),
     /// `LET X = SELECT ...`: a lazy query, re-run at each use.
     Query(Arc<Select>),
     /// `LET F(a, b=1) = ...`: a function or parameterised query.
@@ -101,7 +101,7 @@ impl Scope {
     }
 
     /// A child scope for evaluating a LET expression or function body. It weighs
-    /// [`crate::engine::CALL_WEIGHT`] levels, so runaway recursion stops well before the
+    /// [`crate::eval::engine::CALL_WEIGHT`] levels, so runaway recursion stops well before the
     /// thread's stack does.
     pub fn push_call(&self, frame: Frame) -> Scope {
         let child = self.push(frame);
@@ -111,7 +111,7 @@ impl Scope {
                 parent: Some(child.clone()),
                 ctx: self.node.ctx.clone(),
                 agg: self.node.agg.clone(),
-                depth: self.node.depth + crate::engine::CALL_WEIGHT,
+                depth: self.node.depth + crate::eval::engine::CALL_WEIGHT,
             }),
         }
     }

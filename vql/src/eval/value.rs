@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeZone, Utc};
 use indexmap::IndexMap;
 
-use crate::ast::Select;
-use crate::scope::Scope;
+use crate::eval::scope::Scope;
+use crate::syntax::ast::Select;
 
 /// An ordered dict with case-sensitive string keys.
 pub type Dict = IndexMap<String, Value>;
@@ -17,8 +17,7 @@ pub type Dict = IndexMap<String, Value>;
 /// A row is a dict.
 pub type Row = Dict;
 
-/// The longest string `+` and `*` may build.
-pub const MAX_STRING_BYTES: usize = 100 * 1024 * 1024;
+pub use crate::limits::MAX_STRING_BYTES;
 
 /// A VQL value.
 #[derive(Clone, Default)]

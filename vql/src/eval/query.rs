@@ -8,12 +8,14 @@ use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use indexmap::IndexMap;
 
-use crate::ast::*;
-use crate::eval::{self, bind_params, eval, eval_fast, materialize, materialize_deep, truthy};
-use crate::format;
-use crate::registry::PluginCall;
-use crate::scope::{AggState, Binding, Found, Frame, LazyColumns, Scope};
-use crate::value::{self, Row, StoredQuery, Value};
+use crate::eval::expr::{
+    self, bind_params, eval, eval_fast, materialize, materialize_deep, truthy,
+};
+use crate::eval::registry::PluginCall;
+use crate::eval::scope::{AggState, Binding, Found, Frame, LazyColumns, Scope};
+use crate::eval::value::{self, Row, StoredQuery, Value};
+use crate::syntax::ast::*;
+use crate::syntax::format;
 
 /// The rows of a value used as a query source or stored query.
 pub fn query_rows(v: Value, scope: Scope) -> BoxStream<'static, Row> {
@@ -234,7 +236,7 @@ async fn source_rows(from: &Source, scope: &Scope) -> BoxStream<'static, Row> {
     if let Some(p) = ctx.engine.get_plugin(&name) {
         let mut values = Vec::with_capacity(args.len());
         for a in args {
-            let v = eval::arg_value(&crate::registry::ArgSrc::Ast(&a.value), scope).await;
+            let v = expr::arg_value(&crate::eval::registry::ArgSrc::Ast(&a.value), scope).await;
             if a.name == "**" {
                 if let Value::Dict(d) = v {
                     values.extend(d);
@@ -306,7 +308,7 @@ async fn artifact_rows(artifact: &str, args: &[Arg], scope: &Scope) -> BoxStream
     let mut params = Vec::new();
     let mut only_source = None;
     for a in args {
-        let v = eval::arg_value(&crate::registry::ArgSrc::Ast(&a.value), scope).await;
+        let v = expr::arg_value(&crate::eval::registry::ArgSrc::Ast(&a.value), scope).await;
         if a.name == "source" {
             only_source = Some(v.to_text());
         } else {

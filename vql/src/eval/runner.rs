@@ -6,12 +6,12 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Context, Host, LogLine, NoHost, QueryInfo};
-use crate::parser::{parse, ParseError};
-use crate::query::run_program;
-use crate::registry::Registry;
-use crate::scope::{Binding, Scope};
-use crate::value::{Row, Value};
+use crate::eval::engine::{Context, Host, LogLine, NoHost, QueryInfo};
+use crate::eval::query::run_program;
+use crate::eval::registry::Registry;
+use crate::eval::scope::{Binding, Scope};
+use crate::eval::value::{Row, Value};
+use crate::syntax::parser::{parse, ParseError};
 
 /// Everything needed to run queries.
 #[derive(Clone)]
@@ -46,7 +46,7 @@ impl Runner {
         env: Vec<(String, Value)>,
         info: QueryInfo,
         cancel: CancellationToken,
-        log: crate::engine::LogSink,
+        log: crate::eval::engine::LogSink,
     ) -> Result<BoxStream<'static, Row>, ParseError> {
         let program = Arc::new(parse(query)?);
         let ctx = Context::new(self.registry.clone(), self.host.clone(), info, cancel, log);

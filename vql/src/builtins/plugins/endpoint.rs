@@ -6,9 +6,9 @@ use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 
 use super::int_arg;
-use crate::engine::Place;
-use crate::registry::{PluginCall, Registry};
-use crate::value::{Row, Value};
+use crate::eval::engine::Place;
+use crate::eval::registry::{PluginCall, Registry};
+use crate::eval::value::{Row, Value};
 
 pub(super) fn register(r: &mut Registry) {
     r.plugin("info", Place::Client, false, info);

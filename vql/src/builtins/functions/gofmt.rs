@@ -1,6 +1,6 @@
 //! A subset of Go's `fmt.Sprintf` (the verbs VQL artifacts use) and Go time layouts.
 
-use crate::value::{rfc3339, Value};
+use crate::eval::value::{rfc3339, Value};
 
 /// Formats `args` by the Go format string `fmt`: `%v %s %d %x %X %q %T %f %e %t %%`, with
 /// flags `-`, `0`, `+`, width and precision. Missing args render `%!v(MISSING)`.
@@ -85,7 +85,7 @@ fn plain(v: &Value) -> String {
         Value::Null => "<nil>".into(),
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
-        Value::Float(f) => crate::format::float(*f),
+        Value::Float(f) => crate::syntax::format::float(*f),
         Value::Str(s) => s.clone(),
         Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
         Value::Time(t) => rfc3339(t),
@@ -106,7 +106,7 @@ fn render(verb: char, v: &Value, precision: Option<usize>, plus: bool) -> String
         'd' => match v {
             Value::Int(i) if plus && *i >= 0 => format!("+{i}"),
             Value::Int(i) => i.to_string(),
-            Value::Float(f) => format!("%!d(float64={})", crate::format::float(*f)),
+            Value::Float(f) => format!("%!d(float64={})", crate::syntax::format::float(*f)),
             other => format!("%!d({}={})", go_type(other), plain(other)),
         },
         'x' | 'X' => {
@@ -136,7 +136,7 @@ fn render(verb: char, v: &Value, precision: Option<usize>, plus: bool) -> String
             };
             match verb {
                 'e' => format!("{:.*e}", precision.unwrap_or(6), f),
-                'g' => crate::format::float(f),
+                'g' => crate::syntax::format::float(f),
                 _ => format!("{:.*}", precision.unwrap_or(6), f),
             }
         }

@@ -3,9 +3,9 @@
 
 use futures::future::BoxFuture;
 
-use crate::engine::Place;
-use crate::registry::{Call, Registry};
-use crate::value::{self, Value};
+use crate::eval::engine::Place;
+use crate::eval::registry::{Call, Registry};
+use crate::eval::value::{self, Value};
 
 pub(super) fn register(r: &mut Registry) {
     r.function("count", Place::Both, count);

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::value::{Row, Value};
+use crate::eval::value::{Row, Value};
 
 /// Where a query runs; functions and plugins declare where they may run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,7 +201,7 @@ pub type LogSink = Arc<dyn Fn(LogLine) + Send + Sync>;
 
 /// State shared by one running query tree.
 pub struct Context {
-    pub engine: Arc<crate::registry::Registry>,
+    pub engine: Arc<crate::eval::registry::Registry>,
     pub host: Arc<dyn Host>,
     pub info: QueryInfo,
     pub cancel: CancellationToken,
@@ -214,7 +214,7 @@ pub struct Context {
 impl Context {
     /// A context for one query tree.
     pub fn new(
-        engine: Arc<crate::registry::Registry>,
+        engine: Arc<crate::eval::registry::Registry>,
         host: Arc<dyn Host>,
         info: QueryInfo,
         cancel: CancellationToken,
@@ -256,12 +256,7 @@ impl Context {
     }
 }
 
-/// Deep enough for any real query; `LET X = 1 + X` stops here with NULL.
-pub const MAX_DEPTH: usize = 100;
-/// Depth a call of a LET expression or function counts for (recursion stops after 25).
-pub const CALL_WEIGHT: usize = 4;
-/// Deepest bracket nesting the parser accepts.
-pub const MAX_NESTING: usize = 64;
+pub use crate::limits::{CALL_WEIGHT, MAX_DEPTH, MAX_NESTING};
 
 /// Shorthand for a NULL value.
 pub fn null() -> Value {

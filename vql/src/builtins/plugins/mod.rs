@@ -9,13 +9,13 @@ use std::time::Duration;
 use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 
-use crate::engine::Place;
-use crate::eval::truthy;
-use crate::functions::{epoch_to_time, parse_time_text};
-use crate::query::{query_rows, run_select, single};
-use crate::registry::{PluginCall, Registry};
-use crate::scope::Frame;
-use crate::value::{Row, StoredQuery, Value};
+use crate::builtins::functions::{epoch_to_time, parse_time_text};
+use crate::eval::engine::Place;
+use crate::eval::expr::truthy;
+use crate::eval::query::{query_rows, run_select, single};
+use crate::eval::registry::{PluginCall, Registry};
+use crate::eval::scope::Frame;
+use crate::eval::value::{Row, StoredQuery, Value};
 
 /// Workers `foreach(async=TRUE)` uses.
 pub const ASYNC_WORKERS: usize = 100;
@@ -89,7 +89,7 @@ fn range(c: PluginCall) -> BoxStream<'static, Row> {
 }
 
 /// Runs a query value (or emits a non-query value's rows) in a scope with `row` on top.
-fn run_in(query: &Value, scope: &crate::scope::Scope, row: Row) -> BoxStream<'static, Row> {
+fn run_in(query: &Value, scope: &crate::eval::scope::Scope, row: Row) -> BoxStream<'static, Row> {
     let child = scope.push(Frame::Row(std::sync::Arc::new(row)));
     match query {
         Value::Query(StoredQuery::Lazy { select, .. }) => run_select(select.clone(), child),
@@ -178,7 +178,7 @@ pub fn time_row(t: chrono::DateTime<chrono::Utc>) -> Row {
         "Weekday",
         "String",
     ] {
-        r.insert(m.to_string(), crate::value::member(&v, m));
+        r.insert(m.to_string(), crate::eval::value::member(&v, m));
     }
     r
 }
@@ -379,7 +379,7 @@ fn artifact_definitions(c: PluginCall) -> BoxStream<'static, Row> {
         return stream::empty().boxed();
     }
     let names: Vec<String> =
-        crate::functions::arg_list(c.get("names").cloned().unwrap_or_default())
+        crate::builtins::functions::arg_list(c.get("names").cloned().unwrap_or_default())
             .iter()
             .map(Value::to_text)
             .collect();
