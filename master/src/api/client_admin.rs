@@ -8,7 +8,7 @@ use tonic::{Response, Status};
 
 use super::support::audit;
 use super::{org_of, AdminService};
-use crate::error::to_status;
+use crate::error::ApiError;
 
 impl AdminService {
     /// Clients of an org connected here or, in a cluster, on any node.
@@ -48,7 +48,7 @@ impl AdminService {
         org: &str,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
         let clients = self.frontend.clients();
-        let store_err = |e: talon_shared::store::Error| to_status(e.into());
+        let store_err = |e: talon_shared::store::Error| Status::from(ApiError::from(e));
         Ok(Response::new(ClientMonitoringTable {
             version: clients.version(org).map_err(store_err)?,
             entries: clients
@@ -74,7 +74,7 @@ impl AdminService {
         r: ClientMonitoringRequest,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
         let org = org_of(&r.org).to_string();
-        validate_org(&org).map_err(|e| to_status(e.into()))?;
+        validate_org(&org).map_err(ApiError::from)?;
         let entry = TableEntry {
             artifact: r.artifact.clone(),
             label: r.label.clone(),
@@ -84,7 +84,7 @@ impl AdminService {
             .clients()
             .add(self.qm.repository(), &org, entry)
             .await
-            .map_err(Status::invalid_argument)?;
+            .map_err(ApiError::BadRequest)?;
         audit(
             &self.qm,
             &org,
@@ -112,17 +112,18 @@ impl AdminService {
             .clients()
             .remove(&org, &r.artifact, &r.label)
             .await
-            .map_err(|e| to_status(e.into()))?;
+            .map_err(ApiError::from)?;
         if removed.is_none() {
             let which = if r.label.is_empty() {
                 "all clients".to_string()
             } else {
                 format!("label {}", r.label)
             };
-            return Err(Status::not_found(format!(
+            return Err(ApiError::NotFound(format!(
                 "artifact {} is not in the client monitoring table for {which}",
                 r.artifact
-            )));
+            ))
+            .into());
         }
         audit(
             &self.qm,

@@ -5,7 +5,7 @@
 mod client_admin;
 mod nodes;
 mod support;
-use support::{audit, monitor_status};
+use support::audit;
 
 use std::pin::Pin;
 
@@ -18,11 +18,11 @@ use talon_shared::vql_host::{metadata_namespace, Output, Vql};
 
 use crate::monitor::ServerMonitor;
 use talon_core::Shutdown;
-use talon_shared::frontend::{FrontendService, RelabelError};
+use talon_shared::frontend::FrontendService;
 use tonic::{Request, Response, Status};
 
 use crate::artifacts;
-use crate::error::{to_status, ApiError};
+use crate::error::ApiError;
 
 /// Rows a `Read` call buffers between the store thread and the gRPC stream.
 const READ_BUFFER_ROWS: usize = 1024;
@@ -105,22 +105,19 @@ impl Admin for AdminService {
         let who = principal(&req);
         let r = req.into_inner();
         let org = org_of(&r.org);
-        let kind = self.qm.kind(&r.artifact).map_err(|e| to_status(e.into()))?;
+        let kind = self.qm.kind(&r.artifact).map_err(ApiError::from)?;
         if kind != ArtifactKind::ServerEvent {
-            return Err(to_status(ApiError::PushRefused {
+            return Err(Status::from(ApiError::PushRefused {
                 queue: r.artifact,
                 kind: kind.to_string(),
             }));
         }
-        let rows = self
-            .qm
-            .parse_rows(&r.rows_json)
-            .map_err(|e| to_status(e.into()))?;
+        let rows = self.qm.parse_rows(&r.rows_json).map_err(ApiError::from)?;
         let n = self
             .qm
             .push(org, &r.artifact, rows, &who, "")
             .await
-            .map_err(|e| to_status(e.into()))?;
+            .map_err(ApiError::from)?;
         Ok(Response::new(PushResponse { rows: n }))
     }
 
@@ -138,7 +135,7 @@ impl Admin for AdminService {
             .qm
             .watch(org_of(&r.org), &r.artifact, &name)
             .await
-            .map_err(|e| to_status(e.into()))?;
+            .map_err(ApiError::from)?;
         let shutdown = self.shutdown.clone();
         let stream = futures::stream::unfold(Some(watcher), move |w| {
             let shutdown = shutdown.clone();
@@ -148,7 +145,7 @@ impl Admin for AdminService {
                     _ = shutdown.cancelled() => None,
                     ev = w.next() => match ev {
                         Ok(ev) => Some((Ok(event_row(ev.row)), Some(w))),
-                        Err(e) => Some((Err(to_status(e.into())), None)),
+                        Err(e) => Some((Err(Status::from(ApiError::from(e))), None)),
                     },
                 }
             }
@@ -162,7 +159,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let end = if r.end_us == 0 { i64::MAX } else { r.end_us };
         if end < r.start_us {
-            return Err(to_status(ApiError::BadRequest(format!(
+            return Err(Status::from(ApiError::BadRequest(format!(
                 "end {} is before start {}",
                 r.end_us, r.start_us
             ))));
@@ -172,7 +169,7 @@ impl Admin for AdminService {
         // Check the queue before answering, so a bad name is an error, not an empty stream.
         self.qm
             .check_stored(org_of(&r.org), &r.artifact)
-            .map_err(|e| to_status(e.into()))?;
+            .map_err(ApiError::from)?;
         let qm = self.qm.clone();
         let org = org_of(&r.org).to_string();
         let span = tracing::info_span!(parent: self.shutdown.span(), "api-read", org = %org, queue = %r.artifact);
@@ -184,7 +181,7 @@ impl Admin for AdminService {
                 })
                 .await;
             if let Err(e) = res {
-                let _ = err_tx.send(Err(to_status(e.into()))).await;
+                let _ = err_tx.send(Err(Status::from(ApiError::from(e)))).await;
             }
         });
         Ok(Response::new(
@@ -197,7 +194,7 @@ impl Admin for AdminService {
         req: Request<ListQueuesRequest>,
     ) -> Result<Response<ListQueuesResponse>, Status> {
         let org = org_of(&req.get_ref().org).to_string();
-        talon_shared::queue::validate_org(&org).map_err(|e| to_status(e.into()))?;
+        talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
         let queues = self
             .qm
             .stats(&org)
@@ -241,9 +238,9 @@ impl Admin for AdminService {
         let name = &req.get_ref().name;
         match self.qm.repository().get(name) {
             Some(a) => Ok(Response::new(artifact_msg(&a))),
-            None => Err(to_status(
-                talon_artifacts::repository::Error::NotFound(name.clone()).into(),
-            )),
+            None => Err(Status::from(ApiError::from(
+                talon_artifacts::repository::Error::NotFound(name.clone()),
+            ))),
         }
     }
 
@@ -270,7 +267,7 @@ impl Admin for AdminService {
         let who = principal(&req);
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
-        talon_shared::queue::validate_org(&org).map_err(|e| to_status(e.into()))?;
+        talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
         let env = r
             .env
             .into_iter()
@@ -285,7 +282,7 @@ impl Admin for AdminService {
         let outputs = self
             .vql
             .run(&r.query, env, info, &who, cancel.clone())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let guard = cancel.drop_guard();
         // The item type is fixed by tonic's generated trait.
         #[allow(clippy::result_large_err)]
@@ -321,7 +318,7 @@ impl Admin for AdminService {
         self.monitor
             .add(&org, &r.artifact, r.params.clone().into_iter().collect())
             .await
-            .map_err(monitor_status)?;
+            .map_err(ApiError::from)?;
         audit(
             &self.qm,
             &org,
@@ -344,12 +341,13 @@ impl Admin for AdminService {
             .monitor
             .remove(&org, &r.artifact)
             .await
-            .map_err(monitor_status)?
+            .map_err(ApiError::from)?
         {
-            return Err(Status::not_found(format!(
+            return Err(ApiError::NotFound(format!(
                 "artifact {} is not in the server monitoring table of org {org}",
                 r.artifact
-            )));
+            ))
+            .into());
         }
         audit(
             &self.qm,
@@ -369,15 +367,15 @@ impl Admin for AdminService {
         let who = principal(&req);
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
-        talon_shared::queue::validate_org(&org).map_err(|e| to_status(e.into()))?;
+        talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
         if r.key.is_empty() {
-            return Err(Status::invalid_argument("metadata key is empty"));
+            return Err(ApiError::BadRequest("metadata key is empty".into()).into());
         }
         self.qm
             .store()
             .set_setting(&metadata_namespace(&org), &r.key, Some(&r.value))
             .await
-            .map_err(|e| to_status(e.into()))?;
+            .map_err(ApiError::from)?;
         let row = serde_json::json!({"client_id": "server", "key": r.key, "value": r.value, "principal": who});
         if let serde_json::Value::Object(m) = row {
             if let Err(e) = self
@@ -408,16 +406,15 @@ impl Admin for AdminService {
             .qm
             .store()
             .settings(&metadata_namespace(&org))
-            .map_err(|e| to_status(e.into()))?;
+            .map_err(ApiError::from)?;
         let values: std::collections::HashMap<String, String> = all
             .into_iter()
             .filter(|(k, _)| r.key.is_empty() || *k == r.key)
             .collect();
         if !r.key.is_empty() && values.is_empty() {
-            return Err(Status::not_found(format!(
-                "no metadata key {} in org {org}",
-                r.key
-            )));
+            return Err(
+                ApiError::NotFound(format!("no metadata key {} in org {org}", r.key)).into(),
+            );
         }
         Ok(Response::new(Metadata { values }))
     }
@@ -432,7 +429,7 @@ impl Admin for AdminService {
             .frontend
             .clients()
             .search(&org, &r.search)
-            .map_err(|e| to_status(e.into()))?;
+            .map_err(ApiError::from)?;
         let connected = self.connected_set(&org).await;
         let clients = found
             .into_iter()
@@ -451,16 +448,15 @@ impl Admin for AdminService {
             .frontend
             .clients()
             .get(&org, &r.client_id)
-            .map_err(|e| to_status(e.into()))?
+            .map_err(ApiError::from)?
         {
             Some(c) => {
                 let connected = self.connected_set(&org).await;
                 Ok(Response::new(self.client_info(&connected, c)))
             }
-            None => Err(Status::not_found(format!(
-                "unknown client {} in org {org}",
-                r.client_id
-            ))),
+            None => Err(
+                ApiError::NotFound(format!("unknown client {} in org {org}", r.client_id)).into(),
+            ),
         }
     }
 
@@ -475,11 +471,7 @@ impl Admin for AdminService {
             .frontend
             .relabel(&org, &r.client_id, &r.add, &r.remove, &who)
             .await
-            .map_err(|e| match e {
-                RelabelError::NotFound(m) => Status::not_found(m),
-                RelabelError::Invalid(m) => Status::invalid_argument(m),
-                RelabelError::Store(e) => to_status(e.into()),
-            })?;
+            .map_err(ApiError::from)?;
         audit(
             &self.qm,
             &org,
@@ -529,7 +521,7 @@ impl Admin for AdminService {
         let who = principal(&req);
         artifacts::delete(&self.qm, &req.get_ref().name, &who)
             .await
-            .map_err(to_status)?;
+            .map_err(Status::from)?;
         self.cluster_state_changed().await;
         Ok(Response::new(DeleteArtifactResponse {}))
     }
@@ -550,7 +542,7 @@ impl AdminService {
         };
         let a = artifacts::set(&self.qm, &origin, &r.yaml, replace, &who)
             .await
-            .map_err(to_status)?;
+            .map_err(Status::from)?;
         self.cluster_state_changed().await;
         Ok(Response::new(artifact_msg(&a)))
     }

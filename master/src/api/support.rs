@@ -6,13 +6,15 @@ use talon_shared::queue::QueueManager;
 use tonic::{Response, Status};
 
 use super::AdminService;
-use crate::error::to_status;
 
 impl AdminService {
     // Status is tonic's error type; every handler returns it.
     #[allow(clippy::result_large_err)]
     pub(super) fn table(&self, org: &str) -> Result<Response<ServerMonitoringTable>, Status> {
-        let list = self.monitor.list(org).map_err(monitor_status)?;
+        let list = self
+            .monitor
+            .list(org)
+            .map_err(crate::error::ApiError::from)?;
         Ok(Response::new(ServerMonitoringTable {
             artifacts: list
                 .into_iter()
@@ -22,13 +24,6 @@ impl AdminService {
                 })
                 .collect(),
         }))
-    }
-}
-
-pub(super) fn monitor_status(e: crate::monitor::Error) -> Status {
-    match e {
-        crate::monitor::Error::Invalid(m) => Status::invalid_argument(m),
-        crate::monitor::Error::Store(e) => to_status(e.into()),
     }
 }
 

@@ -34,19 +34,39 @@ pub const STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a durable publish waits for JetStream's ack.
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Bus errors.
+/// The error a NATS call failed with, kept as the source.
+pub type Source = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bus errors; each keeps the NATS error it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot connect to NATS at {url}: {message}")]
-    Connect { url: String, message: String },
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
     #[error("NATS publish failed: {0}")]
-    Publish(String),
+    Publish(#[source] Source),
     #[error("JetStream did not acknowledge within {0:?}")]
     Timeout(Duration),
-    #[error("JetStream: {0}")]
-    JetStream(String),
+    #[error("JetStream {what}: {source}")]
+    JetStream {
+        what: &'static str,
+        #[source]
+        source: Source,
+    },
     #[error("NATS is unreachable; nothing was sent")]
     Unreachable,
+}
+
+impl Error {
+    fn js(what: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::JetStream {
+            what,
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Bus result.
@@ -100,9 +120,9 @@ impl Bus {
                 })
                 .connect(url)
                 .await
-                .map_err(|e| Error::Connect {
+                .map_err(|source| Error::Connect {
                     url: url.to_string(),
-                    message: e.to_string(),
+                    source,
                 })
         };
         let client = connect(node.to_string()).await?;
@@ -142,7 +162,7 @@ impl Bus {
                     tracing::warn!(error = %e, "waiting for JetStream");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                Err(e) => return Err(Error::JetStream(e.to_string())),
+                Err(e) => return Err(Error::js("stream", e)),
             }
         }
     }
@@ -173,7 +193,7 @@ impl Bus {
             .feed_js
             .get_stream(STREAM)
             .await
-            .map_err(|e| Error::JetStream(e.to_string()))?;
+            .map_err(|e| Error::js("get stream", e))?;
         let consumer = stream
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 deliver_subject: self.feed.new_inbox(),
@@ -182,11 +202,11 @@ impl Bus {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::JetStream(e.to_string()))?;
+            .map_err(|e| Error::js("create consumer", e))?;
         consumer
             .messages()
             .await
-            .map_err(|e| Error::JetStream(e.to_string()))
+            .map_err(|e| Error::js("consumer messages", e))
     }
 
     /// A stored message of the durable stream, by stream seq (to catch a watcher up).
@@ -195,12 +215,12 @@ impl Bus {
             .js
             .get_stream(STREAM)
             .await
-            .map_err(|e| Error::JetStream(e.to_string()))?;
+            .map_err(|e| Error::js("get stream", e))?;
         let m = stream
             .get_raw_message(seq)
             .await
-            .map_err(|e| Error::JetStream(e.to_string()))?;
-        BusBatch::decode(m.payload).map_err(|e| Error::JetStream(format!("message {seq}: {e}")))
+            .map_err(|e| Error::js("get message", e))?;
+        BusBatch::decode(m.payload).map_err(|e| Error::js("message decode", e))
     }
 
     /// This node's name.
@@ -253,13 +273,13 @@ impl Bus {
                     .js
                     .publish_with_headers(subject, headers, payload.into())
                     .await
-                    .map_err(|e| Error::Publish(e.to_string()))?;
+                    .map_err(|e| Error::Publish(e.into()))?;
                 acks.push(ack);
             } else {
                 self.client
                     .publish(subject, payload.into())
                     .await
-                    .map_err(|e| Error::Publish(e.to_string()))?;
+                    .map_err(|e| Error::Publish(e.into()))?;
             }
         }
         Ok(Acks(acks))
@@ -276,7 +296,7 @@ impl Acks {
         for ack in self.0 {
             match tokio::time::timeout(PUBLISH_TIMEOUT, ack).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(Error::Publish(e.to_string())),
+                Ok(Err(e)) => return Err(Error::Publish(e.into())),
                 Err(_) => return Err(Error::Timeout(PUBLISH_TIMEOUT)),
             }
         }

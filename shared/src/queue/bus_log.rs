@@ -215,11 +215,11 @@ async fn subscribe(bus: &Bus, subject: String) -> Result<async_nats::Subscriber>
         .feed()
         .subscribe(subject)
         .await
-        .map_err(|e| bus::Error::Publish(e.to_string()))?;
+        .map_err(|e| bus::Error::Publish(e.into()))?;
     bus.feed()
         .flush()
         .await
-        .map_err(|e| bus::Error::Publish(e.to_string()))?;
+        .map_err(|e| bus::Error::Publish(e.into()))?;
     Ok(sub)
 }
 

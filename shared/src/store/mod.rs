@@ -45,16 +45,18 @@ pub const WRITE_QUEUE_DEPTH: usize = 1024;
 pub const MAX_GROUP_ROWS: usize = 200_000;
 
 /// Store errors.
-#[derive(Debug, thiserror::Error)]
+/// Store errors; cloneable, so every request of a failed group commit gets the error,
+/// sources kept.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("store {path}: {source}")]
     Open {
         path: PathBuf,
         #[source]
-        source: redb::DatabaseError,
+        source: std::sync::Arc<redb::DatabaseError>,
     },
     #[error("store: {0}")]
-    Redb(String),
+    Redb(#[source] std::sync::Arc<redb::Error>),
     #[error("store is shut down")]
     Closed,
     #[error("stored row {stream}#{seq} is corrupt")]
@@ -68,7 +70,7 @@ macro_rules! redb_err {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
             fn from(e: $t) -> Self {
-                Error::Redb(e.to_string())
+                Error::Redb(std::sync::Arc::new(redb::Error::from(e)))
             }
         }
     )*};
@@ -191,7 +193,7 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).map_err(|source| Error::Open {
             path: path.to_path_buf(),
-            source,
+            source: std::sync::Arc::new(source),
         })?;
         {
             let w = db.begin_write()?;

@@ -68,24 +68,22 @@ impl Writer {
                                     f(first);
                                 }
                             }
-                            let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
+                            let _ = reply.send(Ok(res > 0));
                         }
                         Command::Append {
                             on_commit, reply, ..
                         } => {
-                            if let Ok(first) = res {
-                                on_commit(first);
-                            }
-                            let _ = reply.send(res.map_err(Error::Redb));
+                            on_commit(res);
+                            let _ = reply.send(Ok(res));
                         }
                         Command::PutArtifact { reply, .. } => {
-                            let _ = reply.send(res.map(|_| ()).map_err(Error::Redb));
+                            let _ = reply.send(Ok(()));
                         }
                         Command::DeleteArtifact { reply, .. } => {
-                            let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
+                            let _ = reply.send(Ok(res > 0));
                         }
                         Command::Purge { reply, .. } => {
-                            let _ = reply.send(res.map_err(Error::Redb));
+                            let _ = reply.send(Ok(res));
                         }
                         Command::Shutdown { reply } => {
                             let _ = reply.send(());
@@ -93,7 +91,7 @@ impl Writer {
                         Command::AlertDedup { reply, .. }
                         | Command::SetSetting { reply, .. }
                         | Command::ApplyBus { reply, .. } => {
-                            let _ = reply.send(res.map(|n| n > 0).map_err(Error::Redb));
+                            let _ = reply.send(Ok(res > 0));
                         }
                     }
                 }
@@ -103,9 +101,8 @@ impl Writer {
                 self.next.clear();
                 self.last_ts.clear();
                 tracing::error!(error = %e, "store commit failed");
-                let msg = e.to_string();
                 for cmd in group {
-                    let err = || Error::Redb(msg.clone());
+                    let err = || e.clone();
                     match cmd {
                         Command::Append { reply, .. } | Command::Purge { reply, .. } => {
                             let _ = reply.send(Err(err()));
@@ -226,7 +223,7 @@ impl Writer {
     }
 
     /// Writes a group in one transaction; per-command results (first seq, or a count).
-    fn write_group(&mut self, group: &[Command]) -> Result<Vec<Result<u64, String>>> {
+    fn write_group(&mut self, group: &[Command]) -> Result<Vec<u64>> {
         let w = self.db.begin_write()?;
         let mut results = Vec::with_capacity(group.len());
         {
@@ -247,7 +244,7 @@ impl Writer {
                     } => {
                         let last = batches.get(key.as_str())?.map(|v| v.value()).unwrap_or(0);
                         if *batch_id <= last {
-                            results.push(Ok(0));
+                            results.push(0);
                             continue;
                         }
                         let mut seqs = Vec::with_capacity(appends.len());
@@ -256,27 +253,27 @@ impl Writer {
                         }
                         batches.insert(key.as_str(), *batch_id)?;
                         self.batch_seqs.insert(index, seqs);
-                        results.push(Ok(1));
+                        results.push(1);
                     }
                     Command::Append { stream, rows, .. } => {
                         let next = self.append_rows(&mut events, &mut heads, stream, rows)?;
-                        results.push(Ok(next));
+                        results.push(next);
                     }
                     Command::PutArtifact { name, yaml, .. } => {
                         artifacts.insert(name.as_str(), yaml.as_str())?;
-                        results.push(Ok(1));
+                        results.push(1);
                     }
                     Command::DeleteArtifact { name, .. } => {
                         let gone = artifacts.remove(name.as_str())?.is_some();
-                        results.push(Ok(gone as u64));
+                        results.push(gone as u64);
                     }
                     Command::Purge {
                         stream, before_us, ..
                     } => {
                         let purged = self.purge(&mut events, stream, *before_us)?;
-                        results.push(Ok(purged));
+                        results.push(purged);
                     }
-                    Command::Shutdown { .. } => results.push(Ok(0)),
+                    Command::Shutdown { .. } => results.push(0),
                     Command::ApplyBus {
                         seq,
                         appends,
@@ -285,14 +282,14 @@ impl Writer {
                     } => {
                         let done = applied.get("persister")?.map(|v| v.value()).unwrap_or(0);
                         if *seq <= done {
-                            results.push(Ok(0));
+                            results.push(0);
                             continue;
                         }
                         applied.insert("persister", *seq)?;
                         if let Some((key, batch, part)) = client {
                             let last = parts.get(key.as_str())?.map(|v| v.value());
                             if last.is_some_and(|l| (*batch, *part) <= l) {
-                                results.push(Ok(0));
+                                results.push(0);
                                 continue;
                             }
                             parts.insert(key.as_str(), (*batch, *part))?;
@@ -301,7 +298,7 @@ impl Writer {
                         for (stream, rows) in appends {
                             self.append_rows(&mut events, &mut heads, stream, rows)?;
                         }
-                        results.push(Ok(1));
+                        results.push(1);
                     }
                     Command::SetSetting {
                         namespace,
@@ -316,7 +313,7 @@ impl Writer {
                                 .is_none_or(|old| old.value() != v),
                             None => settings.remove(k)?.is_some(),
                         };
-                        results.push(Ok(u64::from(changed)));
+                        results.push(u64::from(changed));
                     }
                     Command::AlertDedup {
                         org,
@@ -331,7 +328,7 @@ impl Writer {
                         if allowed {
                             alerts.insert(key, *now_us)?;
                         }
-                        results.push(Ok(u64::from(allowed)));
+                        results.push(u64::from(allowed));
                     }
                 }
             }
