@@ -150,13 +150,14 @@ fn raw_redb(rows: &[Vec<u8>], batch: usize, budget: Duration) -> anyhow::Result<
     Ok((done, done as f64 / start.elapsed().as_secs_f64()))
 }
 
-async fn open_manager(dir: &tempfile::TempDir) -> anyhow::Result<QueueManager> {
+async fn open_manager(dir: &tempfile::TempDir) -> anyhow::Result<(QueueManager, Store)> {
     let store = Store::open(&dir.path().join("talon.redb"))?;
-    Ok(QueueManager::new(
+    let qm = QueueManager::new(
         Repository::with_builtins(),
-        store,
+        store.clone(),
         Limits::default(),
-    ))
+    );
+    Ok((qm, store))
 }
 
 /// Rows per second through the queue manager's durable push, one producer. Only the push
@@ -167,7 +168,7 @@ async fn talon_push(
     budget: Duration,
 ) -> anyhow::Result<(usize, f64)> {
     let dir = tempfile::tempdir()?;
-    let qm = open_manager(&dir).await?;
+    let (qm, store) = open_manager(&dir).await?;
     let mut pushing = Duration::ZERO;
     let mut done = 0;
     while pushing < budget {
@@ -180,7 +181,7 @@ async fn talon_push(
         done += batch;
     }
     let rate = done as f64 / pushing.as_secs_f64();
-    qm.store().close().await;
+    store.close().await;
     Ok((done, rate))
 }
 
@@ -190,7 +191,7 @@ async fn talon_concurrent(
     budget: Duration,
 ) -> anyhow::Result<(usize, f64)> {
     let dir = tempfile::tempdir()?;
-    let qm = open_manager(&dir).await?;
+    let (qm, store) = open_manager(&dir).await?;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..CONCURRENT_PRODUCERS {
@@ -213,14 +214,14 @@ async fn talon_concurrent(
         done += t.await?;
     }
     let rate = done as f64 / start.elapsed().as_secs_f64();
-    qm.store().close().await;
+    store.close().await;
     Ok((done, rate))
 }
 
 /// Microseconds from the start of a single-row push to its arrival at a watcher.
 async fn watch_latency(rows: &[Map<String, Value>], samples: usize) -> anyhow::Result<Vec<f64>> {
     let dir = tempfile::tempdir()?;
-    let qm = open_manager(&dir).await?;
+    let (qm, store) = open_manager(&dir).await?;
     let mut watcher = qm.watch(ROOT_ORG, QUEUE, "bench").await?;
     let mut lat = Vec::with_capacity(samples);
     for i in 0..samples {
@@ -237,7 +238,7 @@ async fn watch_latency(rows: &[Map<String, Value>], samples: usize) -> anyhow::R
         got?;
         lat.push(t0.elapsed().as_secs_f64() * 1e6);
     }
-    qm.store().close().await;
+    store.close().await;
     lat.sort_by(|a, b| a.total_cmp(b));
     Ok(lat)
 }

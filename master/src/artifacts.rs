@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 use talon_artifacts::{LoadedArtifact, Repository};
 use talon_shared::control::{ArtifactModification, ControlRow};
 use talon_shared::queue::{QueueManager, ROOT_ORG};
+use talon_shared::store::Store;
 
 use crate::error::ApiError;
 
@@ -33,12 +34,67 @@ impl Change {
     }
 }
 
-/// Loads the user artifacts kept in the store into the repository. One that no longer loads
-/// (say, a built-in now has its name) stays stored and is reported, not dropped.
-pub fn load_stored(qm: &QueueManager) -> anyhow::Result<usize> {
-    let repo = qm.repository();
+/// User artifact administration: what it touches is the store (where user artifacts
+/// live), the repository (where they are served from) and the queue manager (where
+/// changes are announced and audited).
+#[derive(Clone)]
+pub struct ArtifactAdmin {
+    pub store: Store,
+    pub repo: Repository,
+    pub qm: QueueManager,
+}
+
+impl ArtifactAdmin {
+    /// Loads the user artifacts kept in the store into the repository. One that no longer
+    /// loads (say, a built-in now has its name) stays stored and is reported, not dropped.
+    pub fn load_stored(&self) -> anyhow::Result<usize> {
+        load_stored(&self.store, &self.repo)
+    }
+
+    /// Adds (or with `replace`, updates) a user artifact from YAML.
+    pub async fn set(
+        &self,
+        origin: &str,
+        yaml: &str,
+        replace: bool,
+        principal: &str,
+    ) -> Result<Arc<LoadedArtifact>, ApiError> {
+        let repo = &self.repo;
+        let a = repo.check(origin, yaml, replace)?;
+        let existed = repo.get(a.name()).is_some();
+        self.store.put_artifact(a.name(), &a.yaml).await?;
+        let a = repo.insert(a);
+        let change = if existed { Change::Update } else { Change::Add };
+        announce(&self.qm, a.name(), change, principal, &a.kind.to_string()).await;
+        Ok(a)
+    }
+
+    /// Deletes a user artifact.
+    pub async fn delete(&self, name: &str, principal: &str) -> Result<(), ApiError> {
+        match self.repo.get(name) {
+            None => return Err(talon_artifacts::repository::Error::NotFound(name.into()).into()),
+            Some(a) if a.built_in => {
+                return Err(talon_artifacts::repository::Error::BuiltIn(name.into()).into())
+            }
+            Some(_) => {}
+        }
+        self.store.delete_artifact(name).await?;
+        let a = self.repo.remove(name)?;
+        announce(
+            &self.qm,
+            name,
+            Change::Delete,
+            principal,
+            &a.kind.to_string(),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+fn load_stored(store: &Store, repo: &Repository) -> anyhow::Result<usize> {
     let mut loaded = 0;
-    for (name, yaml) in qm.store().artifacts()? {
+    for (name, yaml) in store.artifacts()? {
         match repo.check(&format!("stored artifact {name}"), &yaml, true) {
             Ok(a) => {
                 repo.insert(a);
@@ -48,40 +104,6 @@ pub fn load_stored(qm: &QueueManager) -> anyhow::Result<usize> {
         }
     }
     Ok(loaded)
-}
-
-/// Adds (or with `replace`, updates) a user artifact from YAML.
-pub async fn set(
-    qm: &QueueManager,
-    origin: &str,
-    yaml: &str,
-    replace: bool,
-    principal: &str,
-) -> Result<Arc<LoadedArtifact>, ApiError> {
-    let repo: &Repository = qm.repository();
-    let a = repo.check(origin, yaml, replace)?;
-    let existed = repo.get(a.name()).is_some();
-    qm.store().put_artifact(a.name(), &a.yaml).await?;
-    let a = repo.insert(a);
-    let change = if existed { Change::Update } else { Change::Add };
-    announce(qm, a.name(), change, principal, &a.kind.to_string()).await;
-    Ok(a)
-}
-
-/// Deletes a user artifact.
-pub async fn delete(qm: &QueueManager, name: &str, principal: &str) -> Result<(), ApiError> {
-    let repo = qm.repository();
-    match repo.get(name) {
-        None => return Err(talon_artifacts::repository::Error::NotFound(name.into()).into()),
-        Some(a) if a.built_in => {
-            return Err(talon_artifacts::repository::Error::BuiltIn(name.into()).into())
-        }
-        Some(_) => {}
-    }
-    qm.store().delete_artifact(name).await?;
-    let a = repo.remove(name)?;
-    announce(qm, name, Change::Delete, principal, &a.kind.to_string()).await;
-    Ok(())
 }
 
 async fn announce(qm: &QueueManager, name: &str, change: Change, principal: &str, kind: &str) {

@@ -32,8 +32,9 @@ use anyhow::Context;
 use talon_artifacts::Repository;
 use talon_core::Shutdown;
 use talon_proto::api::admin_server::AdminServer;
+use talon_shared::control::Role;
+use talon_shared::parts::{Parts, Settings};
 use talon_shared::queue::{self, Limits, QueueManager};
-use talon_shared::store::Store;
 use tokio::net::TcpListener;
 
 /// File name of the redb store inside the datastore directory.
@@ -60,34 +61,27 @@ pub async fn run(
     stop: Shutdown,
     on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
-    let tree = Shutdown::for_node(&config.node_name, SHUTDOWN_GRACE);
-    // Listeners and the calls and streams they serve.
-    let intake = tree.child();
-    // Everything that runs in the background.
-    let services = tree.child();
     std::fs::create_dir_all(&config.datastore)
         .with_context(|| format!("cannot create datastore {}", config.datastore.display()))?;
-    let store_path = config.datastore.join(STORE_FILE);
-    let store = Store::open(&store_path)?;
-    let limits = Limits {
-        max_row_bytes: config.max_row_bytes,
-        buffer_batches: config.queue_buffer_batches,
-    };
     // Standalone or cluster is decided here, once: the queue manager's durable log is the
     // store, or with a NATS URL the bus.
-    let cluster_bus = match &config.nats_url {
-        Some(url) => Some(talon_shared::bus::Bus::connect(url, &config.node_name).await?),
-        None => None,
+    let settings = Settings {
+        node: config.node_name.clone(),
+        store_path: config.datastore.join(STORE_FILE),
+        limits: Limits {
+            max_row_bytes: config.max_row_bytes,
+            buffer_batches: config.queue_buffer_batches,
+        },
+        nats_url: config.nats_url.clone(),
+        grace: SHUTDOWN_GRACE,
     };
-    let repo = Repository::with_builtins();
-    let qm = match &cluster_bus {
-        Some(bus) => {
-            QueueManager::clustered(repo, store.clone(), limits, bus.clone(), services.clone())
-                .await?
-        }
-        None => QueueManager::new(repo, store.clone(), limits),
+    let parts = Parts::assemble(settings, Repository::with_builtins()).await?;
+    let artifacts = artifacts::ArtifactAdmin {
+        store: parts.store.clone(),
+        repo: parts.repo.clone(),
+        qm: parts.qm.clone(),
     };
-    let user_artifacts = artifacts::load_stored(&qm)?;
+    let user_artifacts = artifacts.load_stored()?;
     tracing::info!(datastore = %config.datastore.display(), user_artifacts, "store open");
 
     let api_listener = TcpListener::bind(config.api_addr)
@@ -104,91 +98,12 @@ pub async fn run(
         frontend: frontend_listener.local_addr()?,
     };
 
-    let frontend = talon_shared::frontend::FrontendService::new(
-        qm.clone(),
-        &config.node_name,
-        services.clone(),
-    );
     let nodes = nodes::Nodes::default();
-    let mut persister_progress = None;
-    if let (Some(bus), Some(url)) = (cluster_bus.clone(), &config.nats_url) {
-        let progress = std::sync::Arc::new(persister::Progress::default());
-        persister_progress = Some(progress.clone());
-        services.spawn(
-            "persister",
-            persister::run(
-                bus.clone(),
-                qm.clone(),
-                progress.clone(),
-                services.token().clone(),
-            ),
-        );
-        // The master's half of the cluster services first, so nothing a node sends
-        // once this master is up arrives before its consumer exists.
-        client_records::start(
-            &bus,
-            &qm,
-            &frontend,
-            client_records::SNAPSHOT_PERIOD,
-            &services,
-        )
-        .await?;
-        nodes::start(&qm, &nodes, &services).await?;
-        registrations::start(&bus, &qm, &services).await?;
-        state::serve(&bus, qm.clone(), frontend.clone(), &services).await?;
-        talon_shared::node::start(
-            bus.clone(),
-            qm.clone(),
-            frontend.clone(),
-            talon_shared::control::Role::Master,
-            Some(progress.applied.clone()),
-            services.clone(),
-        )
-        .await?;
-        state::publish(&bus, &qm, &frontend).await;
-        tracing::info!(nats = %url, node = %config.node_name, "joined the cluster");
-    }
-    let vql = talon_shared::vql_host::Vql::new(qm.clone(), services.clone())
-        .with_frontend(frontend.clone());
-    let monitor = monitor::ServerMonitor::new(qm.clone(), vql.clone(), services.clone());
-    let monitored = monitor.start_stored()?;
-    tracing::info!(monitored, "server monitoring table started");
-    let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
-    intake.spawn(
-        "frontend",
-        talon_shared::frontend::serve(
-            frontend.clone(),
-            frontend_listener,
-            config.max_client_message_bytes,
-            config.max_client_message_bytes.max(max_message),
-            intake.clone(),
-        ),
-    );
-    let admin = AdminServer::new(api::AdminService::new(
-        qm.clone(),
-        vql,
-        monitor,
-        frontend,
-        nodes,
-        intake.clone(),
-    ))
-    .max_decoding_message_size(max_message)
-    .max_encoding_message_size(max_message);
-    let api_shutdown = intake.clone();
-    let api_task = intake.spawn("admin-api", async move {
-        tonic::transport::Server::builder()
-            .add_service(admin)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(api_listener),
-                api_shutdown.cancelled_owned(),
-            )
-            .await
-    });
-    let debug_shutdown = intake.clone();
-    let mut debug_router = talon_shared::debug::router(qm.clone());
-    if let Some(progress) = persister_progress {
+    let mut debug_extra = axum::Router::new();
+    if let Some(bus) = &parts.bus {
+        let progress = start_cluster(&parts, bus, &nodes).await?;
         // What the persister has stored, for operators and the cluster benchmark.
-        debug_router = debug_router.route(
+        debug_extra = debug_extra.route(
             "/debug/persister",
             axum::routing::get(move || {
                 let progress = progress.clone();
@@ -200,23 +115,116 @@ pub async fn run(
                 }
             }),
         );
+        tracing::info!(nats = ?config.nats_url, node = %config.node_name, "joined the cluster");
     }
-    intake.spawn("debug-http", async move {
-        axum::serve(debug_listener, debug_router)
-            .with_graceful_shutdown(debug_shutdown.cancelled_owned())
+    let vql = talon_shared::vql_host::Vql::new(
+        parts.qm.clone(),
+        parts.store.clone(),
+        parts.repo.clone(),
+        parts.services.clone(),
+    )
+    .with_frontend(parts.frontend.clone());
+    let monitor = monitor::ServerMonitor::new(
+        parts.qm.clone(),
+        parts.store.clone(),
+        parts.repo.clone(),
+        vql.clone(),
+        parts.services.clone(),
+    );
+    let monitored = monitor.start_stored()?;
+    tracing::info!(monitored, "server monitoring table started");
+    let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
+    parts.serve_frontend(
+        frontend_listener,
+        config.max_client_message_bytes,
+        config.max_client_message_bytes.max(max_message),
+    );
+    let admin = AdminServer::new(api::AdminService::new(api::AdminParts {
+        qm: parts.qm.clone(),
+        store: parts.store.clone(),
+        repo: parts.repo.clone(),
+        bus: parts.bus.clone(),
+        artifacts,
+        vql,
+        monitor,
+        frontend: parts.frontend.clone(),
+        nodes,
+        shutdown: parts.intake.clone(),
+    }))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message);
+    let api_shutdown = parts.intake.clone();
+    let api_task = parts.intake.spawn("admin-api", async move {
+        tonic::transport::Server::builder()
+            .add_service(admin)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(api_listener),
+                api_shutdown.cancelled_owned(),
+            )
             .await
     });
-    let retention = config.retention.clone();
-    let retention_qm = qm.clone();
-    let retention_shutdown = services.clone();
-    services.spawn("retention", async move {
+    parts.serve_debug(debug_listener, debug_extra)?;
+    start_retention(&parts.qm, config.retention.clone(), &parts.services);
+    on_ready(bound);
+
+    stop.cancelled().await;
+    parts.shut_down().await;
+    if api_task.is_finished() {
+        if let Ok(Err(e)) = api_task.await {
+            return Err(e).context("api server failed");
+        }
+    }
+    Ok(())
+}
+
+/// The master's cluster services, then the services every node runs; returns the
+/// persister's progress. The master's consumers start first, so nothing a node sends
+/// once this master is up arrives before its consumer exists.
+async fn start_cluster(
+    parts: &Parts,
+    bus: &talon_shared::bus::Bus,
+    nodes: &nodes::Nodes,
+) -> anyhow::Result<std::sync::Arc<persister::Progress>> {
+    let services = &parts.services;
+    let progress = std::sync::Arc::new(persister::Progress::default());
+    services.spawn(
+        "persister",
+        persister::run(
+            bus.clone(),
+            parts.store.clone(),
+            progress.clone(),
+            services.token().clone(),
+        ),
+    );
+    client_records::start(
+        bus,
+        &parts.qm,
+        &parts.frontend,
+        client_records::SNAPSHOT_PERIOD,
+        services,
+    )
+    .await?;
+    nodes::start(&parts.qm, nodes, services).await?;
+    registrations::start(bus, &parts.qm, services).await?;
+    state::serve(bus, parts.store.clone(), parts.frontend.clone(), services).await?;
+    parts
+        .start_node_services(Role::Master, Some(progress.applied.clone()))
+        .await?;
+    state::publish(bus, &parts.store, &parts.frontend).await;
+    Ok(progress)
+}
+
+/// Deletes rows older than their queue's retention every [`RETENTION_PERIOD`].
+fn start_retention(qm: &QueueManager, retention: config::Retention, shutdown: &Shutdown) {
+    let (qm, stop) = (qm.clone(), shutdown.clone());
+    shutdown.spawn("retention", async move {
         let mut tick = tokio::time::interval(RETENTION_PERIOD);
         loop {
             tokio::select! {
-                _ = retention_shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            match retention_qm
+            match qm
                 .apply_retention(queue::now_us(), |q| retention.days_for(q))
                 .await
             {
@@ -226,21 +234,4 @@ pub async fn run(
             }
         }
     });
-    on_ready(bound);
-
-    stop.cancelled().await;
-    talon_shared::lifecycle::shut_down(talon_shared::lifecycle::Parts {
-        tree: &tree,
-        intake: &intake,
-        services: &services,
-        bus: cluster_bus.as_ref(),
-        store: &store,
-    })
-    .await;
-    if api_task.is_finished() {
-        if let Ok(Err(e)) = api_task.await {
-            return Err(e).context("api server failed");
-        }
-    }
-    Ok(())
 }

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use talon_artifacts::compile::compile;
 use talon_artifacts::ArtifactKind;
+use talon_artifacts::Repository;
 use talon_core::Shutdown;
 use talon_shared::queue::QueueManager;
+use talon_shared::store::Store;
 use talon_shared::vql_host::{append_log, Output, Vql};
 use talon_vql::engine::{LogLine, QueryInfo};
 use tokio_util::sync::CancellationToken;
@@ -45,17 +47,28 @@ pub struct ServerMonitor {
 
 struct Inner {
     qm: QueueManager,
+    store: Store,
+    repo: Repository,
     vql: Vql,
     running: Mutex<HashMap<(String, String), CancellationToken>>,
     shutdown: Shutdown,
 }
 
 impl ServerMonitor {
-    /// A monitor whose queries run under `shutdown` and stop when it fires.
-    pub fn new(qm: QueueManager, vql: Vql, shutdown: Shutdown) -> Self {
+    /// A monitor whose table lives in `store`, whose artifacts come from `repo`, whose
+    /// queries run with `vql` under `shutdown` and push to `qm`.
+    pub fn new(
+        qm: QueueManager,
+        store: Store,
+        repo: Repository,
+        vql: Vql,
+        shutdown: Shutdown,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 qm,
+                store,
+                repo,
                 vql,
                 running: Mutex::new(HashMap::new()),
                 shutdown,
@@ -65,7 +78,7 @@ impl ServerMonitor {
 
     /// Starts every artifact of the stored table.
     pub fn start_stored(&self) -> Result<usize, Error> {
-        let entries = self.inner.qm.store().settings(NAMESPACE)?;
+        let entries = self.inner.store.settings(NAMESPACE)?;
         let n = entries.len();
         for (key, value) in entries {
             let Some((org, artifact)) = key.split_once('/') else {
@@ -82,8 +95,7 @@ impl ServerMonitor {
         let prefix = format!("{org}/");
         Ok(self
             .inner
-            .qm
-            .store()
+            .store
             .settings(NAMESPACE)?
             .into_iter()
             .filter_map(|(k, v)| {
@@ -96,7 +108,7 @@ impl ServerMonitor {
     /// Adds (or re-parameterises) an artifact and (re)starts it.
     pub async fn add(&self, org: &str, artifact: &str, params: Params) -> Result<(), Error> {
         talon_shared::queue::validate_org(org).map_err(|e| Error::Invalid(e.to_string()))?;
-        let repo = self.inner.qm.repository();
+        let repo = &self.inner.repo;
         let a = repo
             .get(artifact)
             .ok_or_else(|| Error::Invalid(format!("unknown artifact {artifact}")))?;
@@ -110,8 +122,7 @@ impl ServerMonitor {
         compile(repo, artifact, &list).map_err(|e| Error::Invalid(e.to_string()))?;
         let value = serde_json::to_string(&params).expect("params serialise");
         self.inner
-            .qm
-            .store()
+            .store
             .set_setting(NAMESPACE, &format!("{org}/{artifact}"), Some(&value))
             .await?;
         self.start(org, artifact, params);
@@ -122,8 +133,7 @@ impl ServerMonitor {
     pub async fn remove(&self, org: &str, artifact: &str) -> Result<bool, Error> {
         let removed = self
             .inner
-            .qm
-            .store()
+            .store
             .set_setting(NAMESPACE, &format!("{org}/{artifact}"), None)
             .await?;
         if let Some(token) = self
@@ -151,7 +161,7 @@ impl ServerMonitor {
             old.cancel();
         }
         let list: Vec<(String, String)> = params.into_iter().collect();
-        let sources = match compile(self.inner.qm.repository(), artifact, &list) {
+        let sources = match compile(&self.inner.repo, artifact, &list) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(org, artifact, error = %e, "monitoring artifact cannot start");
@@ -194,7 +204,7 @@ impl SourceRunner {
             level: level.into(),
             message,
         };
-        append_log(&self.inner.qm, &self.org, &self.artifact, &line).await;
+        append_log(&self.inner.store, &self.org, &self.artifact, &line).await;
     }
 
     async fn run(self) {
@@ -237,8 +247,8 @@ impl SourceRunner {
     /// Runs the source once, until it ends or is cancelled.
     async fn run_once(&self) -> Result<(), String> {
         // Compiled afresh each time, so a changed artifact takes effect on restart.
-        let sources = compile(self.inner.qm.repository(), &self.artifact, &self.params)
-            .map_err(|e| e.to_string())?;
+        let sources =
+            compile(&self.inner.repo, &self.artifact, &self.params).map_err(|e| e.to_string())?;
         let source = sources
             .into_iter()
             .find(|s| s.queue == self.queue)
@@ -299,7 +309,7 @@ impl SourceRunner {
                         }
                     }
                     Output::Log(l) => {
-                        append_log(&self.inner.qm, &self.org, &self.artifact, &l).await
+                        append_log(&self.inner.store, &self.org, &self.artifact, &l).await
                     }
                 }
             }

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use prost::Message;
 use talon_proto::bus::BusBatch;
 use talon_shared::bus::Bus;
-use talon_shared::queue::{stream_key, QueueManager};
-use talon_shared::store::StoredRow;
+use talon_shared::queue::stream_key;
+use talon_shared::store::{Store, StoredRow};
 use tokio_util::sync::CancellationToken;
 
 /// The persister's durable consumer.
@@ -50,12 +50,12 @@ impl Progress {
 }
 
 /// Runs until shutdown, reconnecting after errors.
-pub async fn run(bus: Bus, qm: QueueManager, progress: Arc<Progress>, shutdown: CancellationToken) {
-    if let Ok(seq) = qm.store().bus_applied() {
+pub async fn run(bus: Bus, store: Store, progress: Arc<Progress>, shutdown: CancellationToken) {
+    if let Ok(seq) = store.bus_applied() {
         progress.applied.store(seq, Ordering::Relaxed);
     }
     while !shutdown.is_cancelled() {
-        if let Err(e) = consume(&bus, &qm, &progress, &shutdown).await {
+        if let Err(e) = consume(&bus, &store, &progress, &shutdown).await {
             tracing::warn!(error = %e, "persister interrupted; resuming");
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -67,12 +67,12 @@ pub async fn run(bus: Bus, qm: QueueManager, progress: Arc<Progress>, shutdown: 
 
 async fn consume(
     bus: &Bus,
-    qm: &QueueManager,
+    store: &Store,
     progress: &Progress,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let stream = bus.ensure_stream().await?;
-    let applied = qm.store().bus_applied()?;
+    let applied = store.bus_applied()?;
     // The store, not the consumer, knows what is applied: the consumer is made afresh from
     // the message after it on every (re)start, so messages handed to an earlier master
     // that died before storing them come again, in order (the store skips by stream seq,
@@ -145,7 +145,7 @@ async fn consume(
                 waits.push((
                     seq,
                     rows as u64,
-                    qm.store().enqueue_bus(seq, appends, client).await?,
+                    store.enqueue_bus(seq, appends, client).await?,
                 ));
                 last = Some(m);
             }

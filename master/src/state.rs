@@ -6,10 +6,10 @@ use talon_core::Shutdown;
 use talon_shared::bus::Bus;
 use talon_shared::control::{ClusterState, OrgTable, StateGet, STATE_SUBJECT};
 use talon_shared::frontend::FrontendService;
-use talon_shared::queue::QueueManager;
+use talon_shared::store::Store;
 
 /// The state as kept in the master's store.
-pub fn collect(qm: &QueueManager, frontend: &FrontendService) -> anyhow::Result<ClusterState> {
+pub fn collect(store: &Store, frontend: &FrontendService) -> anyhow::Result<ClusterState> {
     let clients = frontend.clients();
     let mut tables = Vec::new();
     for (org, version) in clients.table_versions()? {
@@ -21,14 +21,14 @@ pub fn collect(qm: &QueueManager, frontend: &FrontendService) -> anyhow::Result<
         });
     }
     Ok(ClusterState {
-        artifacts: qm.store().artifacts()?,
+        artifacts: store.artifacts()?,
         tables,
     })
 }
 
 /// Publishes the current state (after a change).
-pub async fn publish(bus: &Bus, qm: &QueueManager, frontend: &FrontendService) {
-    match collect(qm, frontend) {
+pub async fn publish(bus: &Bus, store: &Store, frontend: &FrontendService) {
+    match collect(store, frontend) {
         Ok(state) => {
             let body = serde_json::to_vec(&state).expect("state serialises");
             if let Err(e) = bus.client().publish(STATE_SUBJECT, body.into()).await {
@@ -43,12 +43,12 @@ pub async fn publish(bus: &Bus, qm: &QueueManager, frontend: &FrontendService) {
 /// answered with None, so the node keeps what it has and asks again.
 pub async fn serve(
     bus: &Bus,
-    qm: QueueManager,
+    store: Store,
     frontend: FrontendService,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     bus.serve::<StateGet, _, _>(shutdown, "state-serve", move |()| {
-        let state = collect(&qm, &frontend);
+        let state = collect(&store, &frontend);
         async move {
             state
                 .map_err(|e| tracing::error!(error = %e, "cannot collect cluster state"))

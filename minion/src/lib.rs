@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::Context;
 use talon_artifacts::Repository;
 use talon_core::Shutdown;
-use talon_shared::bus::Bus;
-use talon_shared::frontend::{FrontendService, DEFAULT_MAX_MESSAGE_BYTES};
-use talon_shared::queue::{Limits, QueueManager};
-use talon_shared::store::Store;
+use talon_shared::control::Role;
+use talon_shared::frontend::DEFAULT_MAX_MESSAGE_BYTES;
+use talon_shared::parts::{Parts, Settings};
+use talon_shared::queue::Limits;
 use tokio::net::TcpListener;
 
 /// How long in-flight work gets at shutdown.
@@ -61,38 +61,22 @@ pub async fn run(
     stop: Shutdown,
     on_ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
-    let tree = Shutdown::for_node(&config.node_name, SHUTDOWN_GRACE);
-    let intake = tree.child();
-    let services = tree.child();
     let temp = tempfile::tempdir().context("cannot create a cache directory")?;
     let cache_dir = config
         .cache_dir
         .clone()
         .unwrap_or_else(|| temp.path().into());
-    std::fs::create_dir_all(&cache_dir)
-        .with_context(|| format!("cannot create cache directory {}", cache_dir.display()))?;
-    let store = Store::open(&cache_dir.join("cache.redb"))?;
-    let bus = Bus::connect(&config.nats_url, &config.node_name).await?;
-    let qm = QueueManager::clustered(
-        Repository::with_builtins(),
-        store.clone(),
-        Limits::default(),
-        bus.clone(),
-        services.clone(),
-    )
-    .await?;
-    let frontend = FrontendService::new(qm.clone(), &config.node_name, services.clone());
-    talon_shared::node::state::follow(bus.clone(), qm.clone(), frontend.clone(), services.clone())
-        .await?;
-    talon_shared::node::start(
-        bus.clone(),
-        qm.clone(),
-        frontend.clone(),
-        talon_shared::control::Role::Minion,
-        None,
-        services.clone(),
-    )
-    .await?;
+    let settings = Settings {
+        node: config.node_name.clone(),
+        store_path: cache_dir.join("cache.redb"),
+        limits: Limits::default(),
+        nats_url: Some(config.nats_url.clone()),
+        grace: SHUTDOWN_GRACE,
+    };
+    let parts = Parts::assemble(settings, Repository::with_builtins()).await?;
+    let bus = parts.bus.clone().expect("a minion always has a bus");
+    talon_shared::node::state::follow(bus, parts.frontend.clone(), parts.services.clone()).await?;
+    parts.start_node_services(Role::Minion, None).await?;
 
     let frontend_listener = talon_shared::frontend::listen(config.frontend_addr)
         .with_context(|| format!("cannot listen on frontend address {}", config.frontend_addr))?;
@@ -103,35 +87,17 @@ pub async fn run(
         frontend: frontend_listener.local_addr()?,
         debug: debug_listener.local_addr()?,
     };
-    intake.spawn(
-        "frontend",
-        talon_shared::frontend::serve(
-            frontend,
-            frontend_listener,
-            config.max_client_message_bytes,
-            config.max_client_message_bytes,
-            intake.clone(),
-        ),
+    parts.serve_frontend(
+        frontend_listener,
+        config.max_client_message_bytes,
+        config.max_client_message_bytes,
     );
-    let debug_shutdown = intake.clone();
-    let router = talon_shared::debug::router(qm.clone());
-    intake.spawn("debug-http", async move {
-        axum::serve(debug_listener, router)
-            .with_graceful_shutdown(debug_shutdown.cancelled_owned())
-            .await
-    });
+    parts.serve_debug(debug_listener, axum::Router::new())?;
     tracing::info!(node = %config.node_name, nats = %config.nats_url, "minion serving");
     on_ready(bound);
 
     stop.cancelled().await;
-    talon_shared::lifecycle::shut_down(talon_shared::lifecycle::Parts {
-        tree: &tree,
-        intake: &intake,
-        services: &services,
-        bus: Some(&bus),
-        store: &store,
-    })
-    .await;
+    parts.shut_down().await;
     drop(temp);
     Ok(())
 }

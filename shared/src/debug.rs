@@ -13,13 +13,21 @@ use serde::Deserialize;
 use crate::queue::{QueueManager, QueueStats};
 
 /// The debug router over a queue manager.
-pub fn router(queues: QueueManager) -> Router {
+/// What the debug pages read: the queue manager and, in a cluster, the bus.
+#[derive(Clone)]
+pub struct Pages {
+    pub qm: QueueManager,
+    pub bus: Option<crate::bus::Bus>,
+}
+
+/// The debug router over `pages`.
+pub fn router(pages: Pages) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/debug/queues", get(queues_page))
         .route("/metrics", get(metrics))
         .route("/debug/watch", get(watch))
-        .with_state(queues)
+        .with_state(pages)
 }
 
 async fn index() -> Response {
@@ -34,7 +42,7 @@ struct WatchQuery {
 
 /// Streams a queue's rows as this node's watchers see them, as JSON Lines, from now on
 /// (on any node: the way to check a minion's view of a queue).
-async fn watch(State(qm): State<QueueManager>, Query(q): Query<WatchQuery>) -> Response {
+async fn watch(State(Pages { qm, .. }): State<Pages>, Query(q): Query<WatchQuery>) -> Response {
     let org = q.org.unwrap_or_else(|| crate::queue::ROOT_ORG.to_string());
     let mut watcher = match qm.watch(&org, &q.queue, "debug-http").await {
         Ok(w) => w,
@@ -69,7 +77,10 @@ fn all_stats(qm: &QueueManager, org: Option<&str>) -> Vec<QueueStats> {
     }
 }
 
-async fn queues_page(State(qm): State<QueueManager>, Query(q): Query<QueuesQuery>) -> Response {
+async fn queues_page(
+    State(Pages { qm, .. }): State<Pages>,
+    Query(q): Query<QueuesQuery>,
+) -> Response {
     let stats = all_stats(&qm, q.org.as_deref());
     if q.format.as_deref() == Some("json") {
         let body = serde_json::to_string_pretty(&stats).expect("stats serialise");
@@ -122,7 +133,7 @@ type MetricFamily = (
     fn(&QueueStats) -> u64,
 );
 
-async fn metrics(State(qm): State<QueueManager>) -> Response {
+async fn metrics(State(Pages { qm, bus }): State<Pages>) -> Response {
     let stats = all_stats(&qm, None);
     let mut out = String::new();
     let families: [MetricFamily; 4] = [
@@ -164,7 +175,7 @@ async fn metrics(State(qm): State<QueueManager>) -> Response {
             );
         }
     }
-    if let Some(bus) = qm.bus() {
+    if let Some(bus) = &bus {
         let _ = writeln!(
             out,
             "# HELP talon_bus_connected Whether this node is connected to NATS.\n# TYPE talon_bus_connected gauge\ntalon_bus_connected {}",

@@ -15,6 +15,7 @@
 //! - [`vql_host`]: VQL on the server: queues, stored rows and alerts for queries.
 //! - [`debug`]: the debug HTTP pages and Prometheus metrics.
 //! - [`lifecycle`]: the one shutdown order of a node.
+//! - [`parts`]: what a node is made of, assembled once by master and minion.
 
 pub mod bus;
 pub mod control;
@@ -23,6 +24,7 @@ pub mod frontend;
 pub mod lifecycle;
 pub mod logs;
 pub mod node;
+pub mod parts;
 pub mod queue;
 pub mod records;
 pub mod store;

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use talon_vql::engine::LogLine;
 
 use crate::queue::{now_us, stream_key, QueueManager};
-use crate::store::StoredRow;
+use crate::store::{Store, StoredRow};
 
 /// Queue that receives alerts.
 pub const ALERTS_QUEUE: &str = "Server.Internal.Alerts";
@@ -19,7 +19,7 @@ pub fn log_stream(org: &str, artifact: &str) -> String {
 }
 
 /// Appends one log line of a monitoring artifact to its monitoring log.
-pub async fn append_log(qm: &QueueManager, org: &str, artifact: &str, line: &LogLine) {
+pub async fn append_log(store: &Store, org: &str, artifact: &str, line: &LogLine) {
     let ts = now_us();
     let mut row = Map::new();
     row.insert("Timestamp".into(), Value::from(ts / 1_000_000));
@@ -31,11 +31,7 @@ pub async fn append_log(qm: &QueueManager, org: &str, artifact: &str, line: &Log
         client: String::new(),
         json: Value::Object(row).to_string(),
     };
-    if let Err(e) = qm
-        .store()
-        .append(log_stream(org, artifact), vec![stored])
-        .await
-    {
+    if let Err(e) = store.append(log_stream(org, artifact), vec![stored]).await {
         tracing::error!(error = %e, artifact, "could not store a monitoring log line");
     }
 }

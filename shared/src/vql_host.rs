@@ -15,13 +15,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{now_us, QueueManager};
+use crate::store::Store;
 use talon_artifacts::ArtifactKind;
+use talon_artifacts::Repository;
 
 pub use crate::logs::{append_log, log_stream, ALERTS_QUEUE};
 
 /// The server's side of VQL for one principal.
 pub struct ServerHost {
     qm: QueueManager,
+    store: Store,
+    repo: Repository,
     principal: String,
     frontend: Option<crate::frontend::FrontendService>,
 }
@@ -118,11 +122,11 @@ impl Host for ServerHost {
             return futures::stream::once(async move { Err(host_error(e)) }).boxed();
         }
         let stream = crate::queue::stream_key(org, artifact);
-        stored_rows(self.qm.store().clone(), stream, client_id, start_us, end_us)
+        stored_rows(self.store.clone(), stream, client_id, start_us, end_us)
     }
 
     fn alert_allowed(&self, org: &str, name: &str, window_secs: i64) -> BoxFuture<'static, bool> {
-        let store = self.qm.store().clone();
+        let store = self.store.clone();
         let (org, name) = (org.to_string(), name.to_string());
         Box::pin(async move {
             match store
@@ -140,8 +144,7 @@ impl Host for ServerHost {
     }
 
     fn artifact_definitions(&self) -> Vec<Row> {
-        self.qm
-            .repository()
+        self.repo
             .list()
             .iter()
             .map(|a| {
@@ -158,14 +161,11 @@ impl Host for ServerHost {
     }
 
     fn metadata(&self, org: &str, key: &str) -> Option<String> {
-        self.qm
-            .store()
-            .setting(&metadata_namespace(org), key)
-            .ok()?
+        self.store.setting(&metadata_namespace(org), key).ok()?
     }
 
     fn clients(&self, org: &str, search: &str) -> Vec<Row> {
-        crate::records::Clients::new(self.qm.store().clone())
+        crate::records::Clients::new(self.store.clone())
             .search(org, search)
             .unwrap_or_default()
             .iter()
@@ -187,7 +187,7 @@ impl Host for ServerHost {
             self.principal.clone(),
         );
         let frontend = self.frontend.clone();
-        let clients = crate::records::Clients::new(self.qm.store().clone());
+        let clients = crate::records::Clients::new(self.store.clone());
         Box::pin(async move {
             if op == "check" {
                 let c = clients
@@ -219,8 +219,7 @@ impl Host for ServerHost {
     }
 
     fn metadata_all(&self, org: &str) -> Row {
-        self.qm
-            .store()
+        self.store
             .settings(&metadata_namespace(org))
             .unwrap_or_default()
             .into_iter()
@@ -233,7 +232,7 @@ impl Host for ServerHost {
         name: &str,
         params: Vec<(String, String)>,
     ) -> HostResult<Vec<ArtifactQuery>> {
-        let compiled = talon_artifacts::compile::compile(self.qm.repository(), name, &params)
+        let compiled = talon_artifacts::compile::compile(&self.repo, name, &params)
             .map_err(HostError::failed)?;
         Ok(compiled
             .into_iter()
@@ -254,7 +253,7 @@ impl Host for ServerHost {
         end_us: i64,
     ) -> BoxStream<'static, HostResult<Row>> {
         stored_rows(
-            self.qm.store().clone(),
+            self.store.clone(),
             log_stream(org, artifact),
             None,
             start_us,
@@ -300,6 +299,8 @@ pub enum Output {
 #[derive(Clone)]
 pub struct Vql {
     qm: QueueManager,
+    store: Store,
+    repo: Repository,
     registry: Arc<Registry>,
     frontend: Option<crate::frontend::FrontendService>,
     /// Where the tasks that store a query's alerts run.
@@ -307,11 +308,19 @@ pub struct Vql {
 }
 
 impl Vql {
-    /// VQL over a queue manager with the built-in functions and plugins; the tasks that
-    /// store alerts run under `shutdown`.
-    pub fn new(qm: QueueManager, shutdown: talon_core::Shutdown) -> Self {
+    /// VQL over a queue manager (events), a store (stored rows, alert dedup, metadata,
+    /// client records) and a repository (artifacts as VQL), with the built-in functions
+    /// and plugins; the tasks that store alerts run under `shutdown`.
+    pub fn new(
+        qm: QueueManager,
+        store: Store,
+        repo: Repository,
+        shutdown: talon_core::Shutdown,
+    ) -> Self {
         Self {
             qm,
+            store,
+            repo,
             registry: Arc::new(Registry::builtin()),
             frontend: None,
             shutdown,
@@ -341,6 +350,8 @@ impl Vql {
     ) -> Result<BoxStream<'static, Output>, ParseError> {
         let host = Arc::new(ServerHost {
             qm: self.qm.clone(),
+            store: self.store.clone(),
+            repo: self.repo.clone(),
             principal: principal.to_string(),
             frontend: self.frontend.clone(),
         });

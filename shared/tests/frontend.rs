@@ -8,9 +8,8 @@ use serde_json::json;
 use talon_artifacts::Repository;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
-use talon_shared::frontend::FrontendService;
-use talon_shared::queue::{Limits, QueueManager, ROOT_ORG};
-use talon_shared::store::Store;
+use talon_shared::parts::{Parts, Settings};
+use talon_shared::queue::ROOT_ORG;
 
 async fn next(stream: &mut tonic::Streaming<ServerMessage>) -> ServerMessage {
     tokio::time::timeout(Duration::from_secs(10), stream.message())
@@ -23,10 +22,17 @@ async fn next(stream: &mut tonic::Streaming<ServerMessage>) -> ServerMessage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_wakes_the_named_client() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.redb")).unwrap();
-    let qm = QueueManager::new(Repository::with_builtins(), store, Limits::default());
-    let shutdown = talon_core::Shutdown::default();
-    let frontend = FrontendService::new(qm.clone(), "test", shutdown.clone());
+    let parts = Parts::assemble(
+        Settings::standalone("test", dir.path().join("t.redb")),
+        Repository::with_builtins(),
+    )
+    .await
+    .unwrap();
+    let (qm, frontend, shutdown) = (
+        parts.qm.clone(),
+        parts.frontend.clone(),
+        parts.intake.clone(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(talon_shared::frontend::serve(

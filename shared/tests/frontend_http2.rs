@@ -12,9 +12,7 @@ use talon_core::Shutdown;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
 use talon_shared::frontend::http2::{self, code, flag, kind, setting, Head};
-use talon_shared::frontend::FrontendService;
-use talon_shared::queue::{Limits, QueueManager};
-use talon_shared::store::Store;
+use talon_shared::parts::{Parts, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,13 +29,17 @@ async fn server() -> Server {
 
 async fn server_with_limit(max_message: usize) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.redb")).unwrap();
-    let qm = QueueManager::new(Repository::with_builtins(), store, Limits::default());
+    let parts = Parts::assemble(
+        Settings::standalone("test", dir.path().join("t.redb")),
+        Repository::with_builtins(),
+    )
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let shutdown = Shutdown::default();
+    let shutdown = parts.intake.clone();
     let served = tokio::spawn(talon_shared::frontend::serve(
-        FrontendService::new(qm, "test", shutdown.clone()),
+        parts.frontend.clone(),
         listener,
         max_message,
         max_message,

@@ -7,8 +7,8 @@ use futures::StreamExt;
 use serde_json::json;
 use talon_artifacts::compile::compile;
 use talon_artifacts::Repository;
-use talon_shared::queue::{Limits, QueueManager, ROOT_ORG};
-use talon_shared::store::Store;
+use talon_shared::parts::{Parts, Settings};
+use talon_shared::queue::ROOT_ORG;
 use talon_shared::vql_host::{Output, Vql};
 use talon_vql::engine::QueryInfo;
 use tokio_util::sync::CancellationToken;
@@ -16,10 +16,20 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoded_powershell_is_decoded_and_alerted() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("t.redb")).unwrap();
-    let qm = QueueManager::new(Repository::with_builtins(), store, Limits::default());
-    let vql = Vql::new(qm.clone(), talon_core::Shutdown::default());
-    let sources = compile(qm.repository(), "Server.Powershell.EncodedCommand", &[]).unwrap();
+    let parts = Parts::assemble(
+        Settings::standalone("test", dir.path().join("t.redb")),
+        Repository::with_builtins(),
+    )
+    .await
+    .unwrap();
+    let qm = parts.qm.clone();
+    let vql = Vql::new(
+        qm.clone(),
+        parts.store.clone(),
+        parts.repo.clone(),
+        parts.services.clone(),
+    );
+    let sources = compile(&parts.repo, "Server.Powershell.EncodedCommand", &[]).unwrap();
     let info = QueryInfo {
         artifact: "Server.Powershell.EncodedCommand".into(),
         artifact_type: "SERVER_EVENT".into(),

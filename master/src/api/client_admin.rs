@@ -15,7 +15,7 @@ impl AdminService {
     pub(super) async fn connected_set(&self, org: &str) -> std::collections::HashSet<String> {
         let mut set: std::collections::HashSet<String> =
             self.frontend.connected(org).into_iter().collect();
-        if self.qm.bus().is_some() {
+        if self.bus.is_some() {
             set.extend(self.frontend.connected_in_cluster(org).await);
         }
         set
@@ -82,7 +82,7 @@ impl AdminService {
         };
         self.frontend
             .clients()
-            .add(self.qm.repository(), &org, entry)
+            .add(&self.repo, &org, entry)
             .await
             .map_err(ApiError::BadRequest)?;
         audit(

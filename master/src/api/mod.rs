@@ -21,17 +21,42 @@ use talon_core::Shutdown;
 use talon_shared::frontend::FrontendService;
 use tonic::{Request, Response, Status};
 
-use crate::artifacts;
+use crate::artifacts::ArtifactAdmin;
 use crate::error::ApiError;
+use talon_artifacts::Repository;
+use talon_shared::bus::Bus;
+use talon_shared::store::Store;
 
 /// Rows a `Read` call buffers between the store thread and the gRPC stream.
 const READ_BUFFER_ROWS: usize = 1024;
 /// Metadata key naming the calling user, for audit.
 pub const PRINCIPAL_HEADER: &str = "x-talon-principal";
 
+/// What the admin service touches, handed to it by `master::run`.
+pub struct AdminParts {
+    pub qm: QueueManager,
+    /// Server metadata lives in the store's settings.
+    pub store: Store,
+    /// Artifacts as served (listing, showing).
+    pub repo: Repository,
+    /// In a cluster, the bus (state announcements; cluster status).
+    pub bus: Option<Bus>,
+    pub artifacts: ArtifactAdmin,
+    pub vql: Vql,
+    pub monitor: ServerMonitor,
+    pub frontend: FrontendService,
+    pub nodes: crate::nodes::Nodes,
+    /// Streams and queries end when this fires.
+    pub shutdown: Shutdown,
+}
+
 /// The admin service.
 pub struct AdminService {
     qm: QueueManager,
+    store: Store,
+    repo: Repository,
+    bus: Option<Bus>,
+    artifacts: ArtifactAdmin,
     vql: Vql,
     monitor: ServerMonitor,
     frontend: FrontendService,
@@ -41,23 +66,20 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    /// A service over a queue manager; streams end when `shutdown` fires.
-    pub fn new(
-        qm: QueueManager,
-        vql: Vql,
-        monitor: ServerMonitor,
-        frontend: FrontendService,
-        nodes: crate::nodes::Nodes,
-        shutdown: Shutdown,
-    ) -> Self {
+    /// A service over its parts.
+    pub fn new(p: AdminParts) -> Self {
         Self {
-            qm,
-            vql,
-            monitor,
-            frontend,
-            nodes,
+            qm: p.qm,
+            store: p.store,
+            repo: p.repo,
+            bus: p.bus,
+            artifacts: p.artifacts,
+            vql: p.vql,
+            monitor: p.monitor,
+            frontend: p.frontend,
+            nodes: p.nodes,
             cpu: Default::default(),
-            shutdown,
+            shutdown: p.shutdown,
         }
     }
 }
@@ -217,8 +239,7 @@ impl Admin for AdminService {
         _req: Request<ListArtifactsRequest>,
     ) -> Result<Response<ListArtifactsResponse>, Status> {
         let artifacts = self
-            .qm
-            .repository()
+            .repo
             .list()
             .iter()
             .map(|a| ArtifactSummary {
@@ -236,7 +257,7 @@ impl Admin for AdminService {
         req: Request<GetArtifactRequest>,
     ) -> Result<Response<Artifact>, Status> {
         let name = &req.get_ref().name;
-        match self.qm.repository().get(name) {
+        match self.repo.get(name) {
             Some(a) => Ok(Response::new(artifact_msg(&a))),
             None => Err(Status::from(ApiError::from(
                 talon_artifacts::repository::Error::NotFound(name.clone()),
@@ -371,8 +392,7 @@ impl Admin for AdminService {
         if r.key.is_empty() {
             return Err(ApiError::BadRequest("metadata key is empty".into()).into());
         }
-        self.qm
-            .store()
+        self.store
             .set_setting(&metadata_namespace(&org), &r.key, Some(&r.value))
             .await
             .map_err(ApiError::from)?;
@@ -403,8 +423,7 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         let all = self
-            .qm
-            .store()
+            .store
             .settings(&metadata_namespace(&org))
             .map_err(ApiError::from)?;
         let values: std::collections::HashMap<String, String> = all
@@ -519,7 +538,8 @@ impl Admin for AdminService {
         req: Request<DeleteArtifactRequest>,
     ) -> Result<Response<DeleteArtifactResponse>, Status> {
         let who = principal(&req);
-        artifacts::delete(&self.qm, &req.get_ref().name, &who)
+        self.artifacts
+            .delete(&req.get_ref().name, &who)
             .await
             .map_err(Status::from)?;
         self.cluster_state_changed().await;
@@ -540,7 +560,9 @@ impl AdminService {
         } else {
             r.origin
         };
-        let a = artifacts::set(&self.qm, &origin, &r.yaml, replace, &who)
+        let a = self
+            .artifacts
+            .set(&origin, &r.yaml, replace, &who)
             .await
             .map_err(Status::from)?;
         self.cluster_state_changed().await;
@@ -549,8 +571,8 @@ impl AdminService {
 
     /// In a cluster, tells every node the new artifacts and client monitoring tables.
     async fn cluster_state_changed(&self) {
-        if let Some(bus) = self.qm.bus() {
-            crate::state::publish(bus, &self.qm, &self.frontend).await;
+        if let Some(bus) = &self.bus {
+            crate::state::publish(bus, &self.store, &self.frontend).await;
         }
     }
 }

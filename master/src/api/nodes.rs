@@ -9,7 +9,7 @@ use super::AdminService;
 impl AdminService {
     /// The cluster's nodes, for `ClusterStatus`.
     pub(super) fn cluster_status_now(&self) -> ClusterStatusResponse {
-        if self.qm.bus().is_none() {
+        if self.bus.is_none() {
             let cpu = self.cpu.lock().expect("cpu sampler").sample();
             let node = NodeStatus {
                 node: self.frontend.node().to_string(),

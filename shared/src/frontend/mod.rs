@@ -131,6 +131,10 @@ pub struct FrontendService {
 
 struct Inner {
     qm: QueueManager,
+    store: crate::store::Store,
+    repo: talon_artifacts::Repository,
+    /// In a cluster, the bus (presence and client lookups go to other nodes).
+    bus: Option<crate::bus::Bus>,
     clients: Clients,
     node: String,
     sessions: Mutex<HashMap<(String, String), Session>>,
@@ -146,12 +150,23 @@ struct Inner {
 }
 
 impl FrontendService {
-    /// A frontend over a queue manager; `node` names this node in conflict reports; its
-    /// background tasks run under `shutdown`.
-    pub fn new(qm: QueueManager, node: &str, shutdown: talon_core::Shutdown) -> Self {
+    /// A frontend pushing to `qm`, keeping client records in `store`, compiling event
+    /// tables from `repo`, and in a cluster asking other nodes over `bus`; `node` names
+    /// this node in conflict reports; its background tasks run under `shutdown`.
+    pub fn new(
+        qm: QueueManager,
+        store: crate::store::Store,
+        repo: talon_artifacts::Repository,
+        bus: Option<crate::bus::Bus>,
+        node: &str,
+        shutdown: talon_core::Shutdown,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                clients: Clients::new(qm.store().clone()),
+                clients: Clients::new(store.clone()),
+                store,
+                repo,
+                bus,
                 qm,
                 node: node.to_string(),
                 sessions: Mutex::new(HashMap::new()),
@@ -205,6 +220,11 @@ impl FrontendService {
             .into_iter()
             .map(|((o, c), t)| (o, c, t))
             .collect()
+    }
+
+    /// The artifact repository event tables are compiled from.
+    pub fn repository(&self) -> &talon_artifacts::Repository {
+        &self.inner.repo
     }
 
     /// This node's name.
@@ -296,7 +316,7 @@ impl FrontendService {
         let (version, queries) = self
             .inner
             .clients
-            .event_table(self.inner.qm.repository(), org, labels)
+            .event_table(&self.inner.repo, org, labels)
             .map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(ServerMessage {
             msg: Some(server_message::Msg::EventTable(EventTable {
@@ -354,8 +374,8 @@ impl FrontendService {
         };
         // In a cluster the id may be connected on another node: any node saying so wins.
         let conflict = conflict || {
-            let elsewhere = self.inner.qm.bus().is_some()
-                && self.connected_elsewhere(&org, &hello.client_id).await;
+            let elsewhere =
+                self.inner.bus.is_some() && self.connected_elsewhere(&org, &hello.client_id).await;
             if elsewhere {
                 self.end(&key, session_id).await;
             }
@@ -404,7 +424,7 @@ impl FrontendService {
             .map_err(|e| Status::unavailable(e.to_string()))?;
         if existing.is_none() {
             // A minion's cache may not know a client the master does.
-            if let Some(bus) = self.inner.qm.bus() {
+            if let Some(bus) = &self.inner.bus {
                 let question = control::ClientRef {
                     org: org.to_string(),
                     client_id: hello.client_id.clone(),
@@ -508,7 +528,7 @@ impl FrontendService {
     ) -> Result<(), Status> {
         let (org, client) = (key.0.as_str(), key.1.as_str());
         // Activity is collected for the cluster's ping mutations only.
-        if self.inner.qm.bus().is_some() {
+        if self.inner.bus.is_some() {
             self.inner
                 .activity
                 .lock()
@@ -585,7 +605,7 @@ impl FrontendService {
                 message: l.message.clone(),
             };
             crate::logs::append_log(
-                &self.inner.qm,
+                &self.inner.store,
                 org,
                 &format!("{client}\u{1f}{}", l.artifact),
                 &line,

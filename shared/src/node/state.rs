@@ -11,15 +11,14 @@ use talon_core::Shutdown;
 use crate::bus::Bus;
 use crate::control::{ClusterState, StateGet, STATE_SUBJECT};
 use crate::frontend::FrontendService;
-use crate::queue::QueueManager;
 
 /// How often a node that has no state yet asks again.
 pub const STATE_RETRY: Duration = Duration::from_secs(5);
 
 /// Applies the master's state: artifacts into the repository, tables into the local
 /// cache, and connected clients get their new tables.
-pub async fn apply(state: &ClusterState, qm: &QueueManager, frontend: &FrontendService) {
-    let repo = qm.repository();
+pub async fn apply(state: &ClusterState, frontend: &FrontendService) {
+    let repo = frontend.repository();
     for (name, yaml) in &state.artifacts {
         if repo.get(name).is_some_and(|a| a.yaml == *yaml) {
             continue;
@@ -55,12 +54,7 @@ pub async fn apply(state: &ClusterState, qm: &QueueManager, frontend: &FrontendS
 /// Follows the master's state until shutdown. Returns once the first state has been
 /// applied (or, when the master does not answer in time, once subscribed; the state then
 /// arrives with the master's next publication or answer).
-pub async fn follow(
-    bus: Bus,
-    qm: QueueManager,
-    frontend: FrontendService,
-    shutdown: Shutdown,
-) -> anyhow::Result<()> {
+pub async fn follow(bus: Bus, frontend: FrontendService, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut updates = bus.client().subscribe(STATE_SUBJECT).await?;
     bus.client().flush().await?;
     let ask = |bus: Bus| async move {
@@ -78,7 +72,7 @@ pub async fn follow(
     };
     let mut have = ask(bus.clone()).await;
     if let Some(s) = &have {
-        apply(s, &qm, &frontend).await;
+        apply(s, &frontend).await;
     }
     let stop = shutdown.clone();
     shutdown.spawn("state-follow", async move {
@@ -89,13 +83,13 @@ pub async fn follow(
                 m = updates.next() => {
                     let Some(m) = m else { break };
                     match serde_json::from_slice::<ClusterState>(&m.payload) {
-                        Ok(s) => { apply(&s, &qm, &frontend).await; have = Some(s); }
+                        Ok(s) => { apply(&s, &frontend).await; have = Some(s); }
                         Err(e) => tracing::error!(error = %e, "undecodable cluster state"),
                     }
                 }
                 _ = retry.tick(), if have.is_none() => {
                     if let Some(s) = ask(bus.clone()).await {
-                        apply(&s, &qm, &frontend).await;
+                        apply(&s, &frontend).await;
                         have = Some(s);
                     }
                 }

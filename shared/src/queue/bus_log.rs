@@ -14,8 +14,9 @@ use crate::bus::{self, Bus};
 use crate::store::StoredRow;
 
 impl QueueManager {
-    /// The bus, in a cluster.
-    pub fn bus(&self) -> Option<&Bus> {
+    /// The bus, in a cluster (the queue manager's own; every service is handed the bus
+    /// it uses).
+    pub(crate) fn bus(&self) -> Option<&Bus> {
         match &self.inner.log {
             super::Log::Bus(b) => Some(&b.0),
             super::Log::Store => None,

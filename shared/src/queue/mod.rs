@@ -287,16 +287,6 @@ impl QueueManager {
         }
     }
 
-    /// The artifact repository the queues come from.
-    pub fn repository(&self) -> &Repository {
-        &self.inner.repo
-    }
-
-    /// The store behind the durable queues.
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits

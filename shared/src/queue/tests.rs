@@ -159,7 +159,7 @@ async fn rows_survive_reopen_and_read_by_time() {
     {
         let qm = manager(&dir, 16);
         qm.push(ROOT_ORG, AUDIT, rows(5, 0), "t", "").await.unwrap();
-        qm.store().close().await;
+        qm.inner.store.close().await;
     }
     let qm = manager(&dir, 16);
     qm.push(ROOT_ORG, AUDIT, rows(1, 5), "t", "").await.unwrap();
@@ -244,7 +244,7 @@ async fn bad_input_is_refused_and_nothing_written() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("INTERNAL"), "{e}");
-    assert_eq!(qm.store().streams().unwrap(), vec![]);
+    assert_eq!(qm.inner.store.streams().unwrap(), vec![]);
 }
 
 #[tokio::test]
@@ -262,7 +262,10 @@ async fn retention_deletes_old_rows_only() {
     // Seqs continue after the purge, so watchers' cursors stay valid.
     qm.push(ROOT_ORG, AUDIT, rows(1, 3), "t", "").await.unwrap();
     assert_eq!(
-        qm.store().last_seq(&stream_key(ROOT_ORG, AUDIT)).unwrap(),
+        qm.inner
+            .store
+            .last_seq(&stream_key(ROOT_ORG, AUDIT))
+            .unwrap(),
         4
     );
 }
@@ -325,7 +328,8 @@ async fn client_batches_are_applied_once_with_client_id() {
         "{e}"
     );
     assert_eq!(
-        qm.store()
+        qm.inner
+            .store
             .last_client_batch(&stream_key(ROOT_ORG, "C.1"))
             .unwrap(),
         1

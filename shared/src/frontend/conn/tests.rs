@@ -54,13 +54,13 @@ fn client_bytes() -> Vec<u8> {
 #[tokio::test]
 async fn mangled_client_bytes_give_errors_never_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let store = crate::store::Store::open(&dir.path().join("t.redb")).unwrap();
-    let qm = crate::queue::QueueManager::new(
+    let parts = crate::parts::Parts::assemble(
+        crate::parts::Settings::standalone("test", dir.path().join("t.redb")),
         talon_artifacts::Repository::with_builtins(),
-        store,
-        crate::queue::Limits::default(),
-    );
-    let fe = FrontendService::new(qm, "test", Shutdown::default());
+    )
+    .await
+    .unwrap();
+    let fe = parts.frontend.clone();
     let limits = Limits {
         max_decode: 1 << 16,
         max_encode: 1 << 16,
