@@ -197,6 +197,37 @@ impl Minion {
         rx
     }
 
+    /// Waits (at most 20 s) until every watcher of a queue of `root` on this node has taken
+    /// every row this node received for it (the debug page's per-watcher lag is 0).
+    pub fn wait_watchers_caught_up(&self, queue: &str) {
+        let caught_up = wait_until(Duration::from_secs(20), || {
+            self.queue_stats(queue).is_some_and(|q| {
+                q["watcher_list"]
+                    .as_array()
+                    .is_some_and(|ws| ws.iter().all(|w| w["lag"] == 0))
+            })
+        });
+        assert!(
+            caught_up,
+            "the watchers of {queue} on {} never caught up",
+            self.name
+        );
+    }
+
+    fn queue_stats(&self, queue: &str) -> Option<serde_json::Value> {
+        let mut s = std::net::TcpStream::connect(self.debug).ok()?;
+        write!(s, "GET /debug/queues?format=json&org=root HTTP/1.0\r\n\r\n").ok()?;
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut s, &mut body).ok()?;
+        let json = body.split_once("\r\n\r\n").map(|(_, b)| b)?;
+        serde_json::from_str::<serde_json::Value>(json)
+            .ok()?
+            .as_array()?
+            .iter()
+            .find(|q| q["name"] == queue)
+            .cloned()
+    }
+
     /// Watchers of a queue of `root` on this node.
     pub fn watchers(&self, queue: &str) -> u64 {
         let Ok(mut s) = std::net::TcpStream::connect(self.debug) else {

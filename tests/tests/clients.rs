@@ -71,7 +71,19 @@ fn a_client_enrolls_streams_rows_and_follows_table_changes() {
     assert!(!ok(&master.talon(&["clients", "list", "--search", "label:db"])).contains(&id));
 
     // A table change reaches the running client without a restart: a counter for label db
-    // starts only once the client carries that label.
+    // starts only once the client carries that label. A second client labelled db is
+    // connected when the table changes: once it streams counter rows, the change has been
+    // sent to both, and the first must still have none.
+    let control = Client::start(
+        &master.frontend.to_string(),
+        &dir.path().join("c2"),
+        &["--hostname", "db-01", "--labels", "db"],
+    );
+    let control_id = control.id();
+    assert!(wait_until(Duration::from_secs(20), || ok(
+        &master.talon(&["clients", "list"])
+    )
+    .contains(&control_id)));
     add_artifact(&master, dir.path(), COUNTER);
     ok(&master.talon(&[
         "monitoring",
@@ -81,7 +93,16 @@ fn a_client_enrolls_streams_rows_and_follows_table_changes() {
         "--label",
         "db",
     ]));
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        wait_until(Duration::from_secs(20), || client_rows(
+            &master,
+            "Custom.Counter",
+            &control_id
+        )
+        .len()
+            >= 3),
+        "the client labelled db never ran the counter"
+    );
     assert!(
         client_rows(&master, "Custom.Counter", &id).is_empty(),
         "not labelled db yet"
@@ -127,8 +148,22 @@ fn kill_9_of_the_master_while_clients_stream_loses_and_duplicates_nothing() {
     .len()
         >= 20));
     master.kill9();
-    // The clients keep generating into their spools while the master is down.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The clients keep generating into their spools while the master is down: wait until
+    // each holds at least two unacknowledged batches.
+    let spooled = |c: &Client| {
+        std::fs::read_dir(c.state.join("spool"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".batch"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || spooled(&a) >= 2
+            && spooled(&b) >= 2),
+        "the clients never spooled while the master was down"
+    );
     let master = Master::start(&store, &["--frontend-addr", &frontend]);
     let check = |id: &str| -> bool {
         let rows = client_rows(&master, "Custom.Counter", id);

@@ -189,7 +189,7 @@ fn kill_9_of_a_minion_moves_its_clients_and_kill_9_of_the_master_loses_nothing()
     wait_rows(&on_b, &mut b_seen, &ids, at_kill + 20);
     c.master = start_master(c.dir.path(), &c.nats);
     drop(client);
-    std::thread::sleep(Duration::from_millis(300));
+    c.b.wait_watchers_caught_up("Custom.Counter");
     drain(&on_b, &mut b_seen);
     let mut all = counts(&seen);
     for (k, v) in counts(&b_seen) {
@@ -212,7 +212,7 @@ fn a_nats_restart_loses_no_durable_row() {
     let before = counts(&seen)[&ids[0]].iter().copied().max().unwrap();
     wait_rows(&on_b, &mut seen, &ids, before + 20);
     drop(client);
-    std::thread::sleep(Duration::from_millis(300));
+    c.b.wait_watchers_caught_up("Custom.Counter");
     drain(&on_b, &mut seen);
     let stored = wait_stored(&c.master, &counts(&seen));
     assert_exactly_once("stored across a NATS restart", &stored, &ids);
