@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use talon_artifacts::compile::compile;
@@ -322,5 +324,65 @@ impl SourceRunner {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use talon_shared::parts::{Parts, Settings};
+    use talon_shared::queue::ROOT_ORG;
+
+    const ONCE: &str =
+        "name: Custom.Once\ntype: SERVER_EVENT\nsources:\n- query: SELECT 1 AS X FROM scope()\n";
+
+    /// A query that keeps ending is restarted after 1, 2, 4 and 8 s (paused time: the
+    /// clock moves only when every task waits on it).
+    #[tokio::test(start_paused = true)]
+    async fn a_query_that_keeps_ending_backs_off_doubling() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = Parts::assemble(
+            Settings::standalone("test", dir.path().join("t.redb")),
+            Repository::with_builtins(),
+        )
+        .await
+        .unwrap();
+        parts
+            .repo
+            .insert(parts.repo.check("test", ONCE, false).unwrap());
+        let vql = Vql::new(
+            parts.qm.clone(),
+            parts.store.clone(),
+            parts.repo.clone(),
+            parts.services.clone(),
+        );
+        let monitor = ServerMonitor::new(
+            parts.qm.clone(),
+            parts.store.clone(),
+            parts.repo.clone(),
+            vql,
+            parts.services.clone(),
+        );
+        let mut rows = parts
+            .qm
+            .watch(ROOT_ORG, "Custom.Once", "test")
+            .await
+            .unwrap();
+        monitor
+            .add(ROOT_ORG, "Custom.Once", Params::new())
+            .await
+            .unwrap();
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            rows.next().await.unwrap();
+            runs.push(Instant::now());
+        }
+        let gaps: Vec<u64> = runs
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis() as u64)
+            .collect();
+        assert_eq!(gaps, [1000, 2000, 4000, 8000]);
+        assert!(monitor.remove(ROOT_ORG, "Custom.Once").await.unwrap());
+        parts.shut_down().await;
     }
 }

@@ -140,7 +140,7 @@ struct Inner {
     sessions: Mutex<HashMap<(String, String), Session>>,
     next_session: AtomicU64,
     /// Last wake-up per client, and whether a delayed one is scheduled.
-    wakes: Mutex<HashMap<(String, String), (std::time::Instant, bool)>>,
+    wakes: Mutex<HashMap<(String, String), (tokio::time::Instant, bool)>>,
     /// Last activity per connected client since last taken, for cluster ping mutations.
     activity: Mutex<HashMap<(String, String), i64>>,
     /// Orgs whose `Server.Internal.Notifications` this frontend already follows.

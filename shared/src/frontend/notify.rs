@@ -63,7 +63,7 @@ impl FrontendService {
     /// the window is not dropped but delivered once the window ends (several become one).
     fn wake_debounced(&self, org: &str, client: &str) {
         let key = (org.to_string(), client.to_string());
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let delay = {
             let mut wakes = self.inner.wakes.lock().expect("wakes");
             if wakes.len() > 10_000 {
@@ -93,7 +93,7 @@ impl FrontendService {
                         .wakes
                         .lock()
                         .expect("wakes")
-                        .insert(key.clone(), (std::time::Instant::now(), false));
+                        .insert(key.clone(), (tokio::time::Instant::now(), false));
                     this.wake(&key.0, &key.1);
                 });
             }
@@ -114,5 +114,60 @@ impl FrontendService {
                 let _ = tx.try_send(Box::new(msg));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parts::{Parts, Settings};
+    use talon_proto::client::server_message::Msg;
+    use tokio::time::Instant;
+
+    /// A burst of notifications inside the window wakes the client twice: at once, and
+    /// once more when the window ends; none is lost and the burst is not repeated.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_wakes_at_once_and_once_more_at_the_end_of_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = Parts::assemble(
+            Settings::standalone("test", dir.path().join("t.redb")),
+            talon_artifacts::Repository::with_builtins(),
+        )
+        .await
+        .unwrap();
+        let fe = parts.frontend.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let key = ("root".to_string(), "C.00000000000000aa".to_string());
+        fe.inner.sessions.lock().unwrap().insert(
+            key.clone(),
+            super::super::Session {
+                id: 1,
+                labels: Vec::new(),
+                tx,
+            },
+        );
+        let start = Instant::now();
+        for _ in 0..5 {
+            fe.wake_debounced(&key.0, &key.1);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut woken = Vec::new();
+        for _ in 0..2 {
+            let m = rx.recv().await.unwrap();
+            assert!(matches!(m.msg, Some(Msg::EventTable(_))));
+            woken.push((Instant::now() - start).as_millis());
+        }
+        assert_eq!(woken[1], WAKE_DEBOUNCE.as_millis(), "{woken:?}");
+        // Nothing else was scheduled: the window passes quietly.
+        tokio::time::sleep(WAKE_DEBOUNCE * 3).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "a burst woke the client more than twice"
+        );
+        // After the window a notification wakes at once again.
+        let again = Instant::now();
+        fe.wake_debounced(&key.0, &key.1);
+        rx.recv().await.unwrap();
+        assert_eq!(Instant::now(), again);
     }
 }
