@@ -18,6 +18,9 @@ use crate::queue::{QueueManager, QueueStats};
 pub struct Pages {
     pub qm: QueueManager,
     pub bus: Option<crate::bus::Bus>,
+    /// Streaming pages (`/debug/watch`) end when this fires, so they never hold up a
+    /// graceful shutdown.
+    pub stop: talon_core::Shutdown,
 }
 
 /// The debug router over `pages`.
@@ -42,7 +45,10 @@ struct WatchQuery {
 
 /// Streams a queue's rows as this node's watchers see them, as JSON Lines, from now on
 /// (on any node: the way to check a minion's view of a queue).
-async fn watch(State(Pages { qm, .. }): State<Pages>, Query(q): Query<WatchQuery>) -> Response {
+async fn watch(
+    State(Pages { qm, stop, .. }): State<Pages>,
+    Query(q): Query<WatchQuery>,
+) -> Response {
     let org = q.org.unwrap_or_else(|| crate::queue::ROOT_ORG.to_string());
     let mut watcher = match qm.watch(&org, &q.queue, "debug-http").await {
         Ok(w) => w,
@@ -51,7 +57,11 @@ async fn watch(State(Pages { qm, .. }): State<Pages>, Query(q): Query<WatchQuery
         }
     };
     let rows = async_stream::stream! {
-        while let Ok(ev) = watcher.next().await {
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => break,
+                ev = watcher.next() => match ev { Ok(ev) => ev, Err(_) => break },
+            };
             let mut line = ev.row.json.clone();
             line.push('\n');
             yield Ok::<_, std::convert::Infallible>(line);
@@ -133,7 +143,7 @@ type MetricFamily = (
     fn(&QueueStats) -> u64,
 );
 
-async fn metrics(State(Pages { qm, bus }): State<Pages>) -> Response {
+async fn metrics(State(Pages { qm, bus, .. }): State<Pages>) -> Response {
     let stats = all_stats(&qm, None);
     let mut out = String::new();
     let families: [MetricFamily; 4] = [

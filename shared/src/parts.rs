@@ -140,6 +140,7 @@ impl Parts {
         let router = crate::debug::router(crate::debug::Pages {
             qm: self.qm.clone(),
             bus: self.bus.clone(),
+            stop: self.intake.clone(),
         })
         .merge(extra);
         let stop = self.intake.clone();

@@ -100,6 +100,8 @@ impl Drop for Nats {
 /// A running `talon-minion`.
 pub struct Minion {
     child: Option<Child>,
+    /// A minion of the in-process sandbox instead of a process.
+    in_process: Option<crate::sandbox::InProcess>,
     pub name: String,
     pub frontend: SocketAddr,
     pub debug: SocketAddr,
@@ -122,6 +124,7 @@ impl Minion {
         let rx = crate::lines_of(&mut child);
         let mut m = Minion {
             child: Some(child),
+            in_process: None,
             name: name.into(),
             frontend: "0.0.0.0:0".parse().unwrap(),
             debug: "0.0.0.0:0".parse().unwrap(),
@@ -144,7 +147,23 @@ impl Minion {
         m
     }
 
-    /// What it logged.
+    pub(crate) fn from_in_process(
+        name: &str,
+        frontend: SocketAddr,
+        debug: SocketAddr,
+        node: crate::sandbox::InProcess,
+    ) -> Minion {
+        Minion {
+            child: None,
+            in_process: Some(node),
+            name: name.into(),
+            frontend,
+            debug,
+            log: PathBuf::new(),
+        }
+    }
+
+    /// What it logged (a process's stderr; an in-process minion logs to the test's output).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -251,6 +270,7 @@ impl Minion {
 
 impl Drop for Minion {
     fn drop(&mut self) {
+        self.in_process.take();
         self.kill9();
     }
 }
@@ -260,22 +280,47 @@ pub const COUNTER: &str = "name: Custom.Counter\ntype: CLIENT_EVENT\nparameters:
 
 /// A cluster: its processes stop when it is dropped.
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    pub nats: Nats,
-    pub master: Master,
+    // Dropped in this order: the nodes stop while NATS is still up, then NATS, then the
+    // directory goes.
     pub a: Minion,
     pub b: Minion,
+    pub master: Master,
+    pub nats: Nats,
+    pub dir: tempfile::TempDir,
 }
 
 pub fn start_master(dir: &std::path::Path, nats: &Nats) -> Master {
     Master::start(&dir.join("master"), &["--nats-url", &nats.url()])
 }
 
-/// nats-server, a master with the counter artifact in every client's table, two minions.
+/// nats-server, a master with the counter artifact in every client's table, two minions,
+/// all as processes.
 pub fn cluster() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(&dir.path().join("js"));
     let master = start_master(dir.path(), &nats);
+    with_counter(dir, nats, master, |url, name, dir| {
+        Minion::start(url, name, dir, 0)
+    })
+}
+
+/// The same cluster in the in-process sandbox: master and minions run inside the test
+/// process beside a real nats-server (see [`crate::sandbox`]).
+pub fn sandbox_cluster() -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("js"));
+    let master = Master::in_process(&dir.path().join("master"), Some(&nats.url()));
+    with_counter(dir, nats, master, |url, name, _| {
+        Minion::in_process(url, name)
+    })
+}
+
+fn with_counter(
+    dir: tempfile::TempDir,
+    nats: Nats,
+    master: Master,
+    minion: impl Fn(&str, &str, &Path) -> Minion,
+) -> Cluster {
     let f = dir.path().join("counter.yaml");
     std::fs::write(&f, COUNTER).unwrap();
     ok(&master.talon(&["artifacts", "add", f.to_str().unwrap()]));
@@ -287,8 +332,8 @@ pub fn cluster() -> Cluster {
         "--param",
         "Ms=100",
     ]));
-    let a = Minion::start(&nats.url(), "minion-a", dir.path(), 0);
-    let b = Minion::start(&nats.url(), "minion-b", dir.path(), 0);
+    let a = minion(&nats.url(), "minion-a", dir.path());
+    let b = minion(&nats.url(), "minion-b", dir.path());
     Cluster {
         dir,
         nats,

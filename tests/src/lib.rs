@@ -3,7 +3,8 @@
 //! stops every process it started (by its own pid) when dropped.
 
 pub mod cluster;
-pub use cluster::{cluster, start_master, Cluster, Minion, Nats, COUNTER};
+pub mod sandbox;
+pub use cluster::{cluster, sandbox_cluster, start_master, Cluster, Minion, Nats, COUNTER};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// A running `talon-master` process.
 pub struct Master {
     child: Option<Child>,
+    /// A master of the in-process sandbox instead of a process.
+    in_process: Option<sandbox::InProcess>,
     pub datastore: PathBuf,
     pub api: SocketAddr,
     pub debug: SocketAddr,
@@ -80,6 +83,7 @@ impl Master {
         let rx = lines_of(&mut child);
         let mut master = Master {
             child: Some(child),
+            in_process: None,
             datastore: datastore.to_path_buf(),
             api: "0.0.0.0:0".parse().unwrap(),
             debug: "0.0.0.0:0".parse().unwrap(),
@@ -105,6 +109,24 @@ impl Master {
             }
         }
         master
+    }
+
+    pub(crate) fn from_in_process(
+        datastore: &Path,
+        api: SocketAddr,
+        debug: SocketAddr,
+        frontend: SocketAddr,
+        node: sandbox::InProcess,
+    ) -> Master {
+        Master {
+            child: None,
+            in_process: Some(node),
+            datastore: datastore.to_path_buf(),
+            api,
+            debug,
+            frontend,
+            stderr_log: datastore.with_extension("stderr.log"),
+        }
     }
 
     /// What the master wrote on stderr so far.
@@ -248,6 +270,8 @@ impl Master {
 
 impl Drop for Master {
     fn drop(&mut self) {
+        // An in-process master shuts down in order; a process is killed.
+        self.in_process.take();
         self.kill9();
     }
 }

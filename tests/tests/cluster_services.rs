@@ -1,6 +1,6 @@
-//! Cluster services with real processes (a nats-server, a master, two minions, clients):
-//! pings and registrations, client snapshots, labels, cluster-wide conflicts,
-//! notifications, message ids and health.
+//! Cluster services in the in-process sandbox (a real nats-server; master and minions in
+//! this process; real clients): pings and registrations, client snapshots, labels,
+//! cluster-wide conflicts with their Ping and Pong rows, notifications, message ids, health.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +8,7 @@ use talon_tests::*;
 
 #[test]
 fn pings_move_last_seen_forward_registrations_follow_watches_and_late_minions_get_snapshots() {
-    let c = cluster();
+    let c = sandbox_cluster();
     let client = Client::start(&c.a.frontend.to_string(), &c.dir.path().join("c1"), &[]);
     let id = client.id();
     let show = |m: &Master| -> Option<serde_json::Value> {
@@ -72,7 +72,7 @@ fn pings_move_last_seen_forward_registrations_follow_watches_and_late_minions_ge
 
 #[test]
 fn a_label_added_on_the_master_reaches_a_client_on_a_minion_without_restart() {
-    let c = cluster();
+    let c = sandbox_cluster();
     ok(&c.master.talon(&[
         "monitoring",
         "client",
@@ -164,7 +164,7 @@ async fn table_arrives(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_connection_on_another_minion_is_refused_and_notifications_reach_the_holding_node()
 {
-    let c = tokio::task::block_in_place(cluster);
+    let c = tokio::task::block_in_place(sandbox_cluster);
     let id = "C.00000000000000c1";
     let (_tx, mut stream) = raw_session(c.a.frontend, id).await.unwrap();
     assert!(
@@ -272,7 +272,7 @@ async fn a_second_connection_on_another_minion_is_refused_and_notifications_reac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_publish_is_stored_once_and_health_totals_reach_the_master() {
-    let c = tokio::task::block_in_place(cluster);
+    let c = tokio::task::block_in_place(sandbox_cluster);
     let (_tx, _stream) = raw_session(c.a.frontend, "C.00000000000000c2")
         .await
         .unwrap();
