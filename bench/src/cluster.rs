@@ -57,10 +57,11 @@ pub async fn jetstream_baseline(
     let messages = rows.div_ceil(batch);
     let start = Instant::now();
     let mut tasks = Vec::new();
+    let spawner = talon_core::Shutdown::default();
     for p in 0..publishers {
         let (js, payload) = (js.clone(), payload.clone());
         let mine = messages / publishers + usize::from(p < messages % publishers);
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawner.spawn("publisher", async move {
             for i in 0..mine {
                 let mut h = async_nats::HeaderMap::new();
                 h.insert("Nats-Msg-Id", format!("{p}/{i}").as_str());

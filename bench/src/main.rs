@@ -194,10 +194,11 @@ async fn talon_concurrent(
     let (qm, store) = open_manager(&dir).await?;
     let start = Instant::now();
     let mut tasks = Vec::new();
+    let spawner = talon_core::Shutdown::default();
     for p in 0..CONCURRENT_PRODUCERS {
         let qm = qm.clone();
         let rows = rows.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(spawner.spawn("producer", async move {
             let mut n = 0;
             while start.elapsed() < budget {
                 let row = rows[(p + n) % rows.len()].clone();

@@ -35,13 +35,10 @@ async fn a_notification_wakes_the_named_client() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(talon_shared::frontend::serve(
-        frontend,
-        listener,
-        1 << 20,
-        1 << 20,
-        shutdown,
-    ));
+    parts.intake.spawn(
+        "frontend",
+        talon_shared::frontend::serve(frontend, listener, 1 << 20, 1 << 20, shutdown),
+    );
     let mut client = FrontendClient::connect(format!("http://{addr}"))
         .await
         .unwrap();

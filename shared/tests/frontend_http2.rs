@@ -38,13 +38,16 @@ async fn server_with_limit(max_message: usize) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = parts.intake.clone();
-    let served = tokio::spawn(talon_shared::frontend::serve(
-        parts.frontend.clone(),
-        listener,
-        max_message,
-        max_message,
-        shutdown.clone(),
-    ));
+    let served = parts.intake.spawn(
+        "frontend",
+        talon_shared::frontend::serve(
+            parts.frontend.clone(),
+            listener,
+            max_message,
+            max_message,
+            shutdown.clone(),
+        ),
+    );
     Server {
         addr,
         shutdown,

@@ -18,10 +18,11 @@ async fn acked_rows_survive_kill_9_exactly_once() {
     // Four writers push one row per request as fast as they can; each records what was acked.
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut writers = Vec::new();
+    let tasks = talon_core::Shutdown::default();
     for w in 0..4 {
         let mut client = master.client().await;
         let acked = acked.clone();
-        writers.push(tokio::spawn(async move {
+        writers.push(tasks.spawn("writer", async move {
             for i in 0.. {
                 let id = format!("w{w}-{i}");
                 let row = format!("{{\"id\":\"{id}\"}}");

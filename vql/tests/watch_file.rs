@@ -27,7 +27,7 @@ async fn appended_lines_become_rows() {
             Arc::new(|_| {}),
         )
         .unwrap();
-    let reader = tokio::spawn(async move {
+    let reader = talon_core::Shutdown::default().spawn("reader", async move {
         let mut got = Vec::new();
         while got.len() < 2 {
             let r = rows.next().await.unwrap();
