@@ -105,7 +105,10 @@ struct Conn {
 pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown: Shutdown) {
     let remote = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = sock.set_nodelay(true);
-    let mut c = Conn::new(fe, remote, limits, shutdown.clone());
+    // The connection keeps one handle on its node of the tree (to spawn its session's
+    // end) and one token to watch: each is in every idle connection's future.
+    let stop = shutdown.token().clone();
+    let mut c = Conn::new(fe, remote, limits, shutdown);
     let mut work: Option<Work> = None;
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
@@ -136,7 +139,7 @@ pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown:
         }
         let wants_outbox = c.wants_outbox();
         tokio::select! {
-            _ = shutdown.cancelled(), if !c.going_away => {
+            _ = stop.cancelled(), if !c.going_away => {
                 c.going_away = true;
                 http2::put_goaway(&mut c.wbuf, c.last_stream, code::NO_ERROR, "server shutting down");
             }
