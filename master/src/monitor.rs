@@ -243,6 +243,8 @@ impl SourceRunner {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        // The last line of a run: after it, this source pushes nothing more.
+        self.log("INFO", format!("{}: stopped", self.queue)).await;
         tracing::info!(org = %self.org, queue = %self.queue, "monitoring query stopped");
     }
 
