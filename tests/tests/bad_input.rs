@@ -209,3 +209,33 @@ async fn raw_grpc_call(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> S
         Err(s) => format!("grpc-status: {:?} {}", s.code(), s.message()),
     }
 }
+
+/// A query that calls itself (directly, through a parameter, or through another stored
+/// query) used to overflow the master's stack and abort it; it now stops with an error
+/// naming the query, and the master keeps answering.
+#[test]
+fn a_self_referencing_query_is_stopped_and_the_master_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    for q in [
+        "LET q = SELECT * FROM q SELECT * FROM q",
+        "LET a = SELECT * FROM b LET b = SELECT * FROM a SELECT * FROM a",
+    ] {
+        let out = master.talon(&["query", q]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("recursed deeper than 25 calls"),
+            "{q}: {stderr}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "{q}"
+        );
+    }
+    assert_eq!(
+        ok(&master.talon(&["query", "SELECT 1 AS one FROM scope()"])).trim(),
+        r#"{"one":1}"#,
+        "the master still answers: {}",
+        master.stderr()
+    );
+}

@@ -44,3 +44,28 @@ fn deep_nesting_is_an_error_not_a_crash() {
     let q = format!("SELECT 1{} AS n FROM scope()", " + 1".repeat(120));
     assert_eq!(run(&q).unwrap()[0]["n"], talon_vql::Value::Int(121));
 }
+
+/// A stored query or LET function that calls itself stops at the depth limit with an
+/// error naming it, instead of overflowing the stack (which aborts the whole process).
+#[test]
+fn self_referencing_queries_stop_with_an_error() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for q in [
+        "LET q = SELECT * FROM q SELECT * FROM q",
+        "LET q(x) = SELECT * FROM q(x=x) SELECT * FROM q(x=1)",
+        "LET a = SELECT * FROM b LET b = SELECT * FROM a SELECT * FROM a",
+    ] {
+        let (rows, logs) = rt
+            .block_on(talon_vql::Runner::default().collect(q))
+            .unwrap();
+        assert!(rows.is_empty(), "{q}: {rows:?}");
+        assert!(
+            logs.iter()
+                .any(|l| l.level == "ERROR" && l.message.contains("recursed deeper than")),
+            "{q}: {logs:?}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ use crate::eval::expr::{
 use crate::eval::registry::PluginCall;
 use crate::eval::scope::{AggState, Binding, Found, Frame, LazyColumns, Scope};
 use crate::eval::value::{self, Row, StoredQuery, Value};
+use crate::limits::MAX_DEPTH;
 use crate::syntax::ast::*;
 use crate::syntax::format;
 
@@ -255,7 +256,24 @@ async fn source_rows(from: &Source, scope: &Scope) -> BoxStream<'static, Row> {
         return artifact_rows(artifact, args, scope).await;
     }
     if from.path.len() == 1 {
-        match scope.find(&name) {
+        let found = scope.find(&name);
+        let is_call = matches!(
+            found,
+            Some(Found::Binding(Binding::Query(_) | Binding::Func { .. }))
+        );
+        // Each call of a stored query or LET function nests its rows' stream inside the
+        // caller's; a query that calls itself would nest until the stack overflows.
+        if is_call && scope.depth() > MAX_DEPTH {
+            ctx.log(
+                "ERROR",
+                format!(
+                    "query {name} recursed deeper than {} calls; stopped",
+                    MAX_DEPTH / crate::limits::CALL_WEIGHT
+                ),
+            );
+            return stream::empty().boxed();
+        }
+        match found {
             Some(Found::Binding(Binding::Query(select))) => {
                 let child = bind_params(&[], args, scope).await;
                 return run_select(select, child);
