@@ -57,7 +57,11 @@ pub fn client_id(state: &std::path::Path) -> std::io::Result<String> {
         "C.{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
-    std::fs::write(&path, &id)?;
+    // Written whole or not at all: a reader (or a restart after a crash) never sees a
+    // truncated id.
+    let tmp = state.join("client_id.tmp");
+    std::fs::write(&tmp, &id)?;
+    std::fs::rename(&tmp, &path)?;
     Ok(id)
 }
 

@@ -390,14 +390,20 @@ impl Client {
         }
     }
 
-    /// The client id it made (waits for the file).
+    /// The client id it made (waits until the file holds one).
     pub fn id(&self) -> String {
         let path = self.state.join("client_id");
+        let read = || {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
         assert!(
-            wait_until(Duration::from_secs(20), || path.exists()),
+            wait_until(Duration::from_secs(20), || read().starts_with("C.")),
             "no client id"
         );
-        std::fs::read_to_string(path).unwrap().trim().to_string()
+        read()
     }
 
     /// What it logged.
