@@ -208,4 +208,56 @@ impl Expr {
     pub fn new(kind: ExprKind, span: Span) -> Self {
         Self { kind, span }
     }
+
+    /// Takes the kind out, leaving NULL (an `Expr` has a `Drop`, so its fields cannot be
+    /// moved out by a pattern).
+    pub fn take_kind(&mut self) -> ExprKind {
+        std::mem::replace(&mut self.kind, ExprKind::Null)
+    }
+}
+
+/// Deep trees (a long `1+1+...` chain, `a.b.c...`) are dropped with an explicit stack: the
+/// compiler's recursive drop would overflow the thread's stack on a tree the depth check
+/// has just refused, aborting the process instead of returning the error.
+impl Drop for Expr {
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        children_into(self.take_kind(), &mut pending);
+        while let Some(mut e) = pending.pop() {
+            // Each popped expression is left childless before it drops.
+            children_into(e.take_kind(), &mut pending);
+        }
+    }
+}
+
+fn children_into(kind: ExprKind, out: &mut Vec<Expr>) {
+    match kind {
+        ExprKind::List(items) => out.extend(items),
+        ExprKind::Paren(x) | ExprKind::Not(x) | ExprKind::Member(x, _) => out.push(*x),
+        ExprKind::Index(x, i) => {
+            out.push(*x);
+            out.extend(i.map(|i| *i));
+        }
+        ExprKind::Slice(x, a, b) => {
+            out.push(*x);
+            out.extend(a.map(|a| *a));
+            out.extend(b.map(|b| *b));
+        }
+        ExprKind::Binary(_, l, r) => {
+            out.push(*l);
+            out.push(*r);
+        }
+        ExprKind::Symbol {
+            call: Some(args), ..
+        } => {
+            for a in args {
+                match a.value {
+                    ArgValue::Expr(x) => out.push(x),
+                    ArgValue::List(items) => out.extend(items),
+                    ArgValue::Query(_) => {}
+                }
+            }
+        }
+        _ => {}
+    }
 }

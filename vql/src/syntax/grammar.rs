@@ -103,10 +103,10 @@ fn arg_value(select: P<Select>, expr: P<Expr>) -> P<ArgValue> {
             .delimited_by(op("["), op("]"))
             .map(|l| match l {
                 None => ArgValue::List(Vec::new()),
-                Some(Expr {
-                    kind: ExprKind::List(items),
-                    ..
-                }) => ArgValue::List(items),
+                Some(mut e) if matches!(e.kind, ExprKind::List(_)) => match e.take_kind() {
+                    ExprKind::List(items) => ArgValue::List(items),
+                    _ => unreachable!("matched a list"),
+                },
                 Some(e) => ArgValue::Expr(e),
             }),
         expr.map(ArgValue::Expr),
@@ -157,8 +157,8 @@ fn literal() -> P<Expr> {
 fn paren(expr: P<Expr>) -> P<Expr> {
     expr_list(expr)
         .delimited_by(op("("), op(")"))
-        .map_with_span(|e, span| match e.kind {
-            ExprKind::List(_) => Expr::new(e.kind, span),
+        .map_with_span(|mut e, span| match e.kind {
+            ExprKind::List(_) => Expr::new(e.take_kind(), span),
             _ => Expr::new(ExprKind::Paren(Box::new(e)), span),
         })
         .boxed()
