@@ -38,18 +38,26 @@ pub async fn run(
         };
         vars.insert(k.to_string(), v.to_string());
     }
-    let mut client = connect(api).await?;
-    let mut stream = client
-        .query(QueryRequest {
-            org: org.into(),
-            query,
-            env: vars,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    // The clock starts now: a server slow to answer counts against --timeout too.
     let deadline =
         timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    let mut client = connect(api).await?;
+    let call = client.query(QueryRequest {
+        org: org.into(),
+        query,
+        env: vars,
+    });
+    let answered = match deadline {
+        Some(d) => match tokio::time::timeout_at(d, call).await {
+            Ok(answered) => answered,
+            Err(_) => {
+                eprintln!("no answer within the timeout");
+                return Ok(ExitCode::SUCCESS);
+            }
+        },
+        None => call.await,
+    };
+    let mut stream = answered.map_err(status_error)?.into_inner();
     let mut rows: Vec<Value> = Vec::new();
     let mut out = std::io::stdout().lock();
     loop {

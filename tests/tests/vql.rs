@@ -285,3 +285,70 @@ fn clock_and_foreach_send_events_that_a_watcher_receives() {
         assert_eq!(row["_Source"], "Server.Events.Receive");
     }
 }
+
+/// CPU seconds a process has used so far (utime + stime from /proc).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// Two queries that never produce a row (range() under WHERE FALSE) used to take both of
+/// the master's worker threads for good: the API, pushes and debug pages hung, `--timeout`
+/// never fired, and the queries burned CPU after their callers left. Now they yield: the
+/// master answers meanwhile, the CLI gives up on time, and the CPU work stops with them.
+#[test]
+fn busy_queries_neither_freeze_the_master_nor_outlive_their_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let api = master.api.to_string();
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let api = api.clone();
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let out = talon(
+                    &api,
+                    &[
+                        "query",
+                        "SELECT * FROM range(end=1000000000000) WHERE FALSE",
+                        "--timeout",
+                        "3",
+                    ],
+                    None,
+                );
+                (out, started.elapsed())
+            })
+        })
+        .collect();
+    // While both run, the master answers.
+    let quick = std::time::Instant::now();
+    assert_eq!(
+        ok(&master.talon(&["query", "SELECT 1 AS one FROM scope()"])).trim(),
+        r#"{"one":1}"#
+    );
+    assert!(
+        quick.elapsed() < Duration::from_secs(5),
+        "a quick query waited {:?} behind the busy ones",
+        quick.elapsed()
+    );
+    for b in busy {
+        let (out, took) = b.join().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            took < Duration::from_secs(8),
+            "--timeout 3 returned after {took:?}"
+        );
+    }
+    // Once their callers are gone, the queries stop using the CPU.
+    let pid = master.pid();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let before = cpu_seconds(pid);
+            std::thread::sleep(Duration::from_millis(500));
+            cpu_seconds(pid) - before < 0.15
+        }),
+        "the master kept burning CPU after the callers left"
+    );
+}

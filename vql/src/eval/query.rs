@@ -182,6 +182,10 @@ pub fn run_select(sel: Arc<Select>, scope: Scope) -> BoxStream<'static, Row> {
         let mut bins: IndexMap<String, (AggState, Row)> = IndexMap::new();
         let mut buffer: Vec<Row> = Vec::new();
         while let Some(row) = source.next().await {
+            // A source that is always ready (range() over a WHERE that keeps nothing) would
+            // otherwise never give the thread back: every row spends tokio's cooperative
+            // budget, so the query yields, other tasks run, and a dropped stream stops it.
+            tokio::task::consume_budget().await;
             let rc = row_ctx(&sel, &by_name, &scope, Arc::new(row));
             if let Some(w) = &sel.where_ {
                 let v = eval_fast(w, &rc.filter).await;
