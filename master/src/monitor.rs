@@ -332,7 +332,7 @@ impl SourceRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use talon_shared::parts::{Parts, Settings};
+    use talon_shared::parts::Parts;
     use talon_shared::queue::ROOT_ORG;
 
     const ONCE: &str =
@@ -343,12 +343,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_query_that_keeps_ending_backs_off_doubling() {
         let dir = tempfile::tempdir().unwrap();
-        let parts = Parts::assemble(
-            Settings::standalone("test", dir.path().join("t.redb")),
-            Repository::with_builtins(),
-        )
-        .await
-        .unwrap();
+        let parts = Parts::standalone("test", dir.path().join("t.redb"))
+            .await
+            .unwrap();
         parts
             .repo
             .insert(parts.repo.check("test", ONCE, false).unwrap());

@@ -116,6 +116,16 @@ impl Parts {
         })
     }
 
+    /// A standalone node `node` with the built-in artifacts, storing in `store_path` (what
+    /// in-process tests assemble).
+    pub async fn standalone(node: &str, store_path: PathBuf) -> anyhow::Result<Parts> {
+        Self::assemble(
+            Settings::standalone(node, store_path),
+            Repository::with_builtins(),
+        )
+        .await
+    }
+
     /// Serves client connections on `listener` until intake stops.
     pub fn serve_frontend(&self, listener: TcpListener, max_decode: usize, max_encode: usize) {
         self.intake.spawn(

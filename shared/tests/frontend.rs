@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use talon_artifacts::Repository;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
-use talon_shared::parts::{Parts, Settings};
+use talon_shared::parts::Parts;
 use talon_shared::queue::ROOT_ORG;
 
 async fn next(stream: &mut tonic::Streaming<ServerMessage>) -> ServerMessage {
@@ -22,12 +21,9 @@ async fn next(stream: &mut tonic::Streaming<ServerMessage>) -> ServerMessage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_wakes_the_named_client() {
     let dir = tempfile::tempdir().unwrap();
-    let parts = Parts::assemble(
-        Settings::standalone("test", dir.path().join("t.redb")),
-        Repository::with_builtins(),
-    )
-    .await
-    .unwrap();
+    let parts = Parts::standalone("test", dir.path().join("t.redb"))
+        .await
+        .unwrap();
     let (qm, frontend, shutdown) = (
         parts.qm.clone(),
         parts.frontend.clone(),

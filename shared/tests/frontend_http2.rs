@@ -7,12 +7,11 @@
 use std::time::Duration;
 
 use prost::Message;
-use talon_artifacts::Repository;
 use talon_core::Shutdown;
 use talon_proto::client::frontend_client::FrontendClient;
 use talon_proto::client::*;
 use talon_shared::frontend::http2::{self, code, flag, kind, setting, Head};
-use talon_shared::parts::{Parts, Settings};
+use talon_shared::parts::Parts;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -29,12 +28,9 @@ async fn server() -> Server {
 
 async fn server_with_limit(max_message: usize) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let parts = Parts::assemble(
-        Settings::standalone("test", dir.path().join("t.redb")),
-        Repository::with_builtins(),
-    )
-    .await
-    .unwrap();
+    let parts = Parts::standalone("test", dir.path().join("t.redb"))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = parts.intake.clone();

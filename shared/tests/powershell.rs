@@ -6,8 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::json;
 use talon_artifacts::compile::compile;
-use talon_artifacts::Repository;
-use talon_shared::parts::{Parts, Settings};
+use talon_shared::parts::Parts;
 use talon_shared::queue::ROOT_ORG;
 use talon_shared::vql_host::{Output, Vql};
 use talon_vql::engine::QueryInfo;
@@ -16,12 +15,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encoded_powershell_is_decoded_and_alerted() {
     let dir = tempfile::tempdir().unwrap();
-    let parts = Parts::assemble(
-        Settings::standalone("test", dir.path().join("t.redb")),
-        Repository::with_builtins(),
-    )
-    .await
-    .unwrap();
+    let parts = Parts::standalone("test", dir.path().join("t.redb"))
+        .await
+        .unwrap();
     let qm = parts.qm.clone();
     let vql = Vql::new(
         qm.clone(),

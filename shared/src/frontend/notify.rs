@@ -120,7 +120,7 @@ impl FrontendService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parts::{Parts, Settings};
+    use crate::parts::Parts;
     use talon_proto::client::server_message::Msg;
     use tokio::time::Instant;
 
@@ -129,12 +129,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_burst_wakes_at_once_and_once_more_at_the_end_of_the_window() {
         let dir = tempfile::tempdir().unwrap();
-        let parts = Parts::assemble(
-            Settings::standalone("test", dir.path().join("t.redb")),
-            talon_artifacts::Repository::with_builtins(),
-        )
-        .await
-        .unwrap();
+        let parts = Parts::standalone("test", dir.path().join("t.redb"))
+            .await
+            .unwrap();
         let fe = parts.frontend.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         let key = ("root".to_string(), "C.00000000000000aa".to_string());

@@ -54,12 +54,9 @@ fn client_bytes() -> Vec<u8> {
 #[tokio::test]
 async fn mangled_client_bytes_give_errors_never_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let parts = crate::parts::Parts::assemble(
-        crate::parts::Settings::standalone("test", dir.path().join("t.redb")),
-        talon_artifacts::Repository::with_builtins(),
-    )
-    .await
-    .unwrap();
+    let parts = crate::parts::Parts::standalone("test", dir.path().join("t.redb"))
+        .await
+        .unwrap();
     let fe = parts.frontend.clone();
     let limits = Limits {
         max_decode: 1 << 16,
