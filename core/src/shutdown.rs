@@ -147,11 +147,6 @@ impl Shutdown {
         self.token.clone().cancelled_owned()
     }
 
-    /// The grace period.
-    pub fn grace(&self) -> Duration {
-        self.grace
-    }
-
     /// Spawns a tracked task named `name` in this node's span. The task itself decides
     /// when to stop (by watching [`Shutdown::cancelled`]).
     pub fn spawn<F>(&self, name: &'static str, future: F) -> JoinHandle<F::Output>
@@ -171,21 +166,6 @@ impl Shutdown {
         F::Output: Send + 'static,
     {
         self.tracker.spawn(future.instrument(span))
-    }
-
-    /// Spawns a tracked task that is dropped when this node is cancelled (for loops that
-    /// hold nothing a cancellation could lose).
-    pub fn spawn_until_cancelled<F>(&self, name: &'static str, future: F) -> JoinHandle<()>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let token = self.token.clone();
-        self.spawn(name, async move {
-            tokio::select! {
-                _ = token.cancelled() => {}
-                _ = future => {}
-            }
-        })
     }
 
     /// Tasks still running.
@@ -248,7 +228,8 @@ mod tests {
     async fn a_cancelled_child_leaves_its_parent_running() {
         let root = Shutdown::new(Duration::from_secs(1));
         let intake = root.child();
-        intake.spawn_until_cancelled("loop", std::future::pending());
+        let stop = intake.clone();
+        intake.spawn("loop", async move { stop.cancelled().await });
         intake.cancel();
         assert!(!root.is_cancelled());
         assert!(
