@@ -51,6 +51,7 @@ pub async fn jetstream_baseline(
         }],
         client_id: "C.0123456789abcdef".into(),
         batch_id: 1,
+        incarnation: 1,
         part: 0,
     }
     .encode_to_vec();

@@ -270,10 +270,12 @@ async fn session(
                 match msg.msg {
                     Some(server_message::Msg::EventTable(t)) => { let _ = table_tx.send(Some(t)); }
                     Some(server_message::Msg::Ack(a)) => {
+                        let mut spool = spool.lock().expect("spool");
                         if !a.error.is_empty() {
-                            tracing::error!(batch = a.batch_id, error = %a.error, "the server refused a batch; dropping it");
+                            spool.refused += 1;
+                            tracing::error!(batch = a.batch_id, error = %a.error, refused = spool.refused, "the server refused a batch; dropping it");
                         }
-                        spool.lock().expect("spool").ack(a.batch_id);
+                        spool.ack(a.batch_id);
                     }
                     Some(server_message::Msg::Welcome(w)) => tracing::info!(first_contact = w.first_contact, frontend = %addr, "connected"),
                     _ => {}
@@ -287,7 +289,7 @@ async fn session(
                     Err(_) => spool.lock().expect("spool").pending().iter().map(|b| b.batch_id).filter(|i| *i > sent_up_to).collect(),
                 };
                 if ids.is_empty() { continue; }
-                let batches: Vec<EventBatch> = spool.lock().expect("spool").pending().into_iter().filter(|b| ids.contains(&b.batch_id)).collect();
+                let batches: Vec<EventBatch> = { let spool = spool.lock().expect("spool"); ids.iter().filter_map(|id| spool.get(*id)).collect() };
                 for b in batches {
                     sent_up_to = sent_up_to.max(b.batch_id);
                     out_tx.send(ClientMessage { msg: Some(client_message::Msg::Events(b)) }).await?;

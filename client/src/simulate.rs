@@ -168,6 +168,8 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
     let mut interval = tokio::time::interval(tick);
     let start = Instant::now();
     let (mut due, mut sent, mut batch_id) = (0.0f64, 0u64, 0u64);
+    // Each session is a spool incarnation of its own: its batch ids start again at 1.
+    let incarnation: u64 = rand::random();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -193,6 +195,7 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
         let msg = ClientMessage {
             msg: Some(client_message::Msg::Events(EventBatch {
                 batch_id,
+                incarnation,
                 queues: vec![QueueRows {
                     artifact: cfg.artifact.clone(),
                     rows_json: rows,

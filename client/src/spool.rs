@@ -17,8 +17,14 @@ pub struct Spool {
     /// (batch id, size) in id order.
     files: Vec<(u64, u64)>,
     next_id: u64,
+    /// Picked at random each time the spool is opened and carried by every batch made
+    /// since, so the server never confuses a batch of this run with one of an earlier run,
+    /// even when the state directory was restored from an older copy.
+    incarnation: u64,
     /// Batches dropped because the spool was full.
     pub dropped: u64,
+    /// Batches the server refused (and so were dropped), since the spool was opened.
+    pub refused: u64,
 }
 
 fn file_name(id: u64) -> String {
@@ -53,7 +59,9 @@ impl Spool {
             max_bytes,
             files,
             next_id,
+            incarnation: rand::random(),
             dropped: 0,
+            refused: 0,
         })
     }
 
@@ -76,6 +84,7 @@ impl Spool {
     pub fn add(&mut self, queues: Vec<QueueRows>) -> std::io::Result<EventBatch> {
         let batch = EventBatch {
             batch_id: self.next_id,
+            incarnation: self.incarnation,
             queues,
         };
         self.next_id += 1;
@@ -110,6 +119,13 @@ impl Spool {
                 EventBatch::decode(bytes.as_slice()).ok()
             })
             .collect()
+    }
+
+    /// One batch held, when it is.
+    pub fn get(&self, id: u64) -> Option<EventBatch> {
+        self.files.binary_search_by_key(&id, |(f, _)| *f).ok()?;
+        let bytes = std::fs::read(self.dir.join(file_name(id))).ok()?;
+        EventBatch::decode(bytes.as_slice()).ok()
     }
 
     /// Forgets an acknowledged batch.
@@ -148,17 +164,28 @@ mod tests {
         let a = s.add(rows(1)).unwrap();
         let b = s.add(rows(1)).unwrap();
         assert_eq!((a.batch_id, b.batch_id), (1, 2));
+        assert_eq!(a.incarnation, b.incarnation);
         s.ack(1);
         let mut s = Spool::open(dir.path(), DEFAULT_SPOOL_BYTES).unwrap();
         assert_eq!(
-            s.pending().iter().map(|b| b.batch_id).collect::<Vec<_>>(),
-            vec![2]
+            s.pending()
+                .iter()
+                .map(|b| (b.batch_id, b.incarnation))
+                .collect::<Vec<_>>(),
+            vec![(2, a.incarnation)],
+            "a batch kept across a restart is resent under the incarnation it was made in"
         );
+        assert_ne!(
+            s.add(rows(1)).unwrap().incarnation,
+            a.incarnation,
+            "a new run is a new incarnation"
+        );
+        s.ack(3);
         s.ack(2);
         let mut s = Spool::open(dir.path(), DEFAULT_SPOOL_BYTES).unwrap();
         assert_eq!(
             s.add(rows(1)).unwrap().batch_id,
-            3,
+            4,
             "ids continue after everything was acked"
         );
     }

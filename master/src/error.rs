@@ -41,7 +41,8 @@ impl GrpcCode for queue::Error {
             | Q::NotAnObject { .. }
             | Q::RowTooLarge { .. }
             | Q::InQueue { .. }
-            | Q::InvalidOrg(_) => Code::InvalidArgument,
+            | Q::InvalidOrg(_)
+            | Q::InvalidBatch { .. } => Code::InvalidArgument,
             Q::Store(e) => e.code(),
             Q::Bus(e) => e.code(),
         }

@@ -186,8 +186,10 @@ type Fetched = (
 type Appends = Vec<(String, Vec<StoredRow>)>;
 
 fn to_appends(b: BusBatch) -> (Appends, Option<(String, u64, u32)>) {
-    let client =
-        (!b.client_id.is_empty()).then(|| (stream_key(&b.org, &b.client_id), b.batch_id, b.part));
+    let client = (!b.client_id.is_empty()).then(|| {
+        let key = talon_shared::store::client_batch_key(&b.org, &b.client_id, b.incarnation);
+        (key, b.batch_id, b.part)
+    });
     let appends = b
         .queues
         .into_iter()

@@ -347,6 +347,7 @@ async fn a_client_message_larger_than_the_window_arrives_whole() {
     tx.send(ClientMessage {
         msg: Some(client_message::Msg::Events(EventBatch {
             batch_id: 7,
+            incarnation: 1,
             queues: vec![QueueRows {
                 artifact: "Generic.Client.Stats".into(),
                 rows_json: rows,

@@ -258,6 +258,7 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
         .max_encoding_message_size(1 << 24);
     let big = EventBatch {
         batch_id: 1,
+        incarnation: 1,
         queues: vec![QueueRows {
             artifact: "Custom.Counter".into(),
             rows_json: vec![format!("{{\"pad\":\"{}\"}}", "x".repeat(200_000))],
@@ -382,4 +383,119 @@ fn vql_sees_and_labels_clients() {
     let shown: serde_json::Value =
         serde_json::from_str(&ok(&master.talon(&["clients", "show", &id]))).unwrap();
     assert_eq!(shown["labels"], serde_json::json!(["db", "vip"]));
+}
+
+/// Item 4 of the hardening issue: a batch counter forged far ahead (or a state directory
+/// restored from an older copy) once made the server acknowledge and discard every later
+/// batch of that client id. Now impossible ids are refused by name, a high counter of one
+/// spool incarnation hides nothing of the next, and what the server refuses the client
+/// logs with a running count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_batch_counter_never_hides_a_real_clients_rows() {
+    use futures::StreamExt;
+    use talon_proto::client::*;
+
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    add_artifact(&master, dir.path(), COUNTER);
+    ok(&master.talon(&["monitoring", "client", "add", "Custom.Counter"]));
+    let id = "C.00000000000000bb";
+
+    let mut c = frontend_client::FrontendClient::connect(format!("http://{}", master.frontend))
+        .await
+        .unwrap();
+    let batch = |batch_id: u64| ClientMessage {
+        msg: Some(client_message::Msg::Events(EventBatch {
+            batch_id,
+            incarnation: 1,
+            queues: vec![QueueRows {
+                artifact: "Custom.Counter".into(),
+                rows_json: vec![format!("{{\"N\":{batch_id}}}")],
+            }],
+        })),
+    };
+    let hello = ClientMessage {
+        msg: Some(client_message::Msg::Hello(Hello {
+            client_id: id.into(),
+            ..Hello::default()
+        })),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(hello).await.unwrap();
+    let mut stream = c
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ack_of = async |batch_id: u64| {
+        tx.send(batch(batch_id)).await.unwrap();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("an answer")
+                .expect("the stream goes on")
+                .unwrap();
+            if let Some(server_message::Msg::Ack(a)) = msg.msg {
+                assert_eq!(a.batch_id, batch_id);
+                return a.error;
+            }
+        }
+    };
+    let e = ack_of(1 << 63).await;
+    assert!(
+        e.contains("batch id 9223372036854775808 cannot be right"),
+        "{e}"
+    );
+    let e = ack_of(0).await;
+    assert!(e.contains("batch ids start at 1"), "{e}");
+    assert_eq!(
+        ack_of(1 << 50).await,
+        "",
+        "a high but possible id is stored"
+    );
+    drop(tx);
+    drop(stream);
+
+    // The real client with that id starts its own incarnation at batch 1: every row is kept.
+    let state = dir.path().join("client");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("client_id"), id).unwrap();
+    let _client = Client::start(&master.frontend.to_string(), &state, &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            client_rows(&master, "Custom.Counter", id).len() >= 4
+        }),
+        "the real client's rows are stored: {:?}",
+        client_rows(&master, "Custom.Counter", id)
+    );
+}
+
+#[test]
+fn a_client_logs_and_counts_the_batches_the_server_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("talon.yaml");
+    std::fs::write(&config, "max_row_bytes: 100\n").unwrap();
+    let master = Master::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    // Every row is over the limit.
+    let padded = "name: Custom.Counter\ntype: CLIENT_EVENT\nsources:\n- query: |\n    \
+                  SELECT count() AS N, format(format='%0200d', args=[1]) AS Pad FROM clock(ms=50)\n";
+    add_artifact(&master, dir.path(), padded);
+    ok(&master.talon(&["monitoring", "client", "add", "Custom.Counter"]));
+    let client = Client::start(&master.frontend.to_string(), &dir.path().join("c"), &[]);
+    let log = || std::fs::read_to_string(client.state.join("client.log")).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(30), || log().contains("refused=3")),
+        "{}",
+        log()
+    );
+    let log = log();
+    assert!(log.contains("the server refused a batch"), "{log}");
+    assert!(
+        log.contains("over the row size limit of 100 bytes"),
+        "{log}"
+    );
+    assert!(client_rows(&master, "Custom.Counter", &client.id()).is_empty());
 }

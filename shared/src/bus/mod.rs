@@ -253,7 +253,7 @@ impl Bus {
         org: &str,
         durable: bool,
         rows: Vec<(String, Vec<StoredRow>)>,
-        client: Option<(&str, u64)>,
+        client: Option<(&str, crate::queue::BatchName)>,
         msg_id: &str,
     ) -> Result<Acks> {
         // A send while disconnected would wait in the client's buffer and could be stored
@@ -310,14 +310,15 @@ fn split(
     org: &str,
     node: &str,
     rows: Vec<(String, Vec<StoredRow>)>,
-    client: Option<(&str, u64)>,
+    client: Option<(&str, crate::queue::BatchName)>,
 ) -> Vec<(String, BusBatch)> {
     let new_batch = |part: usize| BusBatch {
         org: org.to_string(),
         node: node.to_string(),
         queues: Vec::new(),
         client_id: client.map(|c| c.0.to_string()).unwrap_or_default(),
-        batch_id: client.map(|c| c.1).unwrap_or(0),
+        batch_id: client.map(|c| c.1.id).unwrap_or(0),
+        incarnation: client.map(|c| c.1.incarnation).unwrap_or(0),
         part: part as u32,
     };
     let mut out: Vec<(String, BusBatch)> = Vec::new();
@@ -372,7 +373,18 @@ mod tests {
     #[test]
     fn batches_are_split_below_the_payload_limit_in_order() {
         let rows: Vec<StoredRow> = (0..100).map(|_| row(10_000)).collect();
-        let parts = split("root", "n1", vec![("Q.A".into(), rows)], Some(("C.1", 7)));
+        let parts = split(
+            "root",
+            "n1",
+            vec![("Q.A".into(), rows)],
+            Some((
+                "C.1",
+                crate::queue::BatchName {
+                    incarnation: 3,
+                    id: 7,
+                },
+            )),
+        );
         assert!(parts.len() >= 4, "{} parts", parts.len());
         let mut total = 0;
         for (i, (queue, b)) in parts.iter().enumerate() {

@@ -483,6 +483,10 @@ impl FrontendService {
         batch: EventBatch,
     ) -> Result<ServerMessage, Status> {
         let batch_id = batch.batch_id;
+        let name = crate::queue::BatchName {
+            incarnation: batch.incarnation,
+            id: batch_id,
+        };
         let ack = |error: String| ServerMessage {
             msg: Some(server_message::Msg::Ack(Ack { batch_id, error })),
         };
@@ -496,7 +500,7 @@ impl FrontendService {
         match self
             .inner
             .qm
-            .push_client_batch(org, client, batch_id, rows)
+            .push_client_batch(org, client, name, rows)
             .await
         {
             Ok(_) => Ok(ack(String::new())),

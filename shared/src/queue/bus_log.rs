@@ -66,10 +66,10 @@ impl QueueManager {
         bus: &Bus,
         org: &str,
         client: &str,
-        batch_id: u64,
+        name: super::BatchName,
         stamped: Vec<(Arc<QueueState>, Vec<StoredRow>)>,
     ) -> Result<bool> {
-        let msg_id = format!("{org}/{client}/{batch_id}");
+        let msg_id = format!("{org}/{client}/{:x}/{}", name.incarnation, name.id);
         let counts: Vec<(Arc<QueueState>, u64)> = stamped
             .iter()
             .map(|(s, r)| (s.clone(), r.len() as u64))
@@ -78,7 +78,7 @@ impl QueueManager {
             .into_iter()
             .map(|(s, r)| (s.name.clone(), r))
             .collect();
-        bus.send(org, true, rows, Some((client, batch_id)), &msg_id)
+        bus.send(org, true, rows, Some((client, name)), &msg_id)
             .await?
             .wait()
             .await?;

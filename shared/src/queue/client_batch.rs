@@ -1,23 +1,53 @@
-//! Client event batches: applied atomically across queues and at most once per batch id.
+//! Client event batches: applied atomically across queues and at most once per
+//! (client, spool incarnation, batch id).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{now_us, stream_key, ClientRow, Error, QueueManager, QueueState, Result};
+use super::{now_us, ClientRow, Error, QueueManager, QueueState, Result};
 use crate::store::{self, StoredRow};
 use talon_artifacts::ArtifactKind;
+
+/// The largest batch id accepted: a client making a batch a microsecond for a century
+/// stays far below it, so an id above it was forged or corrupted, and is refused.
+pub const MAX_BATCH_ID: u64 = 1 << 53;
+
+/// Names a client's event batch: the spool incarnation it was made in (a random number the
+/// client picks each time it opens its spool) and its id there (from 1, growing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchName {
+    pub incarnation: u64,
+    pub id: u64,
+}
+
+impl BatchName {
+    /// Refuses what no client can have sent honestly.
+    fn check(&self) -> Result<()> {
+        let reason = match self.id {
+            0 => "batch ids start at 1",
+            id if id > MAX_BATCH_ID => "it is above 2^53, more batches than a client can make",
+            _ => return Ok(()),
+        };
+        Err(Error::InvalidBatch {
+            id: self.id,
+            reason,
+        })
+    }
+}
 
 impl QueueManager {
     /// Pushes a client's event batch (rows per CLIENT_EVENT queue) atomically and at most
     /// once: rows get a `ClientId` column, `_ts` and `_Source` (the client id). Returns once
-    /// durable: true when applied, false when this batch id was applied before.
+    /// durable: true when applied, false when this batch of this spool incarnation was
+    /// applied before.
     pub async fn push_client_batch<R: ClientRow>(
         &self,
         org: &str,
         client: &str,
-        batch_id: u64,
+        name: BatchName,
         batch: Vec<(String, Vec<R>)>,
     ) -> Result<bool> {
+        name.check()?;
         let mut per_queue: Vec<(Arc<QueueState>, Vec<R>)> = Vec::new();
         for (queue, rows) in batch {
             let state = self.state(org, &queue)?;
@@ -67,7 +97,7 @@ impl QueueManager {
         }
         if let Some(bus) = self.bus() {
             return self
-                .push_client_batch_over_bus(bus, org, client, batch_id, stamped)
+                .push_client_batch_over_bus(bus, org, client, name, stamped)
                 .await;
         }
         let states: Vec<Arc<QueueState>> = stamped.iter().map(|(s, _)| s.clone()).collect();
@@ -97,7 +127,12 @@ impl QueueManager {
         let done = self
             .inner
             .store
-            .enqueue_client_batch(stream_key(org, client), batch_id, appends, on_commit)
+            .enqueue_client_batch(
+                store::client_batch_key(org, client, name.incarnation),
+                name.id,
+                appends,
+                on_commit,
+            )
             .await?;
         drop(guards);
         let applied = done.await.map_err(|_| store::Error::Closed)??;

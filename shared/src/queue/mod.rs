@@ -59,6 +59,8 @@ pub enum Error {
     InQueue { queue: String, source: Box<Error> },
     #[error("invalid org {0:?}: use letters, digits, '_', '-' and '.'")]
     InvalidOrg(String),
+    #[error("batch id {id} cannot be right: {reason}")]
+    InvalidBatch { id: u64, reason: &'static str },
     #[error(transparent)]
     Store(#[from] store::Error),
     #[error(transparent)]
@@ -67,6 +69,7 @@ pub enum Error {
 
 /// A row as pushed: a JSON object.
 pub type JsonRow = Map<String, Value>;
+pub use client_batch::{BatchName, MAX_BATCH_ID};
 pub use client_row::ClientRow;
 
 /// Result alias of the queue manager.

@@ -284,17 +284,17 @@ async fn client_batches_are_applied_once_with_client_id() {
         ]
     };
     assert!(qm
-        .push_client_batch(ROOT_ORG, "C.1", 1, batch())
+        .push_client_batch(ROOT_ORG, "C.1", name(7, 1), batch())
         .await
         .unwrap());
     // The same batch again (a client resending after a lost ack) is not stored twice.
     assert!(!qm
-        .push_client_batch(ROOT_ORG, "C.1", 1, batch())
+        .push_client_batch(ROOT_ORG, "C.1", name(7, 1), batch())
         .await
         .unwrap());
     // Another client's batch 1 is its own.
     assert!(qm
-        .push_client_batch(ROOT_ORG, "C.2", 1, batch())
+        .push_client_batch(ROOT_ORG, "C.2", name(7, 1), batch())
         .await
         .unwrap());
     let v = next(&mut w).await;
@@ -319,7 +319,12 @@ async fn client_batches_are_applied_once_with_client_id() {
     assert_eq!(count(stats, Some("C.1")).await, 2);
     assert_eq!(count(procs, Some("C.2")).await, 1);
     let e = qm
-        .push_client_batch(ROOT_ORG, "C.1", 2, vec![(AUDIT.to_string(), rows(1, 0))])
+        .push_client_batch(
+            ROOT_ORG,
+            "C.1",
+            name(7, 2),
+            vec![(AUDIT.to_string(), rows(1, 0))],
+        )
         .await
         .unwrap_err();
     assert!(
@@ -330,8 +335,70 @@ async fn client_batches_are_applied_once_with_client_id() {
     assert_eq!(
         qm.inner
             .store
-            .last_client_batch(&stream_key(ROOT_ORG, "C.1"))
+            .last_client_batch(&store::client_batch_key(ROOT_ORG, "C.1", 7))
             .unwrap(),
         1
     );
+}
+
+fn name(incarnation: u64, id: u64) -> BatchName {
+    BatchName { incarnation, id }
+}
+
+#[tokio::test]
+async fn a_forged_or_restored_batch_counter_never_drops_a_later_real_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let qm = manager(&dir, 16);
+    let stats = "Generic.Client.Stats";
+    let push = |n: BatchName| {
+        let qm = qm.clone();
+        async move {
+            qm.push_client_batch(ROOT_ORG, "C.1", n, vec![(stats.to_string(), rows(1, 0))])
+                .await
+        }
+    };
+    // A batch id no client can have made is refused, visibly, and nothing is stored.
+    for bad in [0, MAX_BATCH_ID + 1, 1 << 63] {
+        let e = push(name(7, bad)).await.unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidBatch { id, .. } if id == bad),
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains(&format!("batch id {bad}")), "{e}");
+    }
+    // A run that got far ahead (or a copy of the state taken later than the one restored)...
+    assert!(push(name(7, 5_000)).await.unwrap());
+    // ...does not hide the batches of the next run, whose counter starts lower.
+    assert!(push(name(8, 10)).await.unwrap());
+    assert!(push(name(8, 11)).await.unwrap());
+    // A resend within a run is still applied once.
+    assert!(!push(name(8, 11)).await.unwrap());
+    assert!(!push(name(7, 4_999)).await.unwrap());
+    let stored = count_rows(&qm, stats).await;
+    assert_eq!(stored, 3);
+
+    // Only the newest incarnations are remembered; the one in use always is.
+    for inc in 100..100 + store::MAX_INCARNATIONS as u64 {
+        assert!(push(name(inc, 1)).await.unwrap());
+    }
+    assert!(!push(name(100 + store::MAX_INCARNATIONS as u64 - 1, 1))
+        .await
+        .unwrap());
+    let key = |inc| store::client_batch_key(ROOT_ORG, "C.1", inc);
+    assert_eq!(
+        qm.inner.store.last_client_batch(&key(7)).unwrap(),
+        0,
+        "oldest forgotten"
+    );
+    assert_eq!(qm.inner.store.last_client_batch(&key(100)).unwrap(), 1);
+}
+
+async fn count_rows(qm: &QueueManager, queue: &'static str) -> usize {
+    let (tx, rx) = std::sync::mpsc::channel();
+    qm.read(ROOT_ORG, queue, None, 0, i64::MAX, move |_, r| {
+        tx.send(r).is_ok()
+    })
+    .await
+    .unwrap();
+    rx.try_iter().count()
 }

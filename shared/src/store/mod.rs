@@ -26,9 +26,13 @@ const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events
 const ARTIFACTS: TableDefinition<&str, &str> = TableDefinition::new("artifacts");
 /// Last seq ever assigned per stream, so seqs never restart even when retention empties one.
 const HEADS: TableDefinition<&str, u64> = TableDefinition::new("heads");
-/// The last event batch applied per client (`org \x1f client id`), written in the same
-/// transaction as the batch's rows, so a resent batch is never stored twice.
+/// The last event batch applied per client spool incarnation (a [`client_batch_key`]),
+/// written in the same transaction as the batch's rows, so a resent batch is never stored
+/// twice.
 const CLIENT_BATCHES: TableDefinition<&str, u64> = TableDefinition::new("client_batches");
+/// When each client spool incarnation (a [`client_batch_key`]) was first seen (unix
+/// microseconds): a client keeps at most [`MAX_INCARNATIONS`], the oldest forgotten first.
+const CLIENT_INCARNATIONS: TableDefinition<&str, i64> = TableDefinition::new("client_incarnations");
 /// Small settings by (namespace, key): monitoring tables, server metadata.
 const SETTINGS: TableDefinition<(&str, &str), &str> = TableDefinition::new("settings");
 /// Cluster: the last JetStream stream seq the persister applied (key `persister`),
@@ -38,6 +42,16 @@ const BUS_APPLIED: TableDefinition<&str, u64> = TableDefinition::new("bus_applie
 const CLIENT_PARTS: TableDefinition<&str, (u64, u32)> = TableDefinition::new("client_parts");
 /// When each alert name of an org last fired (unix microseconds), for alert() dedup.
 const ALERTS: TableDefinition<(&str, &str), i64> = TableDefinition::new("alert_dedup");
+
+/// Spool incarnations remembered per client. A client picks a new one each time it starts,
+/// and resends only batches of the incarnations whose batches it still holds; a batch of a
+/// forgotten incarnation would be stored again (a duplicate, never a loss).
+pub const MAX_INCARNATIONS: usize = 16;
+
+/// The deduplication key of a client's spool incarnation: `org \x1f client \x1f incarnation`.
+pub fn client_batch_key(org: &str, client: &str, incarnation: u64) -> String {
+    format!("{org}\u{1f}{client}\u{1f}{incarnation:016x}")
+}
 
 /// Pending write requests the writer thread holds at most; producers wait beyond that.
 pub const WRITE_QUEUE_DEPTH: usize = 1024;
@@ -210,6 +224,7 @@ impl Store {
             w.open_table(ALERTS)?;
             w.open_table(SETTINGS)?;
             w.open_table(CLIENT_BATCHES)?;
+            w.open_table(CLIENT_INCARNATIONS)?;
             w.open_table(BUS_APPLIED)?;
             w.open_table(CLIENT_PARTS)?;
             w.commit()?;
@@ -260,7 +275,8 @@ impl Store {
     }
 
     /// Appends a client's event batch to several streams in one transaction, unless a batch
-    /// with this id (or a later one) of this client was applied already. Resolves once
+    /// with this id (or a later one) of this client spool incarnation (a
+    /// [`client_batch_key`]) was applied already. Resolves once
     /// durable: true when applied now, false when it had been applied before. Each
     /// `on_commit` runs with its stream's first seq, in commit order.
     pub async fn enqueue_client_batch(
@@ -309,7 +325,7 @@ impl Store {
         Ok(t.get("persister")?.map(|v| v.value()).unwrap_or(0))
     }
 
-    /// The last batch id applied for a client key, 0 when none.
+    /// The last batch id applied for a [`client_batch_key`], 0 when none.
     pub fn last_client_batch(&self, client_key: &str) -> Result<u64> {
         let r = self.db.begin_read()?;
         let t = r.open_table(CLIENT_BATCHES)?;

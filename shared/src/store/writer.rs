@@ -233,6 +233,7 @@ impl Writer {
             let mut alerts = w.open_table(ALERTS)?;
             let mut settings = w.open_table(SETTINGS)?;
             let mut batches = w.open_table(CLIENT_BATCHES)?;
+            let mut incarnations = w.open_table(CLIENT_INCARNATIONS)?;
             let mut applied = w.open_table(BUS_APPLIED)?;
             let mut parts = w.open_table(CLIENT_PARTS)?;
             for (index, cmd) in group.iter().enumerate() {
@@ -242,10 +243,16 @@ impl Writer {
                         dedup: (key, batch_id),
                         ..
                     } => {
-                        let last = batches.get(key.as_str())?.map(|v| v.value()).unwrap_or(0);
-                        if *batch_id <= last {
+                        let last = batches.get(key.as_str())?.map(|v| v.value());
+                        if last.is_some_and(|last| *batch_id <= last) {
                             results.push(0);
                             continue;
+                        }
+                        if last.is_none() {
+                            let forget = admit_incarnation(&mut incarnations, key)?;
+                            for old in forget {
+                                batches.remove(old.as_str())?;
+                            }
                         }
                         let mut seqs = Vec::with_capacity(appends.len());
                         for (stream, rows) in appends {
@@ -291,6 +298,12 @@ impl Writer {
                             if last.is_some_and(|l| (*batch, *part) <= l) {
                                 results.push(0);
                                 continue;
+                            }
+                            if last.is_none() {
+                                let forget = admit_incarnation(&mut incarnations, key)?;
+                                for old in forget {
+                                    parts.remove(old.as_str())?;
+                                }
                             }
                             parts.insert(key.as_str(), (*batch, *part))?;
                         }
@@ -345,4 +358,33 @@ fn group_rows(cmd: &Command) -> usize {
         Command::ApplyBus { appends, .. } => appends.iter().map(|(_, r)| r.len()).sum(),
         _ => 1,
     }
+}
+
+/// Records a client spool incarnation seen for the first time and returns the keys of the
+/// same client's oldest incarnations beyond [`MAX_INCARNATIONS`], now forgotten.
+fn admit_incarnation(incarnations: &mut redb::Table<&str, i64>, key: &str) -> Result<Vec<String>> {
+    let now = chrono::Utc::now().timestamp_micros();
+    incarnations.insert(key, now)?;
+    let Some(cut) = key.rfind('\u{1f}') else {
+        return Ok(Vec::new());
+    };
+    let prefix = &key[..=cut];
+    let mut others: Vec<(i64, String)> = Vec::new();
+    for item in incarnations.range(prefix..)? {
+        let (k, v) = item?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        if k.value() != key {
+            others.push((v.value(), k.value().to_string()));
+        }
+    }
+    // The new one is kept: it is the one the client is using now.
+    let excess = (others.len() + 1).saturating_sub(MAX_INCARNATIONS);
+    others.sort();
+    let forget: Vec<String> = others.into_iter().take(excess).map(|(_, k)| k).collect();
+    for k in &forget {
+        incarnations.remove(k.as_str())?;
+    }
+    Ok(forget)
 }
