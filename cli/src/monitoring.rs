@@ -128,7 +128,7 @@ pub async fn run(api: &str, org: &str, cmd: MonitoringCmd) -> anyhow::Result<Exi
                 .query(QueryRequest {
                     org: org.into(),
                     query,
-                    env: Default::default(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?

@@ -46,6 +46,8 @@ pub async fn run(
         org: org.into(),
         query,
         env: vars,
+        timeout_secs: timeout.unwrap_or(0.0).max(0.0),
+        max_rows: 0,
     });
     let answered = match deadline {
         Some(d) => match tokio::time::timeout_at(d, call).await {

@@ -27,7 +27,20 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// This node's name in the cluster.
     pub node_name: String,
+    /// Threads of the query pool, where every query runs apart from the API, the frontend
+    /// and the store.
+    pub query_threads: usize,
+    /// Limits of an API query that gives none itself; monitoring queries have none.
+    pub query_limits: talon_shared::query_pool::QueryLimits,
+    /// False (`--no-monitoring`): the server monitoring table is kept but not run, so a
+    /// bad artifact on it can be removed.
+    pub monitoring: bool,
 }
+
+/// Default wall time of an API query, seconds (Velociraptor's default for a collection).
+pub const DEFAULT_QUERY_TIMEOUT_SECS: u64 = 600;
+/// Default rows an API query may produce.
+pub const DEFAULT_QUERY_MAX_ROWS: u64 = 10_000_000;
 
 /// Days rows are kept; 0 keeps them forever.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -61,6 +74,12 @@ pub struct ConfigFile {
     pub max_client_message_bytes: Option<usize>,
     pub nats_url: Option<String>,
     pub node_name: Option<String>,
+    /// 0: one per core.
+    pub query_threads: Option<usize>,
+    /// 0: no limit.
+    pub query_timeout_secs: Option<u64>,
+    /// 0: no limit.
+    pub query_max_rows: Option<u64>,
 }
 
 /// Values given on the command line; they win over the file.
@@ -72,6 +91,7 @@ pub struct Overrides {
     pub debug_addr: Option<String>,
     pub nats_url: Option<String>,
     pub node_name: Option<String>,
+    pub no_monitoring: bool,
 }
 
 /// Configuration errors.
@@ -166,6 +186,9 @@ impl Config {
                 problems.push(format!("retention.queues: {name:?} is not a queue name"));
             }
         }
+        if file.query_threads.is_some_and(|n| n > 256) {
+            problems.push("query_threads is over the maximum of 256".to_string());
+        }
         if !problems.is_empty() {
             return Err(Error::Invalid {
                 origin: origin.into(),
@@ -192,6 +215,24 @@ impl Config {
                 .node_name
                 .or(file.node_name)
                 .unwrap_or_else(|| "master".to_string()),
+            query_threads: match file.query_threads.unwrap_or(0) {
+                0 => talon_shared::query_pool::default_threads(),
+                n => n,
+            },
+            query_limits: talon_shared::query_pool::QueryLimits {
+                timeout: match file
+                    .query_timeout_secs
+                    .unwrap_or(DEFAULT_QUERY_TIMEOUT_SECS)
+                {
+                    0 => None,
+                    s => Some(std::time::Duration::from_secs(s)),
+                },
+                max_rows: match file.query_max_rows.unwrap_or(DEFAULT_QUERY_MAX_ROWS) {
+                    0 => None,
+                    n => Some(n),
+                },
+            },
+            monitoring: !flags.no_monitoring,
         })
     }
 

@@ -117,13 +117,16 @@ pub async fn run(
         );
         tracing::info!(nats = ?config.nats_url, node = %config.node_name, "joined the cluster");
     }
+    let pool = talon_shared::query_pool::QueryPool::new(config.query_threads)
+        .context("cannot start the query pool")?;
     let vql = talon_shared::vql_host::Vql::new(
         parts.qm.clone(),
         parts.store.clone(),
         parts.repo.clone(),
         parts.services.clone(),
     )
-    .with_frontend(parts.frontend.clone());
+    .with_frontend(parts.frontend.clone())
+    .with_pool(pool);
     let monitor = monitor::ServerMonitor::new(
         parts.qm.clone(),
         parts.store.clone(),
@@ -131,8 +134,15 @@ pub async fn run(
         vql.clone(),
         parts.services.clone(),
     );
-    let monitored = monitor.start_stored()?;
-    tracing::info!(monitored, "server monitoring table started");
+    if config.monitoring {
+        let monitored = monitor.start_stored()?;
+        tracing::info!(monitored, "server monitoring table started");
+    } else {
+        monitor.suspend();
+        tracing::warn!(
+            "server monitoring suspended (--no-monitoring): the table can be edited, nothing on it runs"
+        );
+    }
     let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
     parts.serve_frontend(
         frontend_listener,
@@ -150,6 +160,7 @@ pub async fn run(
         frontend: parts.frontend.clone(),
         nodes,
         shutdown: parts.intake.clone(),
+        query_limits: config.query_limits,
     }))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);

@@ -34,6 +34,9 @@ struct Args {
     /// YAML config file; flags override it
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Keep the server monitoring table but run none of it (to remove a bad artifact)
+    #[arg(long)]
+    no_monitoring: bool,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
         debug_addr: args.debug_addr.clone(),
         nats_url: args.nats_url.clone(),
         node_name: args.node_name.clone(),
+        no_monitoring: args.no_monitoring,
     };
     Ok(Config::build(&origin, file, flags)?)
 }

@@ -53,6 +53,8 @@ struct Inner {
     repo: Repository,
     vql: Vql,
     running: Mutex<HashMap<(String, String), CancellationToken>>,
+    /// Set by `--no-monitoring`: the table is edited, nothing on it starts.
+    suspended: std::sync::atomic::AtomicBool,
     shutdown: Shutdown,
 }
 
@@ -73,6 +75,7 @@ impl ServerMonitor {
                 repo,
                 vql,
                 running: Mutex::new(HashMap::new()),
+                suspended: Default::default(),
                 shutdown,
             }),
         }
@@ -150,7 +153,33 @@ impl ServerMonitor {
         Ok(removed)
     }
 
+    /// From now on nothing on the table runs (what is running stops); the table can still
+    /// be edited, so a master started with `--no-monitoring` can be repaired.
+    pub fn suspend(&self) {
+        self.inner
+            .suspended
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for (_, token) in self.inner.running.lock().expect("running lock").drain() {
+            token.cancel();
+        }
+    }
+
+    /// Whether monitoring is suspended.
+    pub fn suspended(&self) -> bool {
+        self.inner
+            .suspended
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn start(&self, org: &str, artifact: &str, params: Params) {
+        if self.suspended() {
+            tracing::warn!(
+                org,
+                artifact,
+                "server monitoring is suspended; not starting"
+            );
+            return;
+        }
         let token = self.inner.shutdown.token().child_token();
         let key = (org.to_string(), artifact.to_string());
         if let Some(old) = self

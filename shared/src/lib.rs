@@ -13,6 +13,8 @@
 //!   the master's shared state on minions).
 //! - [`logs`]: monitoring log lines and alerts of server and client queries.
 //! - [`vql_host`]: VQL on the server: queues, stored rows and alerts for queries.
+//! - [`query_pool`]: the runtime queries run on, apart from the node's other work, and
+//!   their limits.
 //! - [`debug`]: the debug HTTP pages and Prometheus metrics.
 //! - [`lifecycle`]: the one shutdown order of a node.
 //! - [`parts`]: what a node is made of, assembled once by master and minion.
@@ -25,6 +27,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod node;
 pub mod parts;
+pub mod query_pool;
 pub mod queue;
 pub mod records;
 pub mod store;

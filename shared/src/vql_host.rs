@@ -14,6 +14,7 @@ use talon_vql::{ParseError, Row, Runner, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::query_pool::{QueryLimits, QueryPool};
 use crate::queue::{now_us, QueueManager};
 use crate::store::Store;
 use talon_artifacts::ArtifactKind;
@@ -305,6 +306,8 @@ pub struct Vql {
     frontend: Option<crate::frontend::FrontendService>,
     /// Where the tasks that store a query's alerts run.
     shutdown: talon_core::Shutdown,
+    /// Where queries run; None: on the caller's runtime (tests).
+    pool: Option<QueryPool>,
 }
 
 impl Vql {
@@ -324,7 +327,14 @@ impl Vql {
             registry: Arc::new(Registry::builtin()),
             frontend: None,
             shutdown,
+            pool: None,
         }
+    }
+
+    /// VQL whose queries run on `pool`, apart from the node's other work.
+    pub fn with_pool(mut self, pool: QueryPool) -> Self {
+        self.pool = Some(pool);
+        self
     }
 
     /// VQL that can also see and label the clients of a frontend.
@@ -338,8 +348,7 @@ impl Vql {
         &self.registry
     }
 
-    /// Parses and starts a query; its rows and log lines arrive in order on the stream, which
-    /// ends after the query does and every alert it raised is stored.
+    /// Parses and starts a query with no limits (server monitoring); see [`Vql::run_limited`].
     pub fn run(
         &self,
         query: &str,
@@ -347,6 +356,22 @@ impl Vql {
         info: QueryInfo,
         principal: &str,
         cancel: CancellationToken,
+    ) -> Result<BoxStream<'static, Output>, ParseError> {
+        self.run_limited(query, env, info, principal, cancel, QueryLimits::NONE)
+    }
+
+    /// Parses and starts a query on the query pool; its rows and log lines arrive in order
+    /// on the stream, which ends after the query does and every alert it raised is stored,
+    /// or with an ERROR line when a limit stopped it. Dropping the stream or cancelling
+    /// `cancel` stops the query.
+    pub fn run_limited(
+        &self,
+        query: &str,
+        env: Vec<(String, Value)>,
+        info: QueryInfo,
+        principal: &str,
+        cancel: CancellationToken,
+        limits: QueryLimits,
     ) -> Result<BoxStream<'static, Output>, ParseError> {
         let host = Arc::new(ServerHost {
             qm: self.qm.clone(),
@@ -379,8 +404,8 @@ impl Vql {
             }
             let _ = log_tx.send(l);
         });
-        let mut rows = runner.run(query, env, info, cancel, sink)?;
-        Ok(Box::pin(async_stream::stream! {
+        let mut rows = runner.run(query, env, info, cancel.clone(), sink)?;
+        let outputs = Box::pin(async_stream::stream! {
             let mut rows_done = false;
             loop {
                 tokio::select! {
@@ -402,6 +427,12 @@ impl Vql {
             // Every alert is stored before the stream ends (a store that cannot answer
             // within the grace period is reported by drain).
             alerts.drain().await;
-        }))
+        });
+        Ok(crate::query_pool::drive(
+            self.pool.as_ref(),
+            outputs,
+            limits,
+            cancel,
+        ))
     }
 }

@@ -90,6 +90,7 @@ impl Master {
             debug_addr: Some("127.0.0.1:0".into()),
             nats_url: nats_url.map(String::from),
             node_name: None,
+            no_monitoring: false,
         };
         let config = talon_master::config::Config::build(
             "sandbox",

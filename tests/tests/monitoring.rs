@@ -218,3 +218,48 @@ fn collect_runs_a_server_artifact_with_parameters_and_metadata() {
     let mods = stored(&master, "Server.Internal.MetadataModifications");
     assert_eq!(mods[0]["key"], "Owner");
 }
+
+/// `--no-monitoring` starts a master whose server monitoring table is kept but not run,
+/// so an artifact that misbehaves on every start can be removed through the API.
+#[test]
+fn a_master_started_with_no_monitoring_runs_nothing_and_can_be_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let mut master = Master::start(&store, &[]);
+    add_artifact(&master, dir.path(), "ticker", TICKER);
+    ok(&master.talon(&[
+        "monitoring",
+        "server",
+        "add",
+        "Custom.Ticker",
+        "--param",
+        "Period=1",
+    ]));
+    assert!(wait_until(Duration::from_secs(20), || !stored(
+        &master,
+        "Custom.Ticker"
+    )
+    .is_empty()));
+    master.terminate();
+
+    let master = Master::start(&store, &["--no-monitoring"]);
+    assert!(
+        master.stderr().contains("server monitoring suspended"),
+        "{}",
+        master.stderr()
+    );
+    let before = stored(&master, "Custom.Ticker").len();
+    let list = ok(&master.talon(&["monitoring", "server", "list", "--format", "json"]));
+    assert!(
+        list.contains("\"Custom.Ticker\""),
+        "the table is kept: {list}"
+    );
+    // A clock of one second would have pushed by now; nothing on the table runs.
+    let quiet_until = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < quiet_until {
+        assert_eq!(stored(&master, "Custom.Ticker").len(), before);
+    }
+    ok(&master.talon(&["monitoring", "server", "remove", "Custom.Ticker"]));
+    let list = ok(&master.talon(&["monitoring", "server", "list", "--format", "json"]));
+    assert!(!list.contains("\"Custom.Ticker\""), "{list}");
+}

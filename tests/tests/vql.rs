@@ -294,61 +294,103 @@ fn cpu_seconds(pid: u32) -> f64 {
     (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
 }
 
-/// Two queries that never produce a row (range() under WHERE FALSE) used to take both of
-/// the master's worker threads for good: the API, pushes and debug pages hung, `--timeout`
-/// never fired, and the queries burned CPU after their callers left. Now they yield: the
-/// master answers meanwhile, the CLI gives up on time, and the CPU work stops with them.
+/// Runaway queries (range() under WHERE FALSE never produce a row) used to take every one
+/// of the master's worker threads: the API, pushes and debug pages hung, `--timeout` never
+/// fired, and the queries burned CPU after their callers left. Now queries run on a pool
+/// of their own and stop with their callers.
 #[test]
-fn busy_queries_neither_freeze_the_master_nor_outlive_their_callers() {
+fn runaway_queries_neither_freeze_the_master_nor_outlive_their_callers() {
+    const RUNAWAY: &str = "SELECT * FROM range(end=1000000000000) WHERE FALSE";
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(&dir.path().join("data"), &[]);
-    let api = master.api.to_string();
-    let busy: Vec<_> = (0..2)
-        .map(|_| {
-            let api = api.clone();
-            std::thread::spawn(move || {
-                let started = std::time::Instant::now();
-                let out = talon(
-                    &api,
-                    &[
-                        "query",
-                        "SELECT * FROM range(end=1000000000000) WHERE FALSE",
-                        "--timeout",
-                        "3",
-                    ],
-                    None,
-                );
-                (out, started.elapsed())
-            })
-        })
+    let pid = master.pid();
+    let cpu_over = |window: Duration| {
+        let before = cpu_seconds(pid);
+        std::thread::sleep(window);
+        cpu_seconds(pid) - before
+    };
+    let mut runaways: Vec<_> = (0..4)
+        .map(|_| KillOnDrop(master.talon_spawn(&["query", RUNAWAY])))
         .collect();
-    // While both run, the master answers.
+    assert!(
+        wait_until(Duration::from_secs(10), || cpu_over(Duration::from_millis(
+            300
+        )) > 0.2),
+        "the runaway queries never started"
+    );
+    // While all four run, the API answers at once.
+    for _ in 0..3 {
+        let quick = std::time::Instant::now();
+        let queues = ok(&master.talon(&["queues"]));
+        assert!(queues.contains("Server.Internal.Alerts"), "{queues}");
+        assert!(
+            quick.elapsed() < Duration::from_secs(1),
+            "talon queues took {:?} beside four runaway queries",
+            quick.elapsed()
+        );
+    }
     let quick = std::time::Instant::now();
     assert_eq!(
         ok(&master.talon(&["query", "SELECT 1 AS one FROM scope()"])).trim(),
         r#"{"one":1}"#
     );
     assert!(
-        quick.elapsed() < Duration::from_secs(5),
-        "a quick query waited {:?} behind the busy ones",
+        quick.elapsed() < Duration::from_secs(2),
+        "a quick query waited {:?} behind the runaways",
         quick.elapsed()
     );
-    for b in busy {
-        let (out, took) = b.join().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        assert!(
-            took < Duration::from_secs(8),
-            "--timeout 3 returned after {took:?}"
-        );
-    }
-    // Once their callers are gone, the queries stop using the CPU.
-    let pid = master.pid();
+    // --timeout counts from the start of the command and stops the server's query too.
+    let started = std::time::Instant::now();
+    let out = master.talon(&["query", RUNAWAY, "--timeout", "2"]);
+    assert!(out.status.success(), "{out:?}");
     assert!(
-        wait_until(Duration::from_secs(15), || {
-            let before = cpu_seconds(pid);
-            std::thread::sleep(Duration::from_millis(500));
-            cpu_seconds(pid) - before < 0.15
-        }),
+        started.elapsed() < Duration::from_secs(5),
+        "--timeout 2 returned after {:?}",
+        started.elapsed()
+    );
+    // Once their callers are gone, the queries stop using the CPU within 2 s.
+    for r in &mut runaways {
+        r.0.kill().unwrap();
+        r.0.wait().unwrap();
+    }
+    let killed = std::time::Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || cpu_over(Duration::from_millis(
+            250
+        )) < 0.05),
         "the master kept burning CPU after the callers left"
+    );
+    assert!(
+        killed.elapsed() < Duration::from_millis(2500),
+        "CPU use stopped only {:?} after the callers left",
+        killed.elapsed()
+    );
+}
+
+/// A query stops at the configured limits, with an error naming the setting; a request's
+/// own limit wins over the default.
+#[test]
+fn queries_stop_at_their_configured_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("talon.yaml");
+    std::fs::write(&config, "query_timeout_secs: 1\nquery_max_rows: 5\n").unwrap();
+    let master = Master::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let started = std::time::Instant::now();
+    let out = master.talon(&[
+        "query",
+        "SELECT * FROM range(end=1000000000000) WHERE FALSE",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("query_timeout_secs"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let out = master.talon(&["query", "SELECT * FROM range(end=100)"]);
+    assert_eq!(json_lines(&String::from_utf8_lossy(&out.stdout)).len(), 5);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("more than 5 rows") && stderr.contains("query_max_rows"),
+        "{stderr}"
     );
 }

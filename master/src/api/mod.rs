@@ -48,6 +48,8 @@ pub struct AdminParts {
     pub nodes: crate::nodes::Nodes,
     /// Streams and queries end when this fires.
     pub shutdown: Shutdown,
+    /// Limits of a query that gives none.
+    pub query_limits: talon_shared::query_pool::QueryLimits,
 }
 
 /// The admin service.
@@ -63,6 +65,7 @@ pub struct AdminService {
     nodes: crate::nodes::Nodes,
     cpu: std::sync::Arc<std::sync::Mutex<talon_shared::node::reports::CpuSampler>>,
     shutdown: Shutdown,
+    query_limits: talon_shared::query_pool::QueryLimits,
 }
 
 impl AdminService {
@@ -80,6 +83,7 @@ impl AdminService {
             nodes: p.nodes,
             cpu: Default::default(),
             shutdown: p.shutdown,
+            query_limits: p.query_limits,
         }
     }
 }
@@ -298,11 +302,19 @@ impl Admin for AdminService {
             org,
             ..Default::default()
         };
+        // The request's limits win over the configured defaults.
+        let mut limits = self.query_limits;
+        if r.timeout_secs > 0.0 && r.timeout_secs.is_finite() {
+            limits.timeout = Some(std::time::Duration::from_secs_f64(r.timeout_secs.min(1e9)));
+        }
+        if r.max_rows > 0 {
+            limits.max_rows = Some(r.max_rows);
+        }
         // The query stops when the caller goes away (the stream is dropped) or at shutdown.
         let cancel = self.shutdown.token().child_token();
         let outputs = self
             .vql
-            .run(&r.query, env, info, &who, cancel.clone())
+            .run_limited(&r.query, env, info, &who, cancel.clone(), limits)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let guard = cancel.drop_guard();
         // The item type is fixed by tonic's generated trait.
