@@ -23,6 +23,8 @@ pub enum Error {
 #[derive(Clone)]
 pub struct Repository {
     inner: Arc<RwLock<BTreeMap<String, Arc<LoadedArtifact>>>>,
+    /// Bumped on every change, so what is compiled from the artifacts can be cached.
+    generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Repository {
@@ -40,7 +42,18 @@ impl Repository {
             .collect();
         Self {
             inner: Arc::new(RwLock::new(map)),
+            generation: Default::default(),
         }
+    }
+
+    /// A number that changes whenever an artifact is added, replaced or removed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Every artifact, sorted by name.
@@ -97,6 +110,7 @@ impl Repository {
             .write()
             .expect("repository lock")
             .insert(a.def.name.clone(), a.clone());
+        self.changed();
         a
     }
 
@@ -106,7 +120,11 @@ impl Repository {
         match map.get(name) {
             None => Err(Error::NotFound(name.into())),
             Some(a) if a.built_in => Err(Error::BuiltIn(name.into())),
-            Some(_) => Ok(map.remove(name).expect("present")),
+            Some(_) => {
+                let gone = map.remove(name).expect("present");
+                self.changed();
+                Ok(gone)
+            }
         }
     }
 }

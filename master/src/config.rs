@@ -19,6 +19,10 @@ pub struct Config {
     pub debug_addr: SocketAddr,
     pub max_row_bytes: usize,
     pub queue_buffer_batches: usize,
+    /// Bytes of rows each queue holds in memory for its watchers.
+    pub queue_buffer_bytes: usize,
+    /// The store's page cache, bytes.
+    pub store_cache_bytes: usize,
     pub retention: Retention,
     pub log_format: LogFormat,
     /// Largest message a client may send on its stream.
@@ -69,6 +73,8 @@ pub struct ConfigFile {
     pub debug_addr: Option<String>,
     pub max_row_bytes: Option<usize>,
     pub queue_buffer_batches: Option<usize>,
+    pub queue_buffer_mb: Option<usize>,
+    pub store_cache_mb: Option<usize>,
     pub retention: Option<Retention>,
     pub log_format: Option<LogFormat>,
     pub max_client_message_bytes: Option<usize>,
@@ -186,6 +192,14 @@ impl Config {
                 problems.push(format!("retention.queues: {name:?} is not a queue name"));
             }
         }
+        for (key, value) in [
+            ("queue_buffer_mb", file.queue_buffer_mb),
+            ("store_cache_mb", file.store_cache_mb),
+        ] {
+            if value.is_some_and(|mb| mb == 0 || mb > 1 << 20) {
+                problems.push(format!("{key} must be between 1 and 1048576"));
+            }
+        }
         if file.query_threads.is_some_and(|n| n > 256) {
             problems.push("query_threads is over the maximum of 256".to_string());
         }
@@ -205,6 +219,14 @@ impl Config {
             debug_addr,
             max_row_bytes,
             queue_buffer_batches,
+            queue_buffer_bytes: file
+                .queue_buffer_mb
+                .map(|mb| mb.max(1) << 20)
+                .unwrap_or(talon_shared::queue::DEFAULT_BUFFER_BYTES),
+            store_cache_bytes: file
+                .store_cache_mb
+                .map(|mb| mb.max(1) << 20)
+                .unwrap_or(talon_shared::store::DEFAULT_CACHE_BYTES),
             retention,
             log_format: file.log_format.unwrap_or_default(),
             max_client_message_bytes: file

@@ -71,7 +71,9 @@ pub async fn run(
         limits: Limits {
             max_row_bytes: config.max_row_bytes,
             buffer_batches: config.queue_buffer_batches,
+            buffer_bytes: config.queue_buffer_bytes,
         },
+        store_cache_bytes: config.store_cache_bytes,
         nats_url: config.nats_url.clone(),
         grace: SHUTDOWN_GRACE,
     };

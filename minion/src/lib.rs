@@ -70,6 +70,7 @@ pub async fn run(
         node: config.node_name.clone(),
         store_path: cache_dir.join("cache.redb"),
         limits: Limits::default(),
+        store_cache_bytes: talon_shared::store::DEFAULT_CACHE_BYTES,
         nats_url: Some(config.nats_url.clone()),
         grace: SHUTDOWN_GRACE,
     };

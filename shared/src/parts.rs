@@ -30,6 +30,8 @@ pub struct Settings {
     /// The redb file: the master's store, or a minion's cache.
     pub store_path: PathBuf,
     pub limits: Limits,
+    /// The store's page cache.
+    pub store_cache_bytes: usize,
     /// NATS to join; None: standalone.
     pub nats_url: Option<String>,
     /// How long tasks get to stop at shutdown.
@@ -43,6 +45,7 @@ impl Settings {
             node: node.to_string(),
             store_path,
             limits: Limits::default(),
+            store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             nats_url: None,
             grace: talon_core::shutdown::DEFAULT_GRACE,
         }
@@ -77,7 +80,7 @@ impl Parts {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
-        let store = Store::open(&settings.store_path)?;
+        let store = Store::open_with_cache(&settings.store_path, settings.store_cache_bytes)?;
         let bus = match &settings.nats_url {
             Some(url) => Some(Bus::connect(url, &settings.node).await?),
             None => None,

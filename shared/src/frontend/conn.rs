@@ -14,12 +14,11 @@ use std::time::Duration;
 
 use prost::Message;
 use talon_core::Shutdown;
-use talon_proto::client::ServerMessage;
 use tokio::net::TcpStream;
 use tonic::Status;
 
 use super::http2::{self, code, kind, setting, ConnError};
-use super::{FrontendService, Opened, ServerItem};
+use super::{FrontendService, Opened, Outgoing, ServerItem};
 use grpc::{put_response_headers, put_trailers, take_message};
 
 mod frames;
@@ -72,10 +71,55 @@ struct Stream {
     /// Client bytes not yet taken as messages (empty, without capacity, while idle).
     inbox: Vec<u8>,
     /// Encoded server messages waiting for window.
-    outbox: Vec<u8>,
+    outbox: OutQueue,
     session: Option<Opened>,
     /// How the stream ends, once known; sent as trailers when the outbox is empty.
     ending: Option<Status>,
+}
+
+/// Encoded server messages waiting for window, as the pieces they were made in: a table
+/// shared by a thousand clients is held once, however long they take to read it. Holds no
+/// allocation while empty.
+#[derive(Default)]
+struct OutQueue {
+    pieces: std::collections::VecDeque<bytes::Bytes>,
+    len: usize,
+}
+
+impl OutQueue {
+    fn push(&mut self, piece: bytes::Bytes) {
+        self.len += piece.len();
+        self.pieces.push_back(piece);
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Up to `max` bytes from the front (never across pieces).
+    fn front(&self, max: usize) -> &[u8] {
+        match self.pieces.front() {
+            Some(p) => &p[..p.len().min(max)],
+            None => &[],
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        let front = self.pieces.front_mut().expect("consumed what was there");
+        if n == front.len() {
+            self.pieces.pop_front();
+            if self.pieces.is_empty() {
+                self.pieces = Default::default();
+            }
+        } else {
+            let _ = front.split_to(n);
+        }
+        self.len -= n;
+    }
 }
 
 struct Conn {
@@ -298,24 +342,27 @@ impl Conn {
         })
     }
 
-    /// Encodes a server message onto the stream's outbox, or ends the stream if it is over
-    /// the limit.
-    fn queue(&mut self, msg: ServerMessage) {
+    /// Puts a server message on the stream's outbox (encoding it, unless it was encoded
+    /// once for many clients), or ends the stream if it is over the limit.
+    fn queue(&mut self, item: Outgoing) {
         let max = self.limits.max_encode;
         let Some(s) = self.stream.as_mut() else {
             return;
         };
-        let len = msg.encoded_len();
+        let len = match &item {
+            Outgoing::Message(msg) => msg.encoded_len(),
+            Outgoing::Framed(framed) => framed.len().saturating_sub(5),
+        };
         if len > max {
             s.ending = Some(Status::out_of_range(format!(
                 "server message length too large: found {len} bytes, the limit is {max} bytes"
             )));
             return;
         }
-        s.outbox.reserve(5 + len);
-        s.outbox.push(0);
-        s.outbox.extend_from_slice(&(len as u32).to_be_bytes());
-        msg.encode(&mut s.outbox).expect("reserved");
+        match item {
+            Outgoing::Message(msg) => s.outbox.push(super::frame(&msg)),
+            Outgoing::Framed(framed) => s.outbox.push(framed),
+        }
     }
 
     /// Grants the client's window back for what was received.
@@ -414,22 +461,19 @@ impl Conn {
             && self.send_window > 0
             && self.wbuf.len() < WRITE_LIMIT
         {
-            let n = (s.outbox.len() as i64)
-                .min(s.send_window)
+            let n = (s.send_window)
                 .min(self.send_window)
                 .min(self.peer_max_frame as i64) as usize;
+            let piece = s.outbox.front(n);
+            let n = piece.len();
             if !s.headers_sent {
                 put_response_headers(&mut self.wbuf, s.id);
                 s.headers_sent = true;
             }
-            http2::put_frame(&mut self.wbuf, kind::DATA, 0, s.id, &s.outbox[..n]);
+            http2::put_frame(&mut self.wbuf, kind::DATA, 0, s.id, piece);
             s.send_window -= n as i64;
             self.send_window -= n as i64;
-            if n == s.outbox.len() {
-                s.outbox = Vec::new();
-            } else {
-                s.outbox.drain(..n);
-            }
+            s.outbox.consume(n);
         }
         if s.outbox.is_empty() {
             if let Some(status) = s.ending.take() {

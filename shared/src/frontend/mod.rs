@@ -95,7 +95,61 @@ pub async fn serve(
 /// A message for a session's client.
 /// Items are boxed: a channel allocates its slots in blocks, and a boxed slot is 8 bytes
 /// where an unboxed one is hundreds, which matters with tens of thousands of idle clients.
-type ServerItem = Box<ServerMessage>;
+type ServerItem = Box<Outgoing>;
+
+/// What a session sends its client.
+enum Outgoing {
+    /// A message for this client alone, encoded by its connection.
+    Message(ServerMessage),
+    /// A message encoded once (gRPC-framed) and shared by every client it goes to: an
+    /// event table, the same for every client with the same labels.
+    Framed(bytes::Bytes),
+}
+
+impl Outgoing {
+    /// The message, decoded again when it was framed (for tests).
+    #[cfg(test)]
+    fn message(&self) -> ServerMessage {
+        use prost::Message;
+        match self {
+            Outgoing::Message(m) => m.clone(),
+            Outgoing::Framed(f) => ServerMessage::decode(&f[5..]).expect("framed by frame()"),
+        }
+    }
+}
+
+impl From<ServerMessage> for ServerItem {
+    fn from(m: ServerMessage) -> Self {
+        Box::new(Outgoing::Message(m))
+    }
+}
+
+/// Event tables encoded for (org, labels), kept while the table version and the
+/// repository are unchanged.
+#[derive(Default)]
+struct TableCache {
+    entries: HashMap<(String, Vec<String>), CachedTable>,
+}
+
+struct CachedTable {
+    version: u64,
+    generation: u64,
+    framed: bytes::Bytes,
+}
+
+/// Distinct (org, labels) tables cached at most; beyond it the cache starts again.
+const TABLE_CACHE_ENTRIES: usize = 256;
+
+/// A message framed as gRPC sends it: no compression, length, bytes.
+fn frame(msg: &ServerMessage) -> bytes::Bytes {
+    use prost::Message;
+    let len = msg.encoded_len();
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.push(0);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.encode(&mut buf).expect("a Vec grows");
+    buf.into()
+}
 
 /// Where a session's server messages go.
 type Outbox = mpsc::Sender<ServerItem>;
@@ -138,6 +192,7 @@ struct Inner {
     notified_orgs: Mutex<std::collections::HashSet<String>>,
     /// Where the frontend's own tasks (notification followers, delayed wake-ups) run.
     shutdown: talon_core::Shutdown,
+    tables: Mutex<TableCache>,
 }
 
 impl FrontendService {
@@ -161,6 +216,7 @@ impl FrontendService {
                 qm,
                 node: node.to_string(),
                 sessions: Mutex::new(HashMap::new()),
+                tables: Mutex::default(),
                 next_session: AtomicU64::new(1),
                 activity: Mutex::new(HashMap::new()),
                 wakes: Mutex::new(HashMap::new()),
@@ -223,20 +279,48 @@ impl FrontendService {
         &self.inner.node
     }
 
+    /// The event table for a client of `org` with `labels`, encoded once and shared by
+    /// every client with the same labels while neither the table nor the artifacts change.
     // Status is tonic's error type; the session handlers return it.
     #[allow(clippy::result_large_err)]
-    fn table_message(&self, org: &str, labels: &[String]) -> Result<ServerMessage, Status> {
+    fn table_message(&self, org: &str, labels: &[String]) -> Result<ServerItem, Status> {
+        let unavailable = |e: crate::store::Error| Status::unavailable(e.to_string());
+        // Both are read before compiling, so a change while compiling is never cached
+        // under the new numbers.
+        let generation = self.inner.repo.generation();
+        let version = self.inner.clients.version(org).map_err(unavailable)?;
+        let mut key = (org.to_string(), labels.to_vec());
+        key.1.sort();
+        key.1.dedup();
+        if let Some(c) = self.inner.tables.lock().expect("tables").entries.get(&key) {
+            if c.version == version && c.generation == generation {
+                return Ok(Box::new(Outgoing::Framed(c.framed.clone())));
+            }
+        }
         let (version, queries) = self
             .inner
             .clients
             .event_table(&self.inner.repo, org, labels)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(ServerMessage {
+            .map_err(unavailable)?;
+        let framed = frame(&ServerMessage {
             msg: Some(server_message::Msg::EventTable(EventTable {
                 version,
                 queries,
             })),
-        })
+        });
+        let mut cache = self.inner.tables.lock().expect("tables");
+        if cache.entries.len() >= TABLE_CACHE_ENTRIES {
+            cache.entries.clear();
+        }
+        cache.entries.insert(
+            key,
+            CachedTable {
+                version,
+                generation,
+                framed: framed.clone(),
+            },
+        );
+        Ok(Box::new(Outgoing::Framed(framed)))
     }
 
     async fn announce<R: ControlRow>(&self, org: &str, row: &R) {
@@ -311,8 +395,8 @@ impl FrontendService {
         let table = self.table_message(&org, &hello.labels);
         match (welcome, table) {
             (Ok(w), Ok(t)) => {
-                let _ = tx.send(Box::new(w)).await;
-                let _ = tx.send(Box::new(t)).await;
+                let _ = tx.send(w.into()).await;
+                let _ = tx.send(t).await;
             }
             (Err(e), _) | (_, Err(e)) => {
                 self.end(&key, session_id).await;
@@ -451,14 +535,14 @@ impl FrontendService {
         match msg.msg {
             Some(client_message::Msg::Events(batch)) => {
                 let ack = self.apply_batch(org, client, batch).await?;
-                let _ = tx.send(Box::new(ack)).await;
+                let _ = tx.send(ack.into()).await;
             }
             Some(client_message::Msg::Logs(logs)) => self.apply_logs(org, client, logs).await,
             Some(client_message::Msg::Keepalive(_)) => {
                 let keepalive = ServerMessage {
                     msg: Some(server_message::Msg::Keepalive(Keepalive {})),
                 };
-                let _ = tx.send(Box::new(keepalive)).await;
+                let _ = tx.send(keepalive.into()).await;
             }
             Some(client_message::Msg::Hello(_)) => {
                 return Err(Status::invalid_argument(

@@ -111,7 +111,7 @@ impl FrontendService {
             .map(|s| (s.labels.clone(), s.tx.clone()));
         if let Some((labels, tx)) = found {
             if let Ok(msg) = self.table_message(org, &labels) {
-                let _ = tx.try_send(Box::new(msg));
+                let _ = tx.try_send(msg);
             }
         }
     }
@@ -151,7 +151,7 @@ mod tests {
         let mut woken = Vec::new();
         for _ in 0..2 {
             let m = rx.recv().await.unwrap();
-            assert!(matches!(m.msg, Some(Msg::EventTable(_))));
+            assert!(matches!(m.message().msg, Some(Msg::EventTable(_))));
             woken.push((Instant::now() - start).as_millis());
         }
         assert_eq!(woken[1], WAKE_DEBOUNCE.as_millis(), "{woken:?}");

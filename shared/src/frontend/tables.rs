@@ -29,9 +29,10 @@ impl FrontendService {
             .filter(|((o, _), _)| o == org)
             .map(|(_, s)| (s.labels.clone(), s.tx.clone()))
             .collect();
+        // Clients with the same labels share one encoded table.
         for (labels, tx) in targets {
             if let Ok(msg) = self.table_message(org, &labels) {
-                let _ = tx.try_send(Box::new(msg));
+                let _ = tx.try_send(msg);
             }
         }
     }
@@ -49,7 +50,7 @@ impl FrontendService {
             }
         };
         if let (Some(tx), Ok(msg)) = (tx, self.table_message(org, &labels)) {
-            let _ = tx.try_send(Box::new(msg));
+            let _ = tx.try_send(msg);
         }
     }
 

@@ -7,6 +7,7 @@
 //! blocks a producer. INTERNAL queues live in memory only; a watcher that falls behind skips
 //! ahead and the skipped rows are counted as dropped.
 
+mod buffer;
 mod bus_log;
 mod client_batch;
 mod client_row;
@@ -79,7 +80,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_row_bytes: usize,
+    /// Batches a queue holds in memory for its watchers at most...
     pub buffer_batches: usize,
+    /// ...and bytes of rows (the newest batch is always held).
+    pub buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -87,6 +91,7 @@ impl Default for Limits {
         Self {
             max_row_bytes: DEFAULT_MAX_ROW_BYTES,
             buffer_batches: DEFAULT_BUFFER_BATCHES,
+            buffer_bytes: DEFAULT_BUFFER_BYTES,
         }
     }
 }
@@ -98,11 +103,8 @@ pub(crate) struct WatcherEntry {
     pub cursor: Arc<AtomicU64>,
 }
 
-/// A batch made durable (or, for INTERNAL queues, accepted), as watchers receive it.
-pub(crate) struct Published {
-    pub first_seq: u64,
-    pub rows: Arc<Vec<StoredRow>>,
-}
+pub use buffer::DEFAULT_BUFFER_BYTES;
+use buffer::{Buffer, Published};
 
 /// One (org, queue): its broadcast channel, cursor head and counters.
 pub(crate) struct QueueState {
@@ -111,6 +113,7 @@ pub(crate) struct QueueState {
     pub kind: ArtifactKind,
     pub stream: String,
     tx: broadcast::Sender<Arc<Published>>,
+    buffer: Buffer,
     /// Last published seq; held while publishing and while subscribing, so a new watcher's
     /// cursor and its receiver agree.
     head: Mutex<u64>,
@@ -154,7 +157,7 @@ impl QueueState {
             index.push_back((first_seq, seq, rows.len() as u64));
         }
         self.taps.offer(&self.org, &self.name, &rows);
-        let _ = self.tx.send(Arc::new(Published { first_seq, rows }));
+        let _ = self.tx.send(self.buffer.wrap(first_seq, rows));
     }
 
     fn publish(&self, first_seq: u64, rows: Arc<Vec<StoredRow>>) {
@@ -162,7 +165,7 @@ impl QueueState {
         *head = first_seq + rows.len() as u64 - 1;
         self.taps.offer(&self.org, &self.name, &rows);
         // An error only means nobody is watching.
-        let _ = self.tx.send(Arc::new(Published { first_seq, rows }));
+        let _ = self.tx.send(self.buffer.wrap(first_seq, rows));
     }
 }
 
@@ -295,6 +298,7 @@ impl QueueManager {
             kind,
             stream,
             tx,
+            buffer: Buffer::new(self.inner.limits.buffer_bytes),
             head: Mutex::new(head),
             push_order: tokio::sync::Mutex::new(PushClock {
                 last_ts_us: 0,

@@ -37,7 +37,8 @@ pub struct Watcher {
     rx: broadcast::Receiver<Arc<Published>>,
     /// The seq this watcher wants next.
     next_seq: u64,
-    current: Option<(Arc<Published>, usize)>,
+    /// The batch being read: its first seq, rows, and the index of the next row.
+    current: Option<(u64, Arc<Vec<StoredRow>>, usize)>,
     backlog: VecDeque<(u64, StoredRow)>,
     /// Set while rows before this seq must come from the store.
     catch_up_until: Option<u64>,
@@ -95,10 +96,10 @@ impl Watcher {
                 }
                 self.catch_up_until = None;
             }
-            if let Some((batch, idx)) = &mut self.current {
-                while *idx < batch.rows.len() {
-                    let seq = batch.first_seq + *idx as u64;
-                    let row = &batch.rows[*idx];
+            if let Some((first_seq, rows, idx)) = &mut self.current {
+                while *idx < rows.len() {
+                    let seq = *first_seq + *idx as u64;
+                    let row = &rows[*idx];
                     *idx += 1;
                     if seq == self.next_seq {
                         self.next_seq += 1;
@@ -113,10 +114,23 @@ impl Watcher {
             }
             match self.rx.recv().await {
                 Ok(batch) => {
-                    let end = batch.first_seq + batch.rows.len() as u64;
+                    let end = batch.first_seq + batch.len;
                     if end <= self.next_seq {
                         continue; // already seen, read from the store while catching up
                     }
+                    // A batch whose rows the buffer gave up (over its byte budget) is a gap
+                    // up to its end.
+                    let Some(rows) = batch.rows() else {
+                        if !matches!(self.source, CatchUp::None) {
+                            self.catch_up_until = Some(end);
+                        } else {
+                            let lost = end - self.next_seq;
+                            self.state.dropped.fetch_add(lost, Ordering::Relaxed);
+                            tracing::warn!(queue = %self.state.name, org = %self.state.org, lost, "slow watcher of an INTERNAL queue dropped rows (buffer over its byte budget)");
+                            self.next_seq = end;
+                        }
+                        continue;
+                    };
                     if batch.first_seq > self.next_seq {
                         if !matches!(self.source, CatchUp::None) {
                             self.catch_up_until = Some(batch.first_seq);
@@ -127,7 +141,7 @@ impl Watcher {
                             self.next_seq = batch.first_seq;
                         }
                     }
-                    self.current = Some((batch, 0));
+                    self.current = Some((batch.first_seq, rows, 0));
                 }
                 // Lagged: the next batch received shows the gap, which is handled above.
                 Err(RecvError::Lagged(_)) => continue,

@@ -53,6 +53,9 @@ pub fn client_batch_key(org: &str, client: &str, incarnation: u64) -> String {
     format!("{org}\u{1f}{client}\u{1f}{incarnation:016x}")
 }
 
+/// Default page cache of the store.
+pub const DEFAULT_CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 /// Pending write requests the writer thread holds at most; producers wait beyond that.
 pub const WRITE_QUEUE_DEPTH: usize = 1024;
 /// Rows one group commit takes at most before committing.
@@ -205,10 +208,19 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path).map_err(|source| Error::Open {
-            path: path.to_path_buf(),
-            source: std::sync::Arc::new(source),
-        })?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (creating) the store at `path` with a page cache of `cache_bytes` (redb's own
+    /// default, 1 GiB, is what a long read would otherwise grow the process by).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)
+            .map_err(|source| Error::Open {
+                path: path.to_path_buf(),
+                source: std::sync::Arc::new(source),
+            })?;
         {
             let w = db.begin_write()?;
             w.open_table(EVENT_BLOCKS)?;

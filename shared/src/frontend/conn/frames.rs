@@ -4,7 +4,7 @@
 use tonic::Status;
 
 use super::http2::{self, code, flag, kind, setting, ConnError, Head};
-use super::{Conn, Stream, MAX_HEADER_BLOCK, RECV_WINDOW, SESSION_PATH};
+use super::{Conn, OutQueue, Stream, MAX_HEADER_BLOCK, RECV_WINDOW, SESSION_PATH};
 
 impl Conn {
     /// Bytes from the socket.
@@ -254,7 +254,7 @@ impl Conn {
             remote_done: end_stream,
             headers_sent: false,
             inbox: Vec::new(),
-            outbox: Vec::new(),
+            outbox: OutQueue::default(),
             session: None,
             ending,
         }));
