@@ -29,6 +29,8 @@ struct Totals {
     sent: AtomicU64,
     acked: AtomicU64,
     errors: AtomicU64,
+    /// Event tables received that hold at least one query.
+    tables: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
 }
 
@@ -89,7 +91,8 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
             return;
         }
     };
-    let mut client = FrontendClient::new(channel);
+    // As the real agent: an event table may be large.
+    let mut client = FrontendClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel::<ClientMessage>(16);
     let hello = Hello {
         client_id: random_id(n as u64),
@@ -148,6 +151,13 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
                                 .lock()
                                 .expect("latencies")
                                 .push(t.elapsed().as_micros() as u64);
+                        }
+                    }
+                    Some(Ok(ServerMessage {
+                        msg: Some(server_message::Msg::EventTable(t)),
+                    })) => {
+                        if !t.queries.is_empty() {
+                            totals.tables.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -246,13 +256,14 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let acked = totals.acked.load(Ordering::Relaxed);
         eprintln!(
-            "{:>4.0}s connected {} sent {} acked {} ({} rows/s) errors {}",
+            "{:>4.0}s connected {} sent {} acked {} ({} rows/s) errors {} tables {}",
             start.elapsed().as_secs_f64(),
             totals.connected.load(Ordering::Relaxed),
             totals.sent.load(Ordering::Relaxed),
             acked,
             acked - last_acked,
-            totals.errors.load(Ordering::Relaxed)
+            totals.errors.load(Ordering::Relaxed),
+            totals.tables.load(Ordering::Relaxed)
         );
         last_acked = acked;
     }
@@ -273,6 +284,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
             "rows_acked": acked,
             "acked_rows_per_s": (acked as f64 / secs).round(),
             "errors": totals.errors.load(Ordering::Relaxed),
+            "tables_received": totals.tables.load(Ordering::Relaxed),
             "ack_latency_ms": {"p50": pct(&lat, 0.5) as f64 / 1000.0, "p99": pct(&lat, 0.99) as f64 / 1000.0},
         })
     );

@@ -36,6 +36,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const PENDING_LIMIT: usize = 256 * 1024;
 /// Bytes waiting to be written beyond which the client is no longer read.
 const WRITE_LIMIT: usize = 4 << 20;
+/// Bytes of DATA frames copied into the write buffer at a time: the rest stays in the
+/// outbox, where a message shared by many connections is held once.
+const DATA_HIGH_WATER: usize = 32 * 1024;
 /// Largest request header block accepted.
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// A ping goes out this often; a connection whose ping is unanswered a period later ends.
@@ -176,7 +179,13 @@ pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown:
         }
         if !c.wbuf.is_empty() {
             match sock.try_write(&c.wbuf) {
-                Ok(n) => c.wrote(n),
+                Ok(n) => {
+                    c.wrote(n);
+                    // All written and more DATA the windows allow: copy the next piece.
+                    if c.wbuf.is_empty() && c.can_send_data() {
+                        continue;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => break Ok(()),
             }
@@ -451,6 +460,15 @@ impl Conn {
         }
     }
 
+    /// Whether DATA is waiting that the windows would let out now.
+    fn can_send_data(&self) -> bool {
+        self.send_window > 0
+            && self
+                .stream
+                .as_ref()
+                .is_some_and(|s| !s.outbox.is_empty() && s.send_window > 0)
+    }
+
     /// Sends what the windows allow, and the trailers once everything else is out.
     fn pump(&mut self) -> Result<(), ConnError> {
         let Some(s) = self.stream.as_mut() else {
@@ -459,7 +477,7 @@ impl Conn {
         while !s.outbox.is_empty()
             && s.send_window > 0
             && self.send_window > 0
-            && self.wbuf.len() < WRITE_LIMIT
+            && self.wbuf.len() < DATA_HIGH_WATER
         {
             let n = (s.send_window)
                 .min(self.send_window)
