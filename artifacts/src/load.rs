@@ -119,6 +119,10 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// The largest artifact accepted, in bytes of YAML: checked before anything else, by the
+/// server's add and update and by `talon artifacts verify` alike.
+pub const MAX_ARTIFACT_BYTES: usize = 8 * 1024 * 1024;
+
 /// Loads one artifact from YAML text. `origin` names the text in errors (a file name).
 pub fn load(origin: &str, text: &str) -> Result<LoadedArtifact, LoadError> {
     load_with(origin, text, false)
@@ -130,6 +134,17 @@ pub(crate) fn load_with(
     text: &str,
     built_in: bool,
 ) -> Result<LoadedArtifact, LoadError> {
+    if text.len() > MAX_ARTIFACT_BYTES {
+        return Err(LoadError {
+            origin: origin.to_string(),
+            line: 1,
+            column: 1,
+            message: format!(
+                "the artifact is {} bytes, over the limit of {MAX_ARTIFACT_BYTES} bytes (8 MiB)",
+                text.len()
+            ),
+        });
+    }
     let yaml = text.replace("\r\n", "\n");
     let (rewritten, line_origin) = rewrite_query_lines(&yaml);
     let err = |line: usize, column: usize, message: String| LoadError {

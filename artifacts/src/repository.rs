@@ -83,16 +83,38 @@ impl Repository {
         a.queue_names().iter().any(|q| q == name).then_some(a.kind)
     }
 
-    /// Validates YAML into an artifact without adding it. `replace` allows an existing user
-    /// artifact of the same name.
+    /// Validates YAML into an artifact without adding it, as `talon artifacts verify` does
+    /// (size, syntax, source shape, known functions and plugins). `replace` allows an
+    /// existing user artifact of the same name.
     pub fn check(&self, origin: &str, yaml: &str, replace: bool) -> Result<LoadedArtifact, Error> {
-        let a = load(origin, yaml)?;
-        let problems = super::verify::verify(
-            &a,
-            &talon_vql::registry::Registry::new(),
-            super::verify::Level::Structure,
+        let registry = talon_vql::registry::Registry::builtin();
+        self.check_at(origin, yaml, replace, &registry, super::verify::Level::Full)
+    }
+
+    /// Validates an artifact this server accepted before (stored, or sent by the master):
+    /// only what running it needs, so one stored by an older release that calls a function
+    /// since renamed is still loaded (and fails visibly when it runs) rather than lost.
+    pub fn check_accepted(&self, origin: &str, yaml: &str) -> Result<LoadedArtifact, Error> {
+        let registry = talon_vql::registry::Registry::new();
+        self.check_at(
             origin,
-        );
+            yaml,
+            true,
+            &registry,
+            super::verify::Level::Structure,
+        )
+    }
+
+    fn check_at(
+        &self,
+        origin: &str,
+        yaml: &str,
+        replace: bool,
+        registry: &talon_vql::registry::Registry,
+        level: super::verify::Level,
+    ) -> Result<LoadedArtifact, Error> {
+        let a = load(origin, yaml)?;
+        let problems = super::verify::verify(&a, registry, level, origin);
         if let Some(first) = problems.into_iter().next() {
             return Err(Error::Invalid(first));
         }

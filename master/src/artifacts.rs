@@ -95,7 +95,7 @@ impl ArtifactAdmin {
 fn load_stored(store: &Store, repo: &Repository) -> anyhow::Result<usize> {
     let mut loaded = 0;
     for (name, yaml) in store.artifacts()? {
-        match repo.check(&format!("stored artifact {name}"), &yaml, true) {
+        match repo.check_accepted(&format!("stored artifact {name}"), &yaml) {
             Ok(a) => {
                 repo.insert(a);
                 loaded += 1;

@@ -123,3 +123,69 @@ fn verify_accepts_the_projects_own_artifacts_offline() {
     assert!(stdout.lines().count() >= 33, "{stdout}");
     assert!(stdout.lines().all(|l| l.starts_with("OK ")), "{stdout}");
 }
+
+/// Item 6 of the hardening issue: a 20 MB artifact was stored and audited while `add`
+/// reported failure, and `add` accepted unknown functions that `verify` refused. Now one
+/// size limit is checked before anything is stored, and add and verify check the same.
+#[test]
+fn add_and_verify_refuse_the_same_artifacts_and_nothing_refused_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let write = |name: &str, text: &str| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        f.to_str().unwrap().to_string()
+    };
+    let huge = write(
+        "huge.yaml",
+        &format!(
+            "name: Custom.Huge\ndescription: {}\ntype: SERVER_EVENT\n",
+            "x".repeat(9 << 20)
+        ),
+    );
+    let unknown = write(
+        "unknown.yaml",
+        "name: Custom.Unknown\ntype: SERVER_EVENT\nsources:\n- query: SELECT no_such_function() FROM scope()\n",
+    );
+    for (file, why) in [
+        (&huge, "over the limit of 8388608 bytes (8 MiB)"),
+        (&unknown, "no_such_function"),
+    ] {
+        let added = fails(&master.talon(&["artifacts", "add", file]), 1);
+        assert!(added.contains(why), "add: {added}");
+        let verified = master.talon(&["artifacts", "verify", file]);
+        assert!(!verified.status.success(), "verify accepted {file}");
+        let verified = String::from_utf8_lossy(&verified.stdout).to_string()
+            + &String::from_utf8_lossy(&verified.stderr);
+        assert!(verified.contains(why), "verify: {verified}");
+    }
+    // Nothing refused was stored, announced or audited, and listing works.
+    let list = ok(&master.talon(&["artifacts", "list"]));
+    assert!(
+        !list.contains("Custom.Huge") && !list.contains("Custom.Unknown"),
+        "{list}"
+    );
+    let audit = ok(&master.talon(&["events", "read", "Server.Audit.Logs"]));
+    assert!(
+        !audit.contains("Custom.Huge") && !audit.contains("Custom.Unknown"),
+        "{audit}"
+    );
+
+    // Long descriptions do not make the listing large: it shows their start.
+    let long = write(
+        "long.yaml",
+        &format!(
+            "name: Custom.Long\ndescription: {}\ntype: SERVER_EVENT\n",
+            "y".repeat(7 << 20)
+        ),
+    );
+    ok(&master.talon(&["artifacts", "add", &long]));
+    let list = ok(&master.talon(&["artifacts", "list", "--format", "json"]));
+    assert!(
+        list.contains("Custom.Long") && list.len() < 100_000,
+        "{} bytes",
+        list.len()
+    );
+    let shown = ok(&master.talon(&["artifacts", "show", "Custom.Long"]));
+    assert!(shown.len() > 7 << 20);
+}

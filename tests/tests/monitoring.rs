@@ -23,7 +23,7 @@ type: SERVER_EVENT
 sources:
 - query: |
     LET x <= log(message='starting the broken one', level='INFO')
-    SELECT * FROM no_such_plugin(a=x)
+    SELECT * FROM parse_csv(filename='/no/such/dir/file.csv', accessor=x)
 "#;
 
 fn add_artifact(master: &Master, dir: &std::path::Path, name: &str, text: &str) {
@@ -141,7 +141,7 @@ fn a_failing_query_is_restarted_and_its_error_is_in_its_monitoring_log() {
     }));
     let logs = ok(&master.talon(&["monitoring", "logs", "Custom.Broken"]));
     assert!(
-        logs.contains("ERROR: Plugin no_such_plugin not found"),
+        logs.contains("ERROR: parse_csv: cannot read /no/such/dir/file.csv"),
         "{logs}"
     );
     assert!(

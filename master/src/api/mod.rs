@@ -249,7 +249,7 @@ impl Admin for AdminService {
             .map(|a| ArtifactSummary {
                 name: a.def.name.clone(),
                 r#type: a.kind.to_string(),
-                description: a.def.description.clone().unwrap_or_default(),
+                description: summary(a.def.description.as_deref().unwrap_or_default()),
                 built_in: a.built_in,
             })
             .collect();
@@ -586,5 +586,16 @@ impl AdminService {
         if let Some(bus) = &self.bus {
             crate::state::publish(bus, &self.store, &self.frontend).await;
         }
+    }
+}
+
+/// Characters of an artifact's description a listing shows; `artifacts show` has it all.
+const LISTED_DESCRIPTION_CHARS: usize = 512;
+
+/// The start of a description, so a listing stays small however long descriptions are.
+fn summary(description: &str) -> String {
+    match description.char_indices().nth(LISTED_DESCRIPTION_CHARS) {
+        Some((cut, _)) => format!("{}...", &description[..cut]),
+        None => description.to_string(),
     }
 }

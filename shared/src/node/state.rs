@@ -23,7 +23,7 @@ pub async fn apply(state: &ClusterState, frontend: &FrontendService) {
         if repo.get(name).is_some_and(|a| a.yaml == *yaml) {
             continue;
         }
-        match repo.check(&format!("cluster artifact {name}"), yaml, true) {
+        match repo.check_accepted(&format!("cluster artifact {name}"), yaml) {
             Ok(a) => {
                 repo.insert(a);
             }
