@@ -77,7 +77,14 @@ pub async fn run(
         nats_url: config.nats_url.clone(),
         grace: SHUTDOWN_GRACE,
     };
-    let parts = Parts::assemble(settings, Repository::with_builtins()).await?;
+    // Joining the bus waits for NATS as long as it takes; a stop meanwhile ends the wait.
+    let parts = tokio::select! {
+        parts = Parts::assemble(settings, Repository::with_builtins()) => parts?,
+        _ = stop.cancelled() => {
+            tracing::info!("stopped before the node was assembled");
+            return Ok(());
+        }
+    };
     let artifacts = artifacts::ArtifactAdmin {
         store: parts.store.clone(),
         repo: parts.repo.clone(),
@@ -117,7 +124,8 @@ pub async fn run(
                 }
             }),
         );
-        tracing::info!(nats = ?config.nats_url, node = %config.node_name, "joined the cluster");
+        let nats = config.nats_url.as_deref().map(talon_shared::bus::redact);
+        tracing::info!(nats = ?nats, node = %config.node_name, "joined the cluster");
     }
     let pool = talon_shared::query_pool::QueryPool::new(config.query_threads)
         .context("cannot start the query pool")?;

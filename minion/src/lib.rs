@@ -74,7 +74,14 @@ pub async fn run(
         nats_url: Some(config.nats_url.clone()),
         grace: SHUTDOWN_GRACE,
     };
-    let parts = Parts::assemble(settings, Repository::with_builtins()).await?;
+    // Joining the bus waits for NATS as long as it takes; a stop meanwhile ends the wait.
+    let parts = tokio::select! {
+        parts = Parts::assemble(settings, Repository::with_builtins()) => parts?,
+        _ = stop.cancelled() => {
+            tracing::info!("stopped before the node was assembled");
+            return Ok(());
+        }
+    };
     let bus = parts.bus.clone().expect("a minion always has a bus");
     talon_shared::node::state::follow(bus, parts.frontend.clone(), parts.services.clone()).await?;
     parts.start_node_services(Role::Minion, None).await?;
@@ -94,7 +101,7 @@ pub async fn run(
         config.max_client_message_bytes,
     );
     parts.serve_debug(debug_listener, axum::Router::new())?;
-    tracing::info!(node = %config.node_name, nats = %config.nats_url, "minion serving");
+    tracing::info!(node = %config.node_name, nats = %talon_shared::bus::redact(&config.nats_url), "minion serving");
     on_ready(bound);
 
     stop.cancelled().await;

@@ -29,15 +29,23 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     pub store: PathBuf,
+    /// More nats-server flags (for example `--user`, `--pass`).
+    extra: Vec<String>,
 }
 
 impl Nats {
     /// Starts nats-server on a free loopback port, JetStream stored under `store`.
     pub fn start(store: &Path) -> Nats {
+        Self::start_with(store, &[])
+    }
+
+    /// Starts nats-server with more flags.
+    pub fn start_with(store: &Path, extra: &[&str]) -> Nats {
         let mut n = Nats {
             child: None,
             port: free_port(),
             store: store.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         n.spawn();
         n
@@ -59,6 +67,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

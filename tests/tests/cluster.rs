@@ -365,3 +365,76 @@ async fn a_stalled_watcher_in_a_cluster_catches_up_from_jetstream_losing_nothing
     assert_eq!(audit["rows_dropped"], 0, "{audit}");
     assert!(audit["rows_caught_up"].as_u64().unwrap() > 0, "{audit}");
 }
+
+/// Item 7 of the hardening issue: with NATS unreachable or refusing, the master never
+/// became ready, logged the cause at INFO and ignored SIGTERM. Now each failed attempt is
+/// an ERROR naming the cause, attempts repeat with backoff, SIGTERM ends the wait, and
+/// credentials in the URL are used.
+#[test]
+fn a_master_waiting_for_nats_says_why_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start_with(
+        &dir.path().join("nats"),
+        &["--user", "talon", "--pass", "s3cret"],
+    );
+    let start = |name: &str, url: &str| {
+        let log = dir.path().join(format!("{name}.log"));
+        let child = std::process::Command::new(bin("talon-master"))
+            .arg("--datastore")
+            .arg(dir.path().join(name))
+            .args(["--api-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+            .args(["--frontend-addr", "127.0.0.1:0", "--nats-url", url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (KillOnDrop(child), log)
+    };
+    let unreachable = format!("nats://127.0.0.1:{}", free_port());
+    for (name, url, cause) in [
+        ("refused", nats.url(), "authorization violation"),
+        ("unreachable", unreachable, "cannot connect to NATS"),
+    ] {
+        let (mut master, log) = start(name, &url);
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                let l = read();
+                l.matches("cannot connect to NATS; retrying").count() >= 2 && l.contains(cause)
+            }),
+            "{name}: {}",
+            read()
+        );
+        assert!(
+            read().contains("ERROR"),
+            "{name}: the cause is an error: {}",
+            read()
+        );
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &master.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = master.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: SIGTERM ignored: {}",
+                read()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{name}: {status:?} {}", read());
+    }
+    // With the credentials in the URL it joins.
+    let url = format!("nats://talon:s3cret@127.0.0.1:{}", nats.port);
+    let master = Master::start(&dir.path().join("joined"), &["--nats-url", &url]);
+    assert!(ok(&master.talon(&["cluster", "status"])).contains("master"));
+    assert!(
+        !master.stderr().contains("s3cret"),
+        "the password is never logged"
+    );
+}
