@@ -65,7 +65,8 @@ fn uptime_secs() -> f64 {
 
 const PAGE_BYTES: i64 = 4096;
 
-/// One process as a row: Pid, Ppid, Name, CommandLine, RSS (bytes), CPUPercent over its life.
+/// One process as a row: Pid, Ppid, Name, CommandLine, RSS (bytes), CPUPercent over its
+/// life, CreateTime (unix seconds, fractional).
 fn process_row(pid: i64) -> Option<Row> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (cpu, start, ppid, rss, name) = proc_stat(&stat)?;
@@ -74,7 +75,12 @@ fn process_row(pid: i64) -> Option<Row> {
         .replace('\0', " ")
         .trim()
         .to_string();
-    let alive = (uptime_secs() - start as f64 / TICKS_PER_SEC).max(0.01);
+    let uptime = uptime_secs();
+    let alive = (uptime - start as f64 / TICKS_PER_SEC).max(0.01);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let mut r = Row::new();
     r.insert("Pid".into(), Value::Int(pid));
     r.insert("Ppid".into(), Value::Int(ppid));
@@ -85,6 +91,7 @@ fn process_row(pid: i64) -> Option<Row> {
         "CPUPercent".into(),
         Value::Float(cpu as f64 / TICKS_PER_SEC / alive * 100.0),
     );
+    r.insert("CreateTime".into(), Value::Float(now - alive));
     Some(r)
 }
 
