@@ -173,6 +173,57 @@ pub fn verify(
     errors
 }
 
+/// The functions and plugins `program` calls that neither `registry` nor the program's own
+/// LETs define: ("function" or "plugin", name, byte offset), in order. What the API checks
+/// before running a query, as `verify` does for an artifact.
+pub fn unknown_calls(program: &Program, registry: &Registry) -> Vec<(&'static str, String, usize)> {
+    let defined: HashSet<String> = program
+        .stmts
+        .iter()
+        .filter_map(|s| match s {
+            Stmt::Let(l) => Some(l.name.clone()),
+            Stmt::Select(_) => None,
+        })
+        .collect();
+    let mut calls = Vec::new();
+    for s in &program.stmts {
+        match s {
+            Stmt::Let(l) => {
+                if let Some(params) = &l.params {
+                    params
+                        .iter()
+                        .filter_map(|p| p.default.as_ref())
+                        .for_each(|d| arg_calls(d, &mut calls));
+                }
+                match &l.value {
+                    LetValue::Expr(e) => expr_calls(e, &mut calls),
+                    LetValue::Query(sel) => select_calls(sel, &mut calls),
+                }
+            }
+            Stmt::Select(sel) => select_calls(sel, &mut calls),
+        }
+    }
+    calls
+        .into_iter()
+        .filter(|(kind, name, _)| {
+            !defined.contains(name)
+                && !name.starts_with("Artifact.")
+                && match kind {
+                    Kind::Function => registry.get_function(name).is_none(),
+                    Kind::Plugin => registry.get_plugin(name).is_none(),
+                }
+        })
+        .map(|(kind, name, offset)| {
+            let k = if kind == Kind::Function {
+                "function"
+            } else {
+                "plugin"
+            };
+            (k, name, offset)
+        })
+        .collect()
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Function,

@@ -137,8 +137,12 @@ struct InputRow {
 async fn push(api: &str, org: &str, artifact: &str, rows: Vec<String>) -> anyhow::Result<ExitCode> {
     let input: Vec<InputRow> = if rows.is_empty() {
         let mut v = Vec::new();
-        for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        for (i, line) in std::io::stdin().lock().split(b'\n').enumerate() {
             let line = line.context("cannot read stdin")?;
+            let Ok(line) = String::from_utf8(line) else {
+                anyhow::bail!("stdin line {}: not valid UTF-8", i + 1);
+            };
+            let line = line.strip_suffix('\r').map(str::to_string).unwrap_or(line);
             if !line.trim().is_empty() {
                 v.push(InputRow {
                     origin: format!("stdin line {}", i + 1),
@@ -168,7 +172,7 @@ async fn push(api: &str, org: &str, artifact: &str, rows: Vec<String>) -> anyhow
         anyhow::bail!("no rows to push: give --row JSON or JSON Lines on stdin");
     }
     let mut client = connect(api).await?;
-    let mut pushed = 0usize;
+    let mut chunks = Vec::new();
     let mut start = 0;
     while start < input.len() {
         let mut end = start;
@@ -180,12 +184,34 @@ async fn push(api: &str, org: &str, artifact: &str, rows: Vec<String>) -> anyhow
             bytes += input[end].json.len();
             end += 1;
         }
-        let req = PushRequest {
-            org: org.into(),
-            artifact: artifact.into(),
-            rows_json: input[start..end].iter().map(|r| r.json.clone()).collect(),
-        };
-        if let Err(s) = client.push(req).await {
+        chunks.push(start..end);
+        start = end;
+    }
+    let request = |range: &std::ops::Range<usize>, validate_only: bool| PushRequest {
+        org: org.into(),
+        artifact: artifact.into(),
+        rows_json: input[range.clone()]
+            .iter()
+            .map(|r| r.json.clone())
+            .collect(),
+        validate_only,
+    };
+    // A push of several requests is checked whole by the server first, so a bad row
+    // anywhere stores nothing.
+    if chunks.len() > 1 {
+        for range in &chunks {
+            if let Err(s) = client.push(request(range, true)).await {
+                return Err(anyhow::anyhow!(locate_row_error(
+                    s.message(),
+                    &input[range.clone()]
+                )));
+            }
+        }
+    }
+    let mut pushed = 0usize;
+    for range in &chunks {
+        let (start, end) = (range.start, range.end);
+        if let Err(s) = client.push(request(range, false)).await {
             let msg = locate_row_error(s.message(), &input[start..end]);
             if pushed > 0 {
                 anyhow::bail!("{msg} ({pushed} earlier rows were pushed)");
@@ -193,7 +219,6 @@ async fn push(api: &str, org: &str, artifact: &str, rows: Vec<String>) -> anyhow
             return Err(anyhow::anyhow!(msg));
         }
         pushed += end - start;
-        start = end;
     }
     println!("pushed {pushed} rows to {artifact}");
     Ok(ExitCode::SUCCESS)

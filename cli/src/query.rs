@@ -22,7 +22,8 @@ pub enum QueryFormat {
     Table,
 }
 
-/// Runs a query; an event query runs until `timeout` or Ctrl-C, then exits 0.
+/// Runs a query; an event query runs until `timeout` or Ctrl-C, then exits 0. A query
+/// that logged an ERROR and produced no row failed: it exits 1.
 pub async fn run(
     api: &str,
     org: &str,
@@ -61,6 +62,7 @@ pub async fn run(
     };
     let mut stream = answered.map_err(status_error)?.into_inner();
     let mut rows: Vec<Value> = Vec::new();
+    let (mut rows_seen, mut errors) = (0u64, 0u64);
     let mut out = std::io::stdout().lock();
     loop {
         let next = tokio::select! {
@@ -74,6 +76,11 @@ pub async fn run(
             m = stream.message() => m.map_err(status_error)?,
         };
         let Some(msg) = next else { break };
+        match &msg.item {
+            Some(Item::RowJson(_)) => rows_seen += 1,
+            Some(Item::Log(l)) if l.level == "ERROR" => errors += 1,
+            _ => {}
+        }
         match msg.item {
             Some(Item::RowJson(json)) => match format {
                 QueryFormat::Jsonl => {
@@ -116,6 +123,9 @@ pub async fn run(
             let header: Vec<&str> = cols.iter().map(String::as_str).collect();
             output::print_table(&header, cells)?;
         }
+    }
+    if errors > 0 && rows_seen == 0 {
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,10 +27,29 @@ pub struct Pages {
 pub fn router(pages: Pages) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/debug", get(index))
         .route("/debug/queues", get(queues_page))
         .route("/metrics", get(metrics))
         .route("/debug/watch", get(watch))
+        .fallback(not_found)
         .with_state(pages)
+}
+
+/// Any other path: a 404 that says what exists.
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let only_cluster = if uri.path() == "/debug/persister" {
+        " (/debug/persister exists on the master of a cluster only)"
+    } else {
+        ""
+    };
+    (
+        axum::http::StatusCode::NOT_FOUND,
+        format!(
+            "no page {}{only_cluster}; pages: /debug, /debug/queues, /metrics, /debug/watch?queue=NAME\n",
+            uri.path()
+        ),
+    )
+        .into_response()
 }
 
 async fn index() -> Response {

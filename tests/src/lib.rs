@@ -479,6 +479,7 @@ pub async fn push_padded_rows(api: SocketAddr, queue: &str, batches: usize) {
             org: String::new(),
             artifact: queue.into(),
             rows_json: rows,
+            ..Default::default()
         });
         tokio::time::timeout(Duration::from_secs(10), push)
             .await

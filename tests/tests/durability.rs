@@ -30,6 +30,7 @@ async fn acked_rows_survive_kill_9_exactly_once() {
                     org: String::new(),
                     artifact: QUEUE.into(),
                     rows_json: vec![row],
+                    ..Default::default()
                 };
                 match client.push(req).await {
                     Ok(_) => acked.lock().unwrap().push(id),
@@ -88,6 +89,7 @@ async fn sigterm_shuts_down_cleanly_and_keeps_everything() {
             org: String::new(),
             artifact: QUEUE.into(),
             rows_json: rows,
+            ..Default::default()
         })
         .await
         .unwrap();

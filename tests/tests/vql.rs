@@ -38,7 +38,11 @@ fn watch_monitoring_sees_rows_sent_by_another_query() {
         .expect("the watcher saw the row");
     let row: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(row["n"], 7);
-    assert_eq!(row["_Source"], "Server.Audit.Logs");
+    // _Source is who sent the row (the query's principal), as stored.
+    assert!(
+        row["_Source"].as_str().unwrap().starts_with("cli:"),
+        "{row}"
+    );
     assert!(row["_ts"].as_i64().unwrap() > 1_700_000_000);
     // The row is stored too, with the sender as _Source.
     let stored = json_lines(&ok(&master.talon(&["events", "read", "Server.Audit.Logs"])));
@@ -157,9 +161,11 @@ fn bad_queries_get_clear_errors_and_harm_nothing_else() {
         1,
     );
     assert!(err.contains("1:29: unexpected character '$'"), "{err}");
-    let out = master.talon(&["query", "SELECT * FROM no_such_plugin()"]);
-    assert!(ok(&out).is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Plugin no_such_plugin not found"));
+    let err = fails(
+        &master.talon(&["query", "SELECT * FROM no_such_plugin()"]),
+        1,
+    );
+    assert!(err.contains("1:15: unknown plugin no_such_plugin"), "{err}");
     let out = master.talon(&["query", "SELECT * FROM range(end='x')"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("range: end must be a number, got string")
@@ -245,7 +251,9 @@ fn foreach_over_watch_monitoring_keeps_streaming_and_client_artifacts_are_not_qu
         "query",
         "SELECT * FROM watch_monitoring(artifact='Custom.Collect')",
     ]);
-    assert!(ok(&out).is_empty());
+    // Nothing came out and it failed: exit 1.
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("watch_monitoring: unknown artifact Custom.Collect: no queue of that name"),
@@ -282,7 +290,8 @@ fn clock_and_foreach_send_events_that_a_watcher_receives() {
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
         let row: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(row["Tick"], s["Sent"]["Tick"]);
-        assert_eq!(row["_Source"], "Server.Events.Receive");
+        // The sender, not the queue.
+        assert_eq!(row["_Source"], "cli:cli");
     }
 }
 
@@ -392,5 +401,62 @@ fn queries_stop_at_their_configured_limits() {
     assert!(
         stderr.contains("more than 5 rows") && stderr.contains("query_max_rows"),
         "{stderr}"
+    );
+}
+
+/// Smaller items of the hardening issue, through the real CLI: a query naming an unknown
+/// function is refused before it runs, one whose statements all failed exits 1, a reader
+/// that goes away (`| head`) ends the CLI quietly, and send_event rows keep their sender
+/// as `_Source`.
+#[test]
+fn failed_queries_exit_1_and_a_closed_pipe_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let err = fails(
+        &master.talon(&["query", "SELECT no_such() FROM scope()"]),
+        1,
+    );
+    assert!(err.contains("1:8: unknown function no_such"), "{err}");
+    let err = fails(&master.talon(&["query", "SELECT * FROM nope()"]), 1);
+    assert!(err.contains("unknown plugin nope"), "{err}");
+    // LET names and artifacts are known.
+    ok(&master.talon(&["query", "LET f(x) = x + 1 SELECT f(x=1) AS y FROM scope()"]));
+    let out = master.talon(&[
+        "query",
+        "SELECT * FROM parse_csv(filename='/no/such/file.csv')",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ERROR: parse_csv"));
+
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; {} query 'SELECT * FROM range(end=1000000)' | head -1",
+            bin("talon").display()
+        ))
+        .env("TALON_API", master.api.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"_value":0}"#
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "nothing about a broken pipe"
+    );
+
+    let (status, body) = master.http_get("/debug");
+    assert!(
+        status.contains("200") && body.contains("/debug/queues"),
+        "{status} {body}"
+    );
+    let (status, body) = master.http_get("/debug/persister");
+    assert!(status.contains("404"), "{status}");
+    assert!(
+        body.contains("exists on the master of a cluster only"),
+        "{body}"
     );
 }

@@ -139,6 +139,11 @@ impl Admin for AdminService {
             }));
         }
         let rows = self.qm.parse_rows(&r.rows_json).map_err(ApiError::from)?;
+        if r.validate_only {
+            return Ok(Response::new(PushResponse {
+                rows: rows.len() as u64,
+            }));
+        }
         let n = self
             .qm
             .push(org, &r.artifact, rows, &who, "")
@@ -302,6 +307,21 @@ impl Admin for AdminService {
             org,
             ..Default::default()
         };
+        // Names nothing defines are refused before the query runs, as `artifacts verify`
+        // refuses them (a parse error is reported by run_limited below).
+        if let Ok(program) = talon_vql::parse(&r.query) {
+            let unknown = talon_artifacts::verify::unknown_calls(&program, self.vql.registry());
+            if !unknown.is_empty() {
+                let named: Vec<String> = unknown
+                    .iter()
+                    .map(|(kind, name, offset)| {
+                        let (line, col) = talon_vql::parser::line_col(&r.query, *offset);
+                        format!("{line}:{col}: unknown {kind} {name}")
+                    })
+                    .collect();
+                return Err(ApiError::BadRequest(named.join("; ")).into());
+            }
+        }
         // The request's limits win over the configured defaults.
         let mut limits = self.query_limits;
         if r.timeout_secs > 0.0 && r.timeout_secs.is_finite() {

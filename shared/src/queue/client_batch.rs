@@ -66,6 +66,7 @@ impl QueueManager {
         // Locks are taken in name order, so two batches never wait on each other.
         per_queue.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         let limit = self.inner.limits.max_row_bytes;
+        let stamped_limit = super::stamped_limit(limit, client);
         let now = now_us();
         let ts_s = now.div_euclid(1_000_000);
         let client_json = serde_json::to_string(client).expect("a string");
@@ -77,15 +78,15 @@ impl QueueManager {
             };
             let mut out = Vec::with_capacity(rows.len());
             for (index, row) in rows.into_iter().enumerate() {
+                let too_large = |size| Error::RowTooLarge { index, size, limit };
+                if let Some(size) = row.text_len().filter(|n| *n > limit) {
+                    return Err(in_queue(too_large(size)));
+                }
                 let json = row
                     .stamp(client, &client_json, ts_s, index)
                     .map_err(in_queue)?;
-                if json.len() > limit {
-                    return Err(in_queue(Error::RowTooLarge {
-                        index,
-                        size: json.len(),
-                        limit,
-                    }));
+                if json.len() > stamped_limit {
+                    return Err(in_queue(too_large(json.len())));
                 }
                 out.push(StoredRow {
                     ts_us: now,

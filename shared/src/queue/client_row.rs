@@ -19,6 +19,12 @@ pub trait ClientRow {
     /// string), `_ts` (`ts_s`) and `_Source` (the client id) last. `index` names the row in
     /// errors.
     fn stamp(self, client: &str, client_json: &str, ts_s: i64, index: usize) -> Result<String>;
+
+    /// The row's own size in bytes of JSON, when it came as text: what the row size limit
+    /// applies to (the server's stamps do not count).
+    fn text_len(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl ClientRow for JsonRow {
@@ -29,7 +35,13 @@ impl ClientRow for JsonRow {
 }
 
 impl ClientRow for &str {
+    fn text_len(&self) -> Option<usize> {
+        Some(self.len())
+    }
+
     fn stamp(self, client: &str, client_json: &str, ts_s: i64, index: usize) -> Result<String> {
+        // Values are kept as text, unparsed: the depth limit of the API is checked here.
+        super::check_depth(self, index)?;
         match serde_json::from_str::<Fields>(self) {
             Ok(fields) if !fields.has_repeated_key() => {
                 Ok(fields.write(self.len(), client_json, ts_s))
@@ -41,6 +53,10 @@ impl ClientRow for &str {
 }
 
 impl ClientRow for String {
+    fn text_len(&self) -> Option<usize> {
+        Some(self.len())
+    }
+
     fn stamp(self, client: &str, client_json: &str, ts_s: i64, index: usize) -> Result<String> {
         self.as_str().stamp(client, client_json, ts_s, index)
     }

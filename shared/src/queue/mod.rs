@@ -352,7 +352,8 @@ impl QueueManager {
         if n == 0 {
             return Ok(0);
         }
-        let limit = self.inner.limits.max_row_bytes;
+        // The limit is the row's; the stamps the server adds do not count against it.
+        let limit = stamped_limit(self.inner.limits.max_row_bytes, source);
         // Rows are stamped and serialised before taking the queue's push lock, so producers
         // of one queue serialise in parallel; the lock only orders timestamps and seqs. A
         // clamp below can move the stored time later than `_ts` by microseconds, never more.
@@ -529,8 +530,53 @@ pub(crate) fn stamp(row: &Map<String, Value>, ts_s: i64, source: &str, size_hint
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
+/// The size a row of `limit` bytes may reach once stamped with `_ts`, `_Source` and (for
+/// client rows) `ClientId` naming `source`: a row of exactly the limit is accepted.
+pub(crate) fn stamped_limit(limit: usize, source: &str) -> usize {
+    // `,"_ts":-9223372036854775808,"_Source":"...","ClientId":"..."`, every character of
+    // the source escaped at worst as \uXXXX.
+    limit + 96 + 12 * source.len()
+}
+
+/// Deepest nesting of arrays and objects a row may have, from the API and from clients
+/// alike (what serde_json's recursion limit lets through).
+pub const MAX_JSON_DEPTH: usize = 127;
+
+/// Refuses a row nested deeper than [`MAX_JSON_DEPTH`], scanning the text once (outside
+/// strings), so no parser has to recurse that deep first.
+pub(crate) fn check_depth(text: &str, index: usize) -> Result<()> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(Error::InvalidJson {
+                        index,
+                        message: format!("nested deeper than {MAX_JSON_DEPTH} levels"),
+                    });
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Row `index` parsed as a JSON object, or why it is not one.
 fn parse_object(text: &str, index: usize) -> Result<JsonRow> {
+    check_depth(text, index)?;
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(other) => Err(Error::NotAnObject {

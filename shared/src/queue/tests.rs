@@ -455,3 +455,49 @@ async fn a_stalled_watcher_holds_no_more_than_the_byte_budget() {
         }
     }
 }
+
+/// A row of exactly the size limit is accepted (the server's stamps do not count against
+/// it), and the API and clients share one nesting limit.
+#[tokio::test]
+async fn the_row_limits_are_the_rows_own_and_the_same_for_api_and_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    let limits = Limits {
+        max_row_bytes: 1000,
+        ..Limits::default()
+    };
+    let qm = QueueManager::new(Repository::with_builtins(), store, limits);
+    let exact = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000 - 10));
+    assert_eq!(exact.len(), 1000);
+    let rows = qm.parse_rows(&[exact.as_str()]).unwrap();
+    qm.push(ROOT_ORG, AUDIT, rows, "a-rather-long-principal-name", "")
+        .await
+        .unwrap();
+    let stats = "Generic.Client.Stats".to_string();
+    let batch = |row: &str| vec![(stats.clone(), vec![row.to_string()])];
+    qm.push_client_batch(ROOT_ORG, "C.1", name(1, 1), batch(&exact))
+        .await
+        .unwrap();
+    let over = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000 - 9));
+    assert!(matches!(
+        qm.parse_rows(&[over.as_str()]),
+        Err(Error::RowTooLarge { .. })
+    ));
+
+    let deep = |n: usize| format!("{{\"a\":{}1{}}}", "[".repeat(n), "]".repeat(n));
+    assert!(qm.parse_rows(&[deep(MAX_JSON_DEPTH - 1)]).is_ok());
+    let api = qm
+        .parse_rows(&[deep(MAX_JSON_DEPTH)])
+        .unwrap_err()
+        .to_string();
+    let client = qm
+        .push_client_batch(ROOT_ORG, "C.1", name(1, 2), batch(&deep(200)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(api.contains("nested deeper than 127 levels"), "{api}");
+    assert!(client.contains("nested deeper than 127 levels"), "{client}");
+    // Brackets inside strings are text, not nesting.
+    let quoted = format!("{{\"a\":\"{}\"}}", "[".repeat(900));
+    assert!(qm.parse_rows(&[quoted]).is_ok());
+}

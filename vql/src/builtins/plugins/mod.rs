@@ -252,12 +252,9 @@ fn watch_monitoring(c: PluginCall) -> BoxStream<'static, Row> {
                 ctx.log("ERROR", format!("{name}: {e}"));
                 stream::empty().boxed()
             }
-            Ok(rows) => rows
-                .map(move |mut r| {
-                    r.insert("_Source".into(), Value::from(artifact.as_str()));
-                    r
-                })
-                .boxed(),
+            // Rows as stored: `_Source` names who pushed each (for send_event(), the
+            // query's principal), never the queue.
+            Ok(rows) => rows.boxed(),
         }
     })
     .flatten()
