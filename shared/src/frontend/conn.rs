@@ -46,6 +46,26 @@ pub const KEEPALIVE: Duration = Duration::from_secs(20);
 /// How long a closing connection may take to finish its running work.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
+/// Feeds `bytes` to a new connection of `fe`, `chunk` bytes at a time, as its socket would,
+/// taking the session work it yields and pumping the answer (the fuzz target's entry).
+#[cfg(feature = "fuzzing")]
+pub(super) fn fuzz_feed(fe: &FrontendService, bytes: &[u8], chunk: usize) {
+    let limits = Limits {
+        max_decode: 1 << 16,
+        max_encode: 1 << 16,
+    };
+    let mut c = Conn::new(fe.clone(), "fuzz".into(), limits, Shutdown::default());
+    for piece in bytes.chunks(chunk.max(1)) {
+        if c.receive(piece).is_err() || c.next_work().is_err() {
+            return;
+        }
+        c.grant();
+        if c.pump().is_err() {
+            return;
+        }
+    }
+}
+
 /// Message size limits of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -8,6 +8,8 @@
 //! normal load, and a general server keeps tens of kilobytes of buffers per connection.
 
 mod conn;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http2;
 mod notify;
 mod presence;
