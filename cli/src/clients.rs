@@ -20,6 +20,13 @@ pub enum ClientsCmd {
     },
     /// Show one client as JSON
     Show { id: String },
+    /// Forget a client's record (its rows stay); it enrolls as new when it next connects
+    Delete {
+        id: String,
+        /// Why (kept in Server.Internal.ClientDelete and the audit log)
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Add or remove a label
     Label {
         id: String,
@@ -121,6 +128,16 @@ pub async fn run(api: &str, org: &str, cmd: ClientsCmd) -> anyhow::Result<ExitCo
                 .map_err(status_error)?
                 .into_inner();
             output::print_json(&client_json(&info))?;
+        }
+        ClientsCmd::Delete { id, reason } => {
+            c.delete_client(DeleteClientRequest {
+                org: org.into(),
+                client_id: id.clone(),
+                reason,
+            })
+            .await
+            .map_err(status_error)?;
+            println!("deleted {id}");
         }
         ClientsCmd::Label { id, add, remove } => {
             let info = c

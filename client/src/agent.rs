@@ -173,14 +173,13 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> 
             attempt = 0;
         }
         index += 1;
-        // After trying every frontend once, back off with jitter.
+        // After trying every frontend once, wait: 200 ms at first (a restarted server is
+        // back soon), doubling to 5 s, jittered so a fleet does not return in step.
         if index.is_multiple_of(config.frontends.len()) {
-            attempt = (attempt + 1).min(6);
-            let base = Duration::from_millis(250 << attempt);
-            let jitter = base.mul_f64(0.5 + (now_nanos() % 1000) as f64 / 1000.0);
+            let wait = reconnect_wait(&mut attempt);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(jitter) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -188,6 +187,14 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     let _ = queries.await;
     let _ = batcher.await;
     Ok(())
+}
+
+/// The wait before the next connection attempt: quick at first, then doubling to 5 s, each
+/// jittered by ±50% so a fleet does not come back in step.
+pub fn reconnect_wait(attempt: &mut u32) -> Duration {
+    let base = Duration::from_millis(200 << (*attempt).min(5)).min(Duration::from_secs(5));
+    *attempt = attempt.saturating_add(1);
+    base.mul_f64(0.5 + rand::random::<f64>())
 }
 
 fn now_nanos() -> u128 {
@@ -268,7 +275,12 @@ async fn session(
             msg = incoming.message() => {
                 let Some(msg) = msg? else { anyhow::bail!("the frontend closed the stream") };
                 match msg.msg {
-                    Some(server_message::Msg::EventTable(t)) => { let _ = table_tx.send(Some(t)); }
+                    Some(server_message::Msg::EventTable(t)) => {
+                        let event_table_version = t.version;
+                        let _ = table_tx.send(Some(t));
+                        // Say at once which table runs now.
+                        out_tx.send(ClientMessage { msg: Some(client_message::Msg::Keepalive(Keepalive { event_table_version })) }).await?;
+                    }
                     Some(server_message::Msg::Ack(a)) => {
                         let mut spool = spool.lock().expect("spool");
                         if !a.error.is_empty() {
@@ -302,7 +314,8 @@ async fn session(
                 out_tx.send(ClientMessage { msg: Some(client_message::Msg::Logs(LogBatch { lines })) }).await?;
             }
             _ = keepalive.tick() => {
-                out_tx.send(ClientMessage { msg: Some(client_message::Msg::Keepalive(Keepalive {})) }).await?;
+                let event_table_version = table_tx.borrow().as_ref().map(|t| t.version).unwrap_or(0);
+                out_tx.send(ClientMessage { msg: Some(client_message::Msg::Keepalive(Keepalive { event_table_version })) }).await?;
             }
         }
     }

@@ -31,6 +31,8 @@ struct Totals {
     errors: AtomicU64,
     /// Event tables received that hold at least one query.
     tables: AtomicU64,
+    /// Sessions that ended and were connected again.
+    reconnects: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
 }
 
@@ -72,7 +74,38 @@ fn row(i: u64, bytes: usize, sent_us: i64) -> String {
     base.replace("\"Pad\":\"\"", &format!("\"Pad\":\"{}\"", "x".repeat(pad)))
 }
 
+/// One simulated client: sessions one after another, as the real agent, reconnecting after
+/// a short jittered wait (200 ms doubling to 5 s) until the run stops.
 async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Shutdown) {
+    let mut attempt = 0u32;
+    let id = random_id(n as u64);
+    loop {
+        let started = Instant::now();
+        if !one_session(n, &id, &cfg, &totals, &stop).await {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            attempt = 0;
+        }
+        totals.reconnects.fetch_add(1, Ordering::Relaxed);
+        let wait = crate::agent::reconnect_wait(&mut attempt);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One session of a simulated client; true when it ended (or never started) and the
+/// client should connect again, false when the run stopped.
+async fn one_session(
+    n: usize,
+    id: &str,
+    cfg: &Arc<SimConfig>,
+    totals: &Arc<Totals>,
+    stop: &Shutdown,
+) -> bool {
+    let (cfg, totals, stop) = (cfg.clone(), totals.clone(), stop.clone());
     let who = n;
     let addr = &cfg.frontends[n % cfg.frontends.len()];
     let url = if addr.contains("://") {
@@ -88,14 +121,14 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
         Ok(channel) => channel,
         Err(e) => {
             totals.error(who, format_args!("cannot connect to {addr}: {e:?}"));
-            return;
+            return true;
         }
     };
     // As the real agent: an event table may be large.
     let mut client = FrontendClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel::<ClientMessage>(16);
     let hello = Hello {
-        client_id: random_id(n as u64),
+        client_id: id.to_string(),
         org: cfg.org.clone(),
         hostname: format!("sim-{n}"),
         os: "linux".into(),
@@ -106,7 +139,7 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
             msg: Some(client_message::Msg::Hello(hello)),
         })
         .await;
-    let mut incoming = match client
+    let incoming = match client
         .session(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
     {
@@ -119,12 +152,26 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
                 source = s.source();
             }
             totals.error(who, format_args!("session refused: {why}"));
-            return;
+            return true;
         }
     };
     totals.connected.fetch_add(1, Ordering::Relaxed);
+    let ended = one_stream(who, &cfg, &totals, &stop, tx, incoming).await;
+    totals.connected.fetch_sub(1, Ordering::Relaxed);
+    ended
+}
+
+/// Streams a connected session until it ends (true) or the run stops (false).
+async fn one_stream(
+    who: usize,
+    cfg: &Arc<SimConfig>,
+    totals: &Arc<Totals>,
+    stop: &Shutdown,
+    tx: tokio::sync::mpsc::Sender<ClientMessage>,
+    mut incoming: tonic::Streaming<ServerMessage>,
+) -> bool {
     let sent_at: Arc<Mutex<std::collections::HashMap<u64, (Instant, u64)>>> = Arc::default();
-    let acks = {
+    let mut acks = {
         let (totals, sent_at, stop_acks) = (totals.clone(), sent_at.clone(), stop.clone());
         stop.spawn("sim-acks", async move {
             let stop = stop_acks;
@@ -180,9 +227,12 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
     let (mut due, mut sent, mut batch_id) = (0.0f64, 0u64, 0u64);
     // Each session is a spool incarnation of its own: its batch ids start again at 1.
     let incarnation: u64 = rand::random();
+    let mut ended = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            // The server ended the session (its acks stream is over).
+            _ = &mut acks => { ended = true; break }
             _ = interval.tick() => {}
         }
         if cfg.rate <= 0.0 {
@@ -214,18 +264,23 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
         };
         if tx.send(msg).await.is_err() {
             totals.error(who, "the session's stream closed");
+            ended = true;
             break;
         }
         sent += n;
         totals.sent.fetch_add(n, Ordering::Relaxed);
     }
     let _ = due;
+    if ended {
+        return true;
+    }
     // Wait briefly for outstanding acks.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !sent_at.lock().expect("sent").is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     acks.abort();
+    false
 }
 
 fn pct(v: &[u64], p: f64) -> u64 {
@@ -256,14 +311,15 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let acked = totals.acked.load(Ordering::Relaxed);
         eprintln!(
-            "{:>4.0}s connected {} sent {} acked {} ({} rows/s) errors {} tables {}",
+            "{:>4.0}s connected {} sent {} acked {} ({} rows/s) errors {} tables {} reconnects {}",
             start.elapsed().as_secs_f64(),
             totals.connected.load(Ordering::Relaxed),
             totals.sent.load(Ordering::Relaxed),
             acked,
             acked - last_acked,
             totals.errors.load(Ordering::Relaxed),
-            totals.tables.load(Ordering::Relaxed)
+            totals.tables.load(Ordering::Relaxed),
+            totals.reconnects.load(Ordering::Relaxed)
         );
         last_acked = acked;
     }
@@ -285,6 +341,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
             "acked_rows_per_s": (acked as f64 / secs).round(),
             "errors": totals.errors.load(Ordering::Relaxed),
             "tables_received": totals.tables.load(Ordering::Relaxed),
+            "reconnects": totals.reconnects.load(Ordering::Relaxed),
             "ack_latency_ms": {"p50": pct(&lat, 0.5) as f64 / 1000.0, "p99": pct(&lat, 0.99) as f64 / 1000.0},
         })
     );

@@ -140,6 +140,17 @@ impl Clients {
             .map(|_| ())
     }
 
+    /// Forgets a record; false when there was none.
+    pub async fn delete(&self, org: &str, client_id: &str) -> store::Result<bool> {
+        if self.get(org, client_id)?.is_none() {
+            return Ok(false);
+        }
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
+        self.store
+            .set_setting(&clients_ns(org), client_id, None)
+            .await
+    }
+
     /// The table's version for an org (bumped on every change).
     pub fn version(&self, org: &str) -> store::Result<u64> {
         Ok(self

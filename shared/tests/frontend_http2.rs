@@ -242,7 +242,7 @@ async fn a_second_concurrent_stream_is_refused_and_the_first_goes_on() {
     assert_eq!(payload, code::REFUSED_STREAM.to_be_bytes());
     // Stream 1 still answers a keepalive.
     let keepalive = ClientMessage {
-        msg: Some(client_message::Msg::Keepalive(Keepalive {})),
+        msg: Some(client_message::Msg::Keepalive(Keepalive::default())),
     };
     let mut out = Vec::new();
     http2::put_frame(&mut out, kind::DATA, 0, 1, &grpc_frame(&keepalive));
@@ -307,7 +307,7 @@ async fn bad_connections_get_a_goaway_naming_why_and_others_stream_on() {
 
     // The good client's stream goes on.
     tx.send(ClientMessage {
-        msg: Some(client_message::Msg::Keepalive(Keepalive {})),
+        msg: Some(client_message::Msg::Keepalive(Keepalive::default())),
     })
     .await
     .unwrap();

@@ -432,7 +432,10 @@ fn a_master_waiting_for_nats_says_why_and_stops_on_sigterm() {
     // With the credentials in the URL it joins.
     let url = format!("nats://talon:s3cret@127.0.0.1:{}", nats.port);
     let master = Master::start(&dir.path().join("joined"), &["--nats-url", &url]);
-    assert!(ok(&master.talon(&["cluster", "status"])).contains("master"));
+    assert!(wait_until(Duration::from_secs(30), || ok(
+        &master.talon(&["cluster", "status"])
+    )
+    .contains("master")));
     assert!(
         !master.stderr().contains("s3cret"),
         "the password is never logged"

@@ -511,6 +511,52 @@ impl Admin for AdminService {
         }
     }
 
+    async fn delete_client(
+        &self,
+        req: Request<DeleteClientRequest>,
+    ) -> Result<Response<DeleteClientResponse>, Status> {
+        let who = principal(&req);
+        let r = req.into_inner();
+        let org = org_of(&r.org).to_string();
+        talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
+        let deleted = self
+            .frontend
+            .clients()
+            .delete(&org, &r.client_id)
+            .await
+            .map_err(ApiError::from)?;
+        if !deleted {
+            return Err(
+                ApiError::NotFound(format!("unknown client {} in org {org}", r.client_id)).into(),
+            );
+        }
+        let row = serde_json::json!({
+            "ClientId": r.client_id,
+            "Principal": who,
+            "Reason": r.reason,
+        });
+        let row = match row {
+            serde_json::Value::Object(m) => m,
+            _ => unreachable!("an object literal"),
+        };
+        if let Err(e) = self
+            .qm
+            .push(&org, "Server.Internal.ClientDelete", vec![row], &who, "")
+            .await
+        {
+            tracing::error!(client_id = %r.client_id, error = %e, "could not announce a client deletion");
+        }
+        audit(
+            &self.qm,
+            &org,
+            "client_delete",
+            &who,
+            serde_json::json!({"client_id": r.client_id, "reason": r.reason}),
+        )
+        .await;
+        Ok(Response::new(DeleteClientResponse {}))
+    }
+
     async fn label_client(
         &self,
         req: Request<LabelClientRequest>,

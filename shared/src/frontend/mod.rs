@@ -195,7 +195,14 @@ struct Inner {
     /// Where the frontend's own tasks (notification followers, delayed wake-ups) run.
     shutdown: talon_core::Shutdown,
     tables: Mutex<TableCache>,
+    /// When each connected client's keepalive was last written to its record, and the
+    /// table version it said.
+    seen_written: Mutex<HashMap<(String, String), (i64, u64)>>,
 }
+
+/// A connected client's record is rewritten for its keepalives at most this often (and
+/// whenever its table version changes).
+pub const SEEN_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl FrontendService {
     /// A frontend pushing to `qm`, keeping client records in `store`, compiling event
@@ -219,6 +226,7 @@ impl FrontendService {
                 node: node.to_string(),
                 sessions: Mutex::new(HashMap::new()),
                 tables: Mutex::default(),
+                seen_written: Mutex::default(),
                 next_session: AtomicU64::new(1),
                 activity: Mutex::new(HashMap::new()),
                 wakes: Mutex::new(HashMap::new()),
@@ -511,6 +519,11 @@ impl FrontendService {
             }
         };
         if removed {
+            self.inner
+                .seen_written
+                .lock()
+                .expect("seen written")
+                .remove(key);
             if let Ok(Some(mut r)) = self.inner.clients.get(&key.0, &key.1) {
                 r.last_seen_at = now_us();
                 let _ = self.inner.clients.put(&key.0, &r).await;
@@ -540,9 +553,10 @@ impl FrontendService {
                 let _ = tx.send(ack.into()).await;
             }
             Some(client_message::Msg::Logs(logs)) => self.apply_logs(org, client, logs).await,
-            Some(client_message::Msg::Keepalive(_)) => {
+            Some(client_message::Msg::Keepalive(k)) => {
+                self.note_alive(key, k.event_table_version).await;
                 let keepalive = ServerMessage {
-                    msg: Some(server_message::Msg::Keepalive(Keepalive {})),
+                    msg: Some(server_message::Msg::Keepalive(Keepalive::default())),
                 };
                 let _ = tx.send(keepalive.into()).await;
             }
@@ -598,6 +612,37 @@ impl FrontendService {
                 Err(Status::unavailable(format!("bus unavailable: {e}")))
             }
             Err(e) => Ok(ack(e.to_string())),
+        }
+    }
+
+    /// A connected client said it is alive and runs `version`: its record follows, written
+    /// when the version changed or at most once a [`SEEN_WRITE_INTERVAL`].
+    async fn note_alive(&self, key: &(String, String), version: u64) {
+        let now = now_us();
+        {
+            let mut written = self.inner.seen_written.lock().expect("seen written");
+            let last = written.get(key).copied();
+            let due = last.is_none_or(|(at, v)| {
+                v != version || now - at >= SEEN_WRITE_INTERVAL.as_micros() as i64
+            });
+            if !due {
+                return;
+            }
+            written.insert(key.clone(), (now, version));
+        }
+        let clients = &self.inner.clients;
+        match clients.get(&key.0, &key.1) {
+            Ok(Some(mut r)) => {
+                r.last_seen_at = r.last_seen_at.max(now);
+                r.last_event_table_version = version;
+                if let Err(e) = clients.put(&key.0, &r).await {
+                    tracing::warn!(client_id = %key.1, error = %e, "cannot record a client's keepalive");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(client_id = %key.1, error = %e, "cannot read a client's record")
+            }
         }
     }
 
