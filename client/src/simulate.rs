@@ -25,7 +25,10 @@ pub struct SimConfig {
 
 #[derive(Default)]
 struct Totals {
+    /// Sessions connected now.
     connected: AtomicU64,
+    /// The most sessions connected at once.
+    peak: AtomicU64,
     sent: AtomicU64,
     acked: AtomicU64,
     errors: AtomicU64,
@@ -81,7 +84,7 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
     let id = random_id(n as u64);
     loop {
         let started = Instant::now();
-        if !one_session(n, &id, &cfg, &totals, &stop).await {
+        if !one_session(n, &id, &cfg, &totals, &stop).await || stop.is_cancelled() {
             return;
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -155,7 +158,8 @@ async fn one_session(
             return true;
         }
     };
-    totals.connected.fetch_add(1, Ordering::Relaxed);
+    let now = totals.connected.fetch_add(1, Ordering::Relaxed) + 1;
+    totals.peak.fetch_max(now, Ordering::Relaxed);
     let ended = one_stream(who, &cfg, &totals, &stop, tx, incoming).await;
     totals.connected.fetch_sub(1, Ordering::Relaxed);
     ended
@@ -230,6 +234,7 @@ async fn one_stream(
     let mut ended = false;
     loop {
         tokio::select! {
+            biased;
             _ = stop.cancelled() => break,
             // The server ended the session (its acks stream is over).
             _ = &mut acks => { ended = true; break }
@@ -335,7 +340,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "clients_connected": totals.connected.load(Ordering::Relaxed),
+            "clients_connected": totals.peak.load(Ordering::Relaxed),
             "rows_sent": totals.sent.load(Ordering::Relaxed),
             "rows_acked": acked,
             "acked_rows_per_s": (acked as f64 / secs).round(),

@@ -20,6 +20,11 @@ use tracing::Instrument;
 
 use crate::vql_host::Output;
 
+/// Stack of each query thread: evaluation recurses through nested queries and expressions
+/// (bounded by `vql/src/limits.rs`); a generous stack keeps the deepest allowed query far
+/// from the end of it.
+const QUERY_THREAD_STACK: usize = 16 * 1024 * 1024;
+
 /// Items of a query's output held for a reader that is slower than the query.
 const OUTPUT_BUFFER: usize = 256;
 
@@ -64,6 +69,7 @@ impl QueryPool {
     pub fn new(threads: usize) -> std::io::Result<QueryPool> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
+            .thread_stack_size(QUERY_THREAD_STACK)
             .thread_name_fn(|| {
                 static NEXT: std::sync::atomic::AtomicUsize =
                     std::sync::atomic::AtomicUsize::new(1);
