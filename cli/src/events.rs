@@ -27,6 +27,10 @@ pub enum EventsCmd {
         /// A row as a JSON object; repeatable
         #[arg(long = "row", value_name = "JSON")]
         rows: Vec<String>,
+        /// Name of this push, so sending the same rows again after a failure stores each
+        /// row once (a push of several requests picks one and prints it when cut off)
+        #[arg(long, value_name = "ID")]
+        push_id: Option<String>,
     },
     /// Print rows pushed to a queue from now on, as JSON Lines
     Watch {
@@ -71,7 +75,11 @@ pub enum ExportFormat {
 /// Runs an events subcommand.
 pub async fn run(api: &str, org: &str, cmd: EventsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        EventsCmd::Push { artifact, rows } => push(api, org, &artifact, rows).await,
+        EventsCmd::Push {
+            artifact,
+            rows,
+            push_id,
+        } => push(api, org, &artifact, rows, push_id).await,
         EventsCmd::Watch {
             artifact,
             count,
@@ -134,7 +142,13 @@ struct InputRow {
     json: String,
 }
 
-async fn push(api: &str, org: &str, artifact: &str, rows: Vec<String>) -> anyhow::Result<ExitCode> {
+async fn push(
+    api: &str,
+    org: &str,
+    artifact: &str,
+    rows: Vec<String>,
+    push_id: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let input: Vec<InputRow> = if rows.is_empty() {
         let mut v = Vec::new();
         for (i, line) in std::io::stdin().lock().split(b'\n').enumerate() {
@@ -187,7 +201,11 @@ async fn push(api: &str, org: &str, artifact: &str, rows: Vec<String>) -> anyhow
         chunks.push(start..end);
         start = end;
     }
-    let request = |range: &std::ops::Range<usize>, validate_only: bool| PushRequest {
+    // A push of several requests (or one the user named) is sent as numbered parts of one
+    // push id, so sending it again after a failure stores every row once.
+    let push_id =
+        push_id.or_else(|| (chunks.len() > 1).then(|| format!("{:032x}", rand::random::<u128>())));
+    let request = |part: usize, range: &std::ops::Range<usize>, validate_only: bool| PushRequest {
         org: org.into(),
         artifact: artifact.into(),
         rows_json: input[range.clone()]
@@ -195,12 +213,18 @@ async fn push(api: &str, org: &str, artifact: &str, rows: Vec<String>) -> anyhow
             .map(|r| r.json.clone())
             .collect(),
         validate_only,
+        push_id: push_id.clone().unwrap_or_default(),
+        part: if push_id.is_some() {
+            part as u64 + 1
+        } else {
+            0
+        },
     };
     // A push of several requests is checked whole by the server first, so a bad row
     // anywhere stores nothing.
     if chunks.len() > 1 {
-        for range in &chunks {
-            if let Err(s) = client.push(request(range, true)).await {
+        for (part, range) in chunks.iter().enumerate() {
+            if let Err(s) = client.push(request(part, range, true)).await {
                 return Err(anyhow::anyhow!(locate_row_error(
                     s.message(),
                     &input[range.clone()]
@@ -209,18 +233,36 @@ async fn push(api: &str, org: &str, artifact: &str, rows: Vec<String>) -> anyhow
         }
     }
     let mut pushed = 0usize;
-    for range in &chunks {
+    let mut already = 0usize;
+    for (part, range) in chunks.iter().enumerate() {
         let (start, end) = (range.start, range.end);
-        if let Err(s) = client.push(request(range, false)).await {
-            let msg = locate_row_error(s.message(), &input[start..end]);
-            if pushed > 0 {
-                anyhow::bail!("{msg} ({pushed} earlier rows were pushed)");
+        let sent = client.push(request(part, range, false)).await;
+        if let Ok(r) = &sent {
+            // A part stored before under this push id is not stored again.
+            if push_id.is_some() && r.get_ref().rows == 0 {
+                already += end - start;
             }
-            return Err(anyhow::anyhow!(msg));
+        }
+        if let Err(s) = sent {
+            let msg = locate_row_error(s.message(), &input[start..end]);
+            match (&push_id, pushed) {
+                (Some(id), p) if p > 0 => anyhow::bail!(
+                    "{msg} ({p} earlier rows were pushed; send the same rows again with --push-id {id} to store the rest, each row once)"
+                ),
+                (None, p) if p > 0 => anyhow::bail!("{msg} ({p} earlier rows were pushed)"),
+                _ => return Err(anyhow::anyhow!(msg)),
+            }
         }
         pushed += end - start;
     }
-    println!("pushed {pushed} rows to {artifact}");
+    if already > 0 {
+        println!(
+            "pushed {} rows to {artifact} ({already} were stored before under this push id)",
+            pushed - already
+        );
+    } else {
+        println!("pushed {pushed} rows to {artifact}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -109,6 +109,13 @@ fn a_large_cli_push_is_all_or_nothing_and_names_the_bad_line() {
     assert!(out.contains("pushed 15000 rows"), "{out}");
     assert_eq!(stored(&master), 15_000);
 
+    // Naming a push makes sending it again store nothing twice.
+    let named = lines[..3].join("\n");
+    for _ in 0..2 {
+        ok(&master.talon_stdin(&["events", "push", QUEUE, "--push-id", "deploy-7"], &named));
+    }
+    assert_eq!(stored(&master), 15_003);
+
     let mut bytes = b"{\"a\":1}\n{\"b\":\"".to_vec();
     bytes.extend_from_slice(&[0xff, 0xfe]);
     bytes.extend_from_slice(b"\"}\n");
@@ -125,7 +132,7 @@ fn a_large_cli_push_is_all_or_nothing_and_names_the_bad_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("stdin line 2: not valid UTF-8"), "{err}");
-    assert_eq!(stored(&master), 15_000);
+    assert_eq!(stored(&master), 15_003);
 }
 
 #[test]

@@ -144,11 +144,15 @@ impl Admin for AdminService {
                 rows: rows.len() as u64,
             }));
         }
-        let n = self
-            .qm
-            .push(org, &r.artifact, rows, &who, "")
-            .await
-            .map_err(ApiError::from)?;
+        let n = if r.push_id.is_empty() {
+            self.qm.push(org, &r.artifact, rows, &who, "").await
+        } else {
+            let (id, part) = (&r.push_id, r.part);
+            self.qm
+                .push_part(org, &r.artifact, rows, &who, id, part)
+                .await
+        }
+        .map_err(ApiError::from)?;
         Ok(Response::new(PushResponse { rows: n }))
     }
 

@@ -39,9 +39,14 @@ impl QueueManager {
         state: &Arc<QueueState>,
         rows: Arc<Vec<StoredRow>>,
         clock: tokio::sync::MutexGuard<'_, PushClock>,
+        once: Option<(&str, u64)>,
     ) -> Result<()> {
         let n = self.inner.next_msg.fetch_add(1, Ordering::Relaxed);
-        let msg_id = format!("{}/{}/{n}", bus.node(), boot_id());
+        // A push part's id is its own, so JetStream stores a resent part once.
+        let msg_id = match once {
+            Some((push_id, part)) => format!("push/{}/{push_id}/{part}", state.org),
+            None => format!("{}/{}/{n}", bus.node(), boot_id()),
+        };
         let durable = state.kind.is_durable();
         // In a cluster nothing else holds the rows: take them without copying.
         let rows = Arc::try_unwrap(rows).unwrap_or_else(|shared| (*shared).clone());

@@ -347,7 +347,49 @@ impl QueueManager {
         source: &str,
         client: &str,
     ) -> Result<u64> {
+        self.push_as(org, queue, rows, source, client, None).await
+    }
+
+    /// Pushes part `part` (from 1) of the push called `push_id` to a durable queue: a part
+    /// already stored under that push id is not stored again (it returns 0), so a push cut
+    /// off midway can be sent again whole and stores each row once. The 16 newest push ids
+    /// are remembered standalone; in a cluster, JetStream's duplicate window (20 minutes).
+    pub async fn push_part(
+        &self,
+        org: &str,
+        queue: &str,
+        rows: Vec<Map<String, Value>>,
+        source: &str,
+        push_id: &str,
+        part: u64,
+    ) -> Result<u64> {
+        if push_id.is_empty() || push_id.len() > 128 || part == 0 || part > MAX_BATCH_ID {
+            return Err(Error::InvalidBatch {
+                id: part,
+                reason: "a push part needs a push id of 1 to 128 bytes and a part from 1",
+            });
+        }
+        self.push_as(org, queue, rows, source, "", Some((push_id, part)))
+            .await
+    }
+
+    async fn push_as(
+        &self,
+        org: &str,
+        queue: &str,
+        rows: Vec<Map<String, Value>>,
+        source: &str,
+        client: &str,
+        once: Option<(&str, u64)>,
+    ) -> Result<u64> {
         let state = self.state(org, queue)?;
+        if once.is_some() && !state.kind.is_durable() {
+            return Err(Error::WrongKind {
+                queue: queue.into(),
+                kind: state.kind,
+                action: "only durable queues take pushes with a push id",
+            });
+        }
         let n = rows.len() as u64;
         if n == 0 {
             return Ok(0);
@@ -388,7 +430,25 @@ impl QueueManager {
         }
         let rows = Arc::new(stored);
         if let Some(bus) = self.bus() {
-            self.push_over_bus(bus, &state, rows, clock).await?;
+            self.push_over_bus(bus, &state, rows, clock, once).await?;
+        } else if let Some((push_id, part)) = once {
+            // Stored with the part's dedup mark in one transaction, as a client's batch is.
+            let publisher = state.clone();
+            let published = rows.clone();
+            let done = self
+                .inner
+                .store
+                .enqueue_client_batch(
+                    store::client_batch_key(org, PUSH_KEY_CLIENT, push_key(push_id)),
+                    part,
+                    vec![(state.stream.clone(), rows)],
+                    vec![Box::new(move |first| publisher.publish(first, published))],
+                )
+                .await?;
+            drop(clock);
+            if !done.await.map_err(|_| store::Error::Closed)?? {
+                return Ok(0);
+            }
         } else if state.kind.is_durable() {
             let publisher = state.clone();
             let published = rows.clone();
@@ -528,6 +588,17 @@ pub(crate) fn stamp(row: &Map<String, Value>, ts_s: i64, source: &str, size_hint
     })();
     result.expect("a JSON map always serialises");
     String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Pushes with a push id are deduplicated like a client's batches, under this name (no
+/// client id looks like it) and a hash of the push id.
+const PUSH_KEY_CLIENT: &str = "push";
+
+/// FNV-1a of the push id: the same number in every process and release.
+fn push_key(push_id: &str) -> u64 {
+    push_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The size a row of `limit` bytes may reach once stamped with `_ts`, `_Source` and (for

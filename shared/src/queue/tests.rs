@@ -501,3 +501,41 @@ async fn the_row_limits_are_the_rows_own_and_the_same_for_api_and_clients() {
     let quoted = format!("{{\"a\":\"{}\"}}", "[".repeat(900));
     assert!(qm.parse_rows(&[quoted]).is_ok());
 }
+
+/// A push sent in parts under a push id stores each part once, so a push cut off midway
+/// can be sent again whole.
+#[tokio::test]
+async fn push_parts_are_stored_once_per_push_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let qm = manager(&dir, 16);
+    let part = |p: u64| {
+        let qm = qm.clone();
+        async move {
+            qm.push_part(ROOT_ORG, AUDIT, rows(2, 2 * p as usize), "t", "push-1", p)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(part(1).await, 2);
+    assert_eq!(part(2).await, 2);
+    // Cut off here; everything is sent again.
+    for p in 1..=3 {
+        part(p).await;
+    }
+    assert_eq!(count_rows(&qm, AUDIT).await, 6);
+    // Another push id is another push.
+    qm.push_part(ROOT_ORG, AUDIT, rows(1, 0), "t", "push-2", 1)
+        .await
+        .unwrap();
+    assert_eq!(count_rows(&qm, AUDIT).await, 7);
+    let e = qm
+        .push_part(ROOT_ORG, AUDIT, rows(1, 0), "t", "", 1)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("push id"), "{e}");
+    let e = qm
+        .push_part(ROOT_ORG, "Server.Internal.Ping", rows(1, 0), "t", "x", 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::WrongKind { .. }), "{e}");
+}
