@@ -708,3 +708,102 @@ fn a_connected_clients_record_follows_it_and_a_client_can_be_deleted() {
     let err = fails(&master.talon(&["clients", "delete", &id]), 1);
     assert!(err.contains("unknown client"), "{err}");
 }
+
+/// Opens a client session over raw HTTP/2 (preface, settings, the session request, hello)
+/// and never reads: a client that stopped reading its socket.
+fn never_reading_session(frontend: &str, client_id: &str) -> std::net::TcpStream {
+    use prost::Message;
+    use std::io::Write;
+    use talon_shared::frontend::http2::{self, flag, kind};
+    let mut out = http2::PREFACE.to_vec();
+    http2::put_settings(&mut out, &[]);
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/talon.client.Frontend/Session"),
+        (":authority", "talon"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        http2::put_literal(&mut block, name, value.as_bytes());
+    }
+    http2::put_frame(&mut out, kind::HEADERS, flag::END_HEADERS, 1, &block);
+    let hello = talon_proto::client::ClientMessage {
+        msg: Some(talon_proto::client::client_message::Msg::Hello(
+            talon_proto::client::Hello {
+                client_id: client_id.into(),
+                ..Default::default()
+            },
+        )),
+    };
+    let body = hello.encode_to_vec();
+    let mut grpc = vec![0];
+    grpc.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    grpc.extend_from_slice(&body);
+    http2::put_frame(&mut out, kind::DATA, 0, 1, &grpc);
+    let mut s = std::net::TcpStream::connect(frontend).unwrap();
+    s.write_all(&out).unwrap();
+    s
+}
+
+/// Item 5 of the hardening issue, the other half: 200 clients that never read held 0.9 GB
+/// of a 4 MB table until their ping timeout. Each now holds a share of the one encoded
+/// table and at most its flow-control window in flight.
+#[test]
+fn clients_that_never_read_do_not_hold_a_copy_of_the_table_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let pad = "x".repeat(4 << 20);
+    let big = format!(
+        "name: Custom.Big\ntype: CLIENT_EVENT\nsources:\n- query: |\n    SELECT '{pad}' AS Pad FROM clock(period=3600)\n"
+    );
+    add_artifact(&master, dir.path(), &big);
+    let frontend = master.frontend.to_string();
+    let mut sockets: Vec<_> = (0..200)
+        .map(|i| never_reading_session(&frontend, &format!("C.{i:016x}")))
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let list = ok(&master.talon(&["clients", "list", "--format", "json"]));
+            list.matches("\"connected\": true").count() == 200
+        }),
+        "{}",
+        ok(&master.talon(&["clients", "list", "--format", "json"]))
+    );
+    let pid = master.pid();
+    let before = rss_bytes(pid);
+    ok(&master.talon(&["monitoring", "client", "add", "Custom.Big"]));
+    // The table goes out to every session at once; give the connections time to queue it.
+    let mut peak = before;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        peak = peak.max(rss_bytes(pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "200 clients that never read, 4 MiB table: master RSS {} -> {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    assert!(
+        growth < 50 << 20,
+        "200 clients that never read grew the master by {} MiB",
+        growth >> 20
+    );
+    // The table did go out: the first of its bytes (as much as the client's window
+    // allows) reached a client that reads its socket only now.
+    use std::io::Read;
+    let s = &mut sockets[0];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    while !got.windows(10).any(|w| w == b"Custom.Big") && got.len() < 1 << 20 {
+        let n = s.read(&mut buf).expect("the server sent the table");
+        assert!(n > 0, "the server closed the connection");
+        got.extend_from_slice(&buf[..n]);
+    }
+    // The master still answers.
+    ok(&master.talon(&["queues"]));
+}
