@@ -210,7 +210,7 @@ async fn push(
         artifact: artifact.into(),
         rows_json: input[range.clone()]
             .iter()
-            .map(|r| r.json.clone())
+            .map(|r| r.json.clone().into_bytes())
             .collect(),
         validate_only,
         push_id: push_id.clone().unwrap_or_default(),

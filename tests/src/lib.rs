@@ -472,13 +472,13 @@ pub async fn push_padded_rows(api: SocketAddr, queue: &str, batches: usize) {
         .expect("connect admin API");
     let pad = "x".repeat(1000);
     for b in 0..batches {
-        let rows = (0..10)
+        let rows: Vec<String> = (0..10)
             .map(|i| format!("{{\"i\":{},\"pad\":\"{pad}\"}}", b * 10 + i))
             .collect();
         let push = client.push(talon_proto::api::PushRequest {
             org: String::new(),
             artifact: queue.into(),
-            rows_json: rows,
+            rows_json: rows.into_iter().map(String::into_bytes).collect(),
             ..Default::default()
         });
         tokio::time::timeout(Duration::from_secs(10), push)

@@ -68,7 +68,7 @@ async fn bad_rows_and_targets_are_refused_and_nothing_is_written() {
             .push(PushRequest {
                 org: String::new(),
                 artifact: QUEUE.into(),
-                rows_json: rows.into_iter().map(String::from).collect(),
+                rows_json: rows.into_iter().map(|r| r.as_bytes().to_vec()).collect(),
                 ..Default::default()
             })
             .await
@@ -76,6 +76,22 @@ async fn bad_rows_and_targets_are_refused_and_nothing_is_written() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains(want), "{}", e.message());
     }
+    // Text that is not UTF-8 is refused naming its row (it once failed the decode with
+    // INTERNAL).
+    let e = client
+        .push(PushRequest {
+            artifact: QUEUE.into(),
+            rows_json: vec![b"{\"a\":1}".to_vec(), b"{\"b\":\"\xff\"}".to_vec()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("row 1: not valid UTF-8"),
+        "{}",
+        e.message()
+    );
     // Invalid protobuf on the wire: the server refuses the call and keeps serving.
     let raw = raw_grpc_call(master.api, "/talon.api.Admin/Push", &[0x0a, 0xff, 0xff]).await;
     assert!(raw.contains("Internal") && raw.contains("decode"), "{raw}");

@@ -29,7 +29,7 @@ async fn acked_rows_survive_kill_9_exactly_once() {
                 let req = PushRequest {
                     org: String::new(),
                     artifact: QUEUE.into(),
-                    rows_json: vec![row],
+                    rows_json: vec![row.into_bytes()],
                     ..Default::default()
                 };
                 match client.push(req).await {
@@ -88,7 +88,7 @@ async fn sigterm_shuts_down_cleanly_and_keeps_everything() {
         .push(PushRequest {
             org: String::new(),
             artifact: QUEUE.into(),
-            rows_json: rows,
+            rows_json: rows.into_iter().map(String::into_bytes).collect(),
             ..Default::default()
         })
         .await

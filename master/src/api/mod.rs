@@ -138,7 +138,18 @@ impl Admin for AdminService {
                 kind: kind.to_string(),
             }));
         }
-        let rows = self.qm.parse_rows(&r.rows_json).map_err(ApiError::from)?;
+        let mut texts = Vec::with_capacity(r.rows_json.len());
+        for (index, bytes) in r.rows_json.into_iter().enumerate() {
+            match String::from_utf8(bytes) {
+                Ok(t) => texts.push(t),
+                Err(_) => {
+                    return Err(Status::from(ApiError::BadRequest(format!(
+                        "row {index}: not valid UTF-8"
+                    ))))
+                }
+            }
+        }
+        let rows = self.qm.parse_rows(&texts).map_err(ApiError::from)?;
         if r.validate_only {
             return Ok(Response::new(PushResponse {
                 rows: rows.len() as u64,
