@@ -124,6 +124,18 @@ pub fn verify(
                 }
             }
         }
+        for (name, offset) in endless_lets(p) {
+            errors.push(at(
+                a,
+                origin,
+                q.text,
+                offset,
+                format!(
+                    "{}: LET {name} is a query that reads itself (through FROM), so it would recurse without end",
+                    q.what
+                ),
+            ));
+        }
         if level < Level::Full {
             continue;
         }
@@ -222,6 +234,51 @@ pub fn unknown_calls(program: &Program, registry: &Registry) -> Vec<(&'static st
             (k, name, offset)
         })
         .collect()
+}
+
+/// The LET queries without parameters that read themselves, directly or through other such
+/// LETs (`LET q = SELECT * FROM q`): they can only recurse until the depth limit stops them.
+/// (A LET with parameters may recurse with a base case, through `if()`; it is not flagged.)
+pub fn endless_lets(program: &Program) -> Vec<(String, usize)> {
+    let mut reads: std::collections::HashMap<&str, (Vec<String>, usize)> = Default::default();
+    for s in &program.stmts {
+        if let Stmt::Let(l) = s {
+            if let (None, LetValue::Query(sel)) = (&l.params, &l.value) {
+                // What it reads: its own FROM (a bare name is a stored query), and every
+                // plugin or stored query called with arguments inside it.
+                let mut calls = Vec::new();
+                select_calls(sel, &mut calls);
+                let mut from: Vec<String> = calls
+                    .into_iter()
+                    .filter(|(k, _, _)| *k == Kind::Plugin)
+                    .map(|(_, n, _)| n)
+                    .collect();
+                from.push(sel.from.name());
+                reads.insert(l.name.as_str(), (from, l.span.start));
+            }
+        }
+    }
+    let mut endless = Vec::new();
+    for (&name, (_, offset)) in &reads {
+        // Depth-first from `name` over parameterless LETs: does it come back to `name`?
+        let mut stack: Vec<&str> = vec![name];
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut cycle = false;
+        while let Some(n) = stack.pop() {
+            for next in reads.get(n).map(|(f, _)| f.as_slice()).unwrap_or_default() {
+                if next == name {
+                    cycle = true;
+                } else if reads.contains_key(next.as_str()) && seen.insert(next.as_str()) {
+                    stack.push(next.as_str());
+                }
+            }
+        }
+        if cycle {
+            endless.push((name.to_string(), *offset));
+        }
+    }
+    endless.sort_by_key(|(_, o)| *o);
+    endless
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

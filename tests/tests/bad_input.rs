@@ -306,3 +306,37 @@ fn a_self_referencing_query_is_stopped_and_the_master_survives() {
         master.stderr()
     );
 }
+
+/// Item 1 of the hardening issue, the artifact side: `artifacts verify` (and so `add`)
+/// accepted a source whose LET query reads itself; both now refuse it, naming the LET.
+/// A LET with parameters may recurse towards a base case and is accepted.
+#[test]
+fn an_artifact_whose_query_reads_itself_is_refused_by_verify_and_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let endless = dir.path().join("loop.yaml");
+    std::fs::write(
+        &endless,
+        "name: Custom.Loop\ntype: SERVER_EVENT\nsources:\n- query: |\n    LET a = SELECT * FROM b\n    LET b = SELECT * FROM a\n    SELECT * FROM a\n",
+    )
+    .unwrap();
+    let file = endless.to_str().unwrap();
+    let out = master.talon(&["artifacts", "verify", file]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("LET a is a query that reads itself"),
+        "{text}"
+    );
+    assert!(text.contains(":5:"), "the place in the file: {text}");
+    let err = fails(&master.talon(&["artifacts", "add", file]), 1);
+    assert!(err.contains("reads itself"), "{err}");
+    let countdown = dir.path().join("countdown.yaml");
+    std::fs::write(
+        &countdown,
+        "name: Custom.Countdown\ntype: SERVER\nsources:\n- query: |\n    LET f(n) = SELECT * FROM if(condition=n > 0, then={SELECT * FROM f(n=n - 1)}, else={SELECT n AS N FROM scope()})\n    SELECT * FROM f(n=3)\n",
+    )
+    .unwrap();
+    ok(&master.talon(&["artifacts", "verify", countdown.to_str().unwrap()]));
+}
