@@ -139,25 +139,7 @@ pub fn verify(
         if level < Level::Full {
             continue;
         }
-        let mut calls = Vec::new();
-        for s in &p.stmts {
-            match s {
-                Stmt::Let(l) => {
-                    if let Some(params) = &l.params {
-                        params
-                            .iter()
-                            .filter_map(|p| p.default.as_ref())
-                            .for_each(|d| arg_calls(d, &mut calls));
-                    }
-                    match &l.value {
-                        LetValue::Expr(e) => expr_calls(e, &mut calls),
-                        LetValue::Query(sel) => select_calls(sel, &mut calls),
-                    }
-                }
-                Stmt::Select(sel) => select_calls(sel, &mut calls),
-            }
-        }
-        for (kind, name, offset) in calls {
+        for (kind, name, offset) in program_calls(p) {
             if defined.contains(&name) || name.starts_with("Artifact.") {
                 continue;
             }
@@ -197,25 +179,7 @@ pub fn unknown_calls(program: &Program, registry: &Registry) -> Vec<(&'static st
             Stmt::Select(_) => None,
         })
         .collect();
-    let mut calls = Vec::new();
-    for s in &program.stmts {
-        match s {
-            Stmt::Let(l) => {
-                if let Some(params) = &l.params {
-                    params
-                        .iter()
-                        .filter_map(|p| p.default.as_ref())
-                        .for_each(|d| arg_calls(d, &mut calls));
-                }
-                match &l.value {
-                    LetValue::Expr(e) => expr_calls(e, &mut calls),
-                    LetValue::Query(sel) => select_calls(sel, &mut calls),
-                }
-            }
-            Stmt::Select(sel) => select_calls(sel, &mut calls),
-        }
-    }
-    calls
+    program_calls(program)
         .into_iter()
         .filter(|(kind, name, _)| {
             !defined.contains(name)
@@ -279,6 +243,30 @@ pub fn endless_lets(program: &Program) -> Vec<(String, usize)> {
     }
     endless.sort_by_key(|(_, o)| *o);
     endless
+}
+
+/// Every function and plugin call of a program, in order: in LET values, LET parameter
+/// defaults and SELECTs.
+fn program_calls(program: &Program) -> Calls {
+    let mut calls = Vec::new();
+    for s in &program.stmts {
+        match s {
+            Stmt::Let(l) => {
+                if let Some(params) = &l.params {
+                    params
+                        .iter()
+                        .filter_map(|p| p.default.as_ref())
+                        .for_each(|d| arg_calls(d, &mut calls));
+                }
+                match &l.value {
+                    LetValue::Expr(e) => expr_calls(e, &mut calls),
+                    LetValue::Query(sel) => select_calls(sel, &mut calls),
+                }
+            }
+            Stmt::Select(sel) => select_calls(sel, &mut calls),
+        }
+    }
+    calls
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

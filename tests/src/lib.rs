@@ -330,10 +330,14 @@ pub fn json_lines(text: &str) -> Vec<serde_json::Value> {
 
 /// Reads a background CLI's stdout lines on a thread, so tests can poll them.
 pub fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().expect("piped stdout");
+    lines_from(child.stdout.take().expect("piped stdout"))
+}
+
+/// The lines of any pipe (a child's stderr, say), read on a thread of their own.
+pub fn lines_from(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {
                 break;
             }

@@ -500,6 +500,48 @@ fn a_client_logs_and_counts_the_batches_the_server_refuses() {
     assert!(client_rows(&master, "Custom.Counter", &client.id()).is_empty());
 }
 
+/// `talon-client simulate` with `clients` idle clients for `seconds`, and its progress
+/// lines (stderr, one a second).
+fn simulate(
+    frontend: &str,
+    clients: usize,
+    seconds: u64,
+) -> (KillOnDrop, std::sync::mpsc::Receiver<String>) {
+    let mut sim = KillOnDrop(
+        std::process::Command::new(bin("talon-client"))
+            .args(["simulate", "--frontend", frontend])
+            .args(["--clients", &clients.to_string(), "--rate", "0"])
+            .args(["--duration", &seconds.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let progress = lines_from(sim.0.stderr.take().expect("piped stderr"));
+    (sim, progress)
+}
+
+/// Waits for a progress line containing `what`; with `no_errors`, every line before it
+/// must report no errors.
+fn wait_progress(
+    progress: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    timeout: Duration,
+    no_errors: bool,
+) -> String {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = progress
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("simulate never printed {what:?}"));
+        assert!(!(no_errors && line.contains("errors 1")), "{line}");
+        if line.contains(what) {
+            return line;
+        }
+    }
+}
+
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
@@ -515,42 +557,10 @@ fn rss_bytes(pid: u32) -> u64 {
 /// from 0.15 to 4.25 GB). Now clients with the same labels share one encoded table.
 #[test]
 fn a_large_table_change_costs_the_same_memory_for_a_thousand_clients() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let master = Master::start(&dir.path().join("data"), &[]);
-    let mut sim = KillOnDrop(
-        std::process::Command::new(bin("talon-client"))
-            .args(["simulate", "--frontend", &master.frontend.to_string()])
-            .args(["--clients", "1000", "--rate", "0", "--duration", "300"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, progress) = std::sync::mpsc::channel::<String>();
-    let stderr = sim.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let wait_for = |what: &str, timeout: Duration| -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = progress
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no progress line with {what:?}"));
-            assert!(!line.contains("errors 1"), "{line}");
-            if line.contains(what) {
-                return line;
-            }
-        }
-    };
-    wait_for("connected 1000 ", Duration::from_secs(60));
+    let (_sim, progress) = simulate(&master.frontend.to_string(), 1000, 300);
+    wait_progress(&progress, "connected 1000 ", Duration::from_secs(60), true);
     let pid = master.pid();
 
     let pad = "x".repeat(4 << 20);
@@ -597,45 +607,16 @@ fn a_large_table_change_costs_the_same_memory_for_a_thousand_clients() {
 /// ids.
 #[test]
 fn clients_and_simulated_clients_are_back_quickly_after_a_master_restart() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
     let frontend = format!("127.0.0.1:{}", free_port());
     let mut master = Master::start(&store, &["--frontend-addr", &frontend]);
     let client = Client::start(&frontend, &dir.path().join("c"), &[]);
-    let mut sim = KillOnDrop(
-        std::process::Command::new(bin("talon-client"))
-            .args(["simulate", "--frontend", &frontend])
-            .args(["--clients", "5", "--rate", "0", "--duration", "120"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, progress) = std::sync::mpsc::channel::<String>();
-    let stderr = sim.0.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let (_sim, progress) = simulate(&frontend, 5, 120);
     let connected = |n: usize| client.log().matches("connected").count() >= n;
     assert!(wait_until(Duration::from_secs(20), || connected(1)));
     let sim_line = |want: &str| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match progress.recv_timeout(left) {
-                Ok(l) if l.contains(want) => return,
-                Ok(_) => {}
-                Err(_) => panic!("simulate never printed {want:?}"),
-            }
-        }
+        wait_progress(&progress, want, Duration::from_secs(20), false);
     };
     sim_line("connected 5 ");
 
