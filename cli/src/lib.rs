@@ -7,6 +7,7 @@
 //! - [`monitoring`]: the server monitoring table, monitoring logs, collect, metadata.
 //! - [`output`]: tables, JSON and CSV.
 //! - [`query`]: run VQL on the server.
+//! - [`security`]: `config generate`, API users, and the identity the CLI calls with.
 
 pub mod artifacts;
 pub mod clients;
@@ -15,14 +16,13 @@ pub mod events;
 pub mod monitoring;
 pub mod output;
 pub mod query;
+pub mod security;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use talon_proto::api::admin_client::AdminClient;
-use tonic::metadata::MetadataValue;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Largest gRPC message the CLI sends or accepts.
@@ -32,14 +32,13 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Parser, Debug)]
 #[command(name = "talon", version)]
 pub struct Cli {
-    /// Admin API address of the master
-    #[arg(
-        long,
-        global = true,
-        env = "TALON_API",
-        default_value = "127.0.0.1:8001"
-    )]
-    pub api: String,
+    /// Admin API address of the master [default: the API config's api_addr]
+    #[arg(long, global = true, env = "TALON_API", value_name = "HOST:PORT")]
+    pub api: Option<String>,
+    /// API client config (certificate and key) to call with [default: ./talon-data/config/admin.api.yaml,
+    /// which a master started here makes]
+    #[arg(long, global = true, env = "TALON_API_CONFIG", value_name = "FILE")]
+    pub api_config: Option<std::path::PathBuf>,
     /// Org to act in
     #[arg(long, global = true, default_value = "root")]
     pub org: String,
@@ -80,6 +79,13 @@ pub enum Command {
     /// Server metadata (read by VQL's server_metadata())
     #[command(subcommand)]
     Metadata(monitoring::MetadataCmd),
+    /// Make a deployment: CA, certificates, configs for servers, clients, the administrator
+    /// and nats-server
+    #[command(subcommand)]
+    Config(security::ConfigCmd),
+    /// API users: add (writes the user's API config), list, remove, whoami
+    #[command(subcommand)]
+    User(security::UserCmd),
     /// List the queues of the org with their statistics
     Queues {
         #[arg(long, value_enum, default_value = "table")]
@@ -94,30 +100,41 @@ pub enum TableFormat {
     Json,
 }
 
-/// An admin client that names the calling user on every call.
-pub type Client = AdminClient<InterceptedService<Channel, Principal>>;
+/// An admin client.
+pub type Client = AdminClient<Channel>;
 
-/// Adds the principal header to each call.
-#[derive(Clone)]
-pub struct Principal(MetadataValue<tonic::metadata::Ascii>);
+/// The identity every connection of this process uses, set once by [`run`].
+static IDENTITY: std::sync::OnceLock<Option<talon_core::deploy::ApiClientConfig>> =
+    std::sync::OnceLock::new();
 
-impl tonic::service::Interceptor for Principal {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert("x-talon-principal", self.0.clone());
-        Ok(req)
-    }
-}
-
-/// Connects to the API at `addr` (HOST:PORT or a URL).
+/// Connects to the API at `addr` (HOST:PORT) with mutual TLS, as the identity of
+/// `--api-config`.
 pub async fn connect(addr: &str) -> anyhow::Result<Client> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+    let Some(Some(id)) = IDENTITY.get() else {
+        anyhow::bail!(
+            "no API identity: pass --api-config FILE or set TALON_API_CONFIG (a master writes its administrator's to <datastore>/config/{})",
+            talon_core::deploy::ADMIN_API_CONFIG
+        );
     };
-    let channel = Channel::from_shared(url.clone())
+    let host = addr
+        .strip_prefix("https://")
+        .or_else(|| addr.strip_prefix("http://"))
+        .unwrap_or(addr);
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&id.ca_certificate))
+        .identity(tonic::transport::Identity::from_pem(
+            &id.certificate,
+            &id.private_key,
+        ))
+        .domain_name(
+            id.server_name
+                .clone()
+                .unwrap_or_else(|| talon_core::pki::API_NAME.to_string()),
+        );
+    let channel = Channel::from_shared(format!("https://{host}"))
         .with_context(|| format!("invalid --api address {addr:?}"))?
+        .tls_config(tls)
+        .context("the API config's certificates")?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await
@@ -127,12 +144,31 @@ pub async fn connect(addr: &str) -> anyhow::Result<Client> {
                 source_chain(&e)
             )
         })?;
-    let user = std::env::var("USER").unwrap_or_else(|_| "cli".into());
-    let principal = MetadataValue::try_from(format!("cli:{user}"))
-        .unwrap_or_else(|_| MetadataValue::from_static("cli"));
-    Ok(AdminClient::with_interceptor(channel, Principal(principal))
+    Ok(AdminClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Where the CLI looks for an identity when given none.
+pub const DEFAULT_API_CONFIG: &str = "talon-data/config/admin.api.yaml";
+
+/// The API address and identity of `cli`: the identity of --api-config, else the local
+/// master's administrator (when readable); the address of --api, else the identity's.
+fn resolve(cli: &Cli) -> anyhow::Result<String> {
+    let identity = match &cli.api_config {
+        Some(path) => Some(
+            talon_core::deploy::read::<talon_core::deploy::ApiClientConfig>(path)
+                .with_context(|| "the API config (--api-config / TALON_API_CONFIG)")?,
+        ),
+        None => talon_core::deploy::read(std::path::Path::new(DEFAULT_API_CONFIG)).ok(),
+    };
+    let addr = cli
+        .api
+        .clone()
+        .or_else(|| identity.as_ref().map(|i| i.api_addr.clone()))
+        .unwrap_or_else(|| "127.0.0.1:8001".to_string());
+    let _ = IDENTITY.set(identity);
+    Ok(addr)
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -157,27 +193,33 @@ pub fn status_error(s: tonic::Status) -> anyhow::Error {
 
 /// Runs one command; returns the exit code for success paths that are not 0.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Config(cmd) = &cli.command {
+        return security::config(cmd);
+    }
+    let api = resolve(&cli)?;
     match cli.command {
+        Command::Config(_) => unreachable!("handled above"),
+        Command::User(cmd) => security::user(&api, &cli.org, cmd).await,
         Command::Artifacts(artifacts::ArtifactsCmd::Collect { name, params }) => {
-            monitoring::collect(&cli.api, &cli.org, &name, &params).await
+            monitoring::collect(&api, &cli.org, &name, &params).await
         }
-        Command::Artifacts(cmd) => artifacts::run(&cli.api, cmd).await,
-        Command::Events(cmd) => events::run(&cli.api, &cli.org, cmd).await,
+        Command::Artifacts(cmd) => artifacts::run(&api, cmd).await,
+        Command::Events(cmd) => events::run(&api, &cli.org, cmd).await,
         Command::Monitoring(monitoring::MonitoringCmd::Client(cmd)) => {
-            clients::table(&cli.api, &cli.org, cmd).await
+            clients::table(&api, &cli.org, cmd).await
         }
-        Command::Monitoring(cmd) => monitoring::run(&cli.api, &cli.org, cmd).await,
-        Command::Clients(cmd) => clients::run(&cli.api, &cli.org, cmd).await,
-        Command::Cluster(cmd) => cluster::run(&cli.api, cmd).await,
-        Command::Metadata(cmd) => monitoring::metadata(&cli.api, &cli.org, cmd).await,
+        Command::Monitoring(cmd) => monitoring::run(&api, &cli.org, cmd).await,
+        Command::Clients(cmd) => clients::run(&api, &cli.org, cmd).await,
+        Command::Cluster(cmd) => cluster::run(&api, cmd).await,
+        Command::Metadata(cmd) => monitoring::metadata(&api, &cli.org, cmd).await,
         Command::Query {
             vql,
             format,
             timeout,
             env,
-        } => query::run(&cli.api, &cli.org, vql, format, timeout, env).await,
+        } => query::run(&api, &cli.org, vql, format, timeout, env).await,
         Command::Queues { format } => {
-            let mut c = connect(&cli.api).await?;
+            let mut c = connect(&api).await?;
             let r = c
                 .list_queues(talon_proto::api::ListQueuesRequest { org: cli.org })
                 .await

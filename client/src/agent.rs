@@ -33,36 +33,14 @@ pub struct AgentConfig {
     /// ...or this long after its first row.
     pub batch_wait: Duration,
     pub spool_bytes: u64,
+    /// TLS (the default) or plaintext.
+    pub transport: crate::transport::Transport,
 }
 
 /// Rows a query produced, for one queue.
 struct Produced {
     queue: String,
     json: String,
-}
-
-/// The client id kept in the state directory, made on first run.
-pub fn client_id(state: &std::path::Path) -> std::io::Result<String> {
-    std::fs::create_dir_all(state)?;
-    let path = state.join("client_id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim().to_string();
-        if talon_core::ids::valid_client_id(&id) {
-            return Ok(id);
-        }
-    }
-    let mut bytes = [0u8; 8];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let id = format!(
-        "C.{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
-    // Written whole or not at all: a reader (or a restart after a crash) never sees a
-    // truncated id.
-    let tmp = state.join("client_id.tmp");
-    std::fs::write(&tmp, &id)?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(id)
 }
 
 /// Client-side host: no queues; alerts deduplicated in memory per name.
@@ -113,7 +91,8 @@ impl Host for ClientHost {
 
 /// Runs the agent until `shutdown`.
 pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> {
-    let id = client_id(&config.state)?;
+    let identity = crate::transport::identity(&config.state)?;
+    let id = identity.id.clone();
     let spool = Arc::new(Mutex::new(Spool::open(
         &config.state.join("spool"),
         config.spool_bytes,
@@ -156,7 +135,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         let started = Instant::now();
         match session(
             &config,
-            &id,
+            &identity,
             addr,
             &spool,
             &spooled_tx,
@@ -167,7 +146,9 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> 
         .await
         {
             Ok(()) => break,
-            Err(e) => tracing::warn!(frontend = %addr, error = %e, "frontend session ended"),
+            Err(e) => {
+                tracing::warn!(frontend = %addr, error = format!("{e:#}"), "frontend session ended")
+            }
         }
         if started.elapsed() > Duration::from_secs(30) {
             attempt = 0;
@@ -216,7 +197,7 @@ fn hostname(config: &AgentConfig) -> String {
 #[allow(clippy::too_many_arguments)]
 async fn session(
     config: &AgentConfig,
-    id: &str,
+    identity: &talon_core::pki::ClientIdentity,
     addr: &str,
     spool: &Arc<Mutex<Spool>>,
     spooled: &tokio::sync::broadcast::Sender<u64>,
@@ -224,12 +205,10 @@ async fn session(
     logs: &Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<LogLine>>>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(url)?
+    let id = identity.id.as_str();
+    let channel = config
+        .transport
+        .endpoint(addr, identity)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
         .connect()
@@ -409,6 +388,7 @@ async fn run_queries(
                 artifact: q.artifact.clone(),
                 artifact_type: "CLIENT_EVENT".into(),
                 client_id: client_id.clone(),
+                permissions: None,
             };
             let span =
                 tracing::info_span!(parent: shutdown.span(), "query", artifact = %q.artifact);

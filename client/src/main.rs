@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use talon_client::agent::{run, AgentConfig};
+use talon_client::transport::Transport;
 
 /// The Talon endpoint agent.
 #[derive(Parser, Debug)]
@@ -13,18 +14,26 @@ use talon_client::agent::{run, AgentConfig};
 struct Args {
     #[command(subcommand)]
     command: Option<Cmd>,
-    /// Frontend addresses, tried in order
+    /// Client config (frontends and the deployment CA), as `talon config generate` or a
+    /// master's first start writes it
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Frontend addresses, tried in order [default: the config's]
     #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
     frontend: Vec<String>,
-    /// Directory of the client id and the spool
+    /// Connect without TLS, proving no identity (for tests against a frontend started with
+    /// --insecure-plaintext-frontend)
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Directory of the client's key and the spool
     #[arg(long, value_name = "DIR", default_value = "./talon-client-state")]
     state: PathBuf,
     /// Labels to report, comma separated
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
-    /// Org to join
-    #[arg(long, default_value = "root")]
-    org: String,
+    /// Org to join [default: the config's, else root]
+    #[arg(long)]
+    org: Option<String>,
     /// Hostname to report (default: the machine's)
     #[arg(long)]
     hostname: Option<String>,
@@ -67,7 +76,31 @@ enum Cmd {
         artifact: String,
         #[arg(long, default_value = "root")]
         org: String,
+        /// Client config (the deployment CA); each simulated client makes its own key
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Connect without TLS
+        #[arg(long)]
+        insecure_plaintext: bool,
     },
+}
+
+/// The transport of `--config` / `--insecure-plaintext`, and the config file's contents.
+fn transport_of(
+    config: Option<&std::path::Path>,
+    plaintext: bool,
+) -> anyhow::Result<(Transport, Option<talon_core::deploy::ClientConfig>)> {
+    match (config, plaintext) {
+        (Some(_), true) => anyhow::bail!("--config and --insecure-plaintext exclude each other"),
+        (None, true) => Ok((Transport::Plaintext, None)),
+        (Some(path), false) => {
+            let file: talon_core::deploy::ClientConfig = talon_core::deploy::read(path)?;
+            Ok((Transport::of(&file), Some(file)))
+        }
+        (None, false) => anyhow::bail!(
+            "no client config: give --config FILE (client.config.yaml, from `talon config generate` or <datastore>/config/ of a master); --insecure-plaintext connects without TLS, for tests"
+        ),
+    }
 }
 
 fn main() -> ExitCode {
@@ -84,9 +117,19 @@ fn main() -> ExitCode {
         row_bytes,
         artifact,
         org,
+        config,
+        insecure_plaintext,
     }) = a.command
     {
+        let transport = match transport_of(config.as_deref(), insecure_plaintext) {
+            Ok((t, _)) => t,
+            Err(e) => {
+                eprintln!("talon-client: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
         let cfg = talon_client::simulate::SimConfig {
+            transport,
             frontends: frontend,
             clients,
             rate,
@@ -104,14 +147,35 @@ fn main() -> ExitCode {
             }
         };
     }
-    if a.frontend.is_empty() {
-        eprintln!("talon-client: --frontend ADDR is required");
+    let (transport, file) = match transport_of(a.config.as_deref(), a.insecure_plaintext) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("talon-client: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let frontends = if a.frontend.is_empty() {
+        file.as_ref()
+            .map(|f| f.frontends.clone())
+            .unwrap_or_default()
+    } else {
+        a.frontend
+    };
+    if frontends.is_empty() {
+        eprintln!(
+            "talon-client: no frontend: give --config FILE (client.config.yaml) or --frontend ADDR"
+        );
         return ExitCode::from(2);
     }
+    let org = a
+        .org
+        .or_else(|| file.as_ref().and_then(|f| f.org.clone()))
+        .unwrap_or_else(|| "root".to_string());
     let config = AgentConfig {
-        frontends: a.frontend,
+        frontends,
+        transport,
         state: a.state,
-        org: a.org,
+        org,
         labels: a.labels.into_iter().filter(|l| !l.is_empty()).collect(),
         hostname: a.hostname,
         batch_rows: a.batch_rows.max(1),

@@ -1,5 +1,5 @@
-//! `talon-client simulate`: many simulated clients in one process, each with its own id and
-//! stream, each pushing rows at a set rate; progress while running, one JSON line at the end.
+//! `talon-client simulate`: many simulated clients in one process, each with its own key
+//! (and so id) and stream, each pushing rows at a set rate; progress while running, one JSON line at the end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,8 @@ pub struct SimConfig {
     pub row_bytes: usize,
     pub artifact: String,
     pub org: String,
+    /// TLS (each simulated client with a key of its own) or plaintext.
+    pub transport: crate::transport::Transport,
 }
 
 #[derive(Default)]
@@ -51,20 +53,6 @@ impl Totals {
     }
 }
 
-fn random_id(seed: u64) -> String {
-    // splitmix64 of the seed and the clock: distinct per client and per run.
-    let mut z = seed.wrapping_add(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-    );
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    format!("C.{:016x}", z ^ (z >> 31))
-}
-
 /// A row shaped like `Generic.Client.Stats`, padded to about `bytes`; `SentUs` is when its
 /// batch was made (unix microseconds), for latency measurements downstream.
 fn row(i: u64, bytes: usize, sent_us: i64) -> String {
@@ -81,10 +69,17 @@ fn row(i: u64, bytes: usize, sent_us: i64) -> String {
 /// a short jittered wait (200 ms doubling to 5 s) until the run stops.
 async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Shutdown) {
     let mut attempt = 0u32;
-    let id = random_id(n as u64);
+    // A key of its own, so its id is derived from it as a real client's.
+    let identity = match talon_core::pki::ClientIdentity::new(None) {
+        Ok(i) => i,
+        Err(e) => {
+            totals.error(n, format_args!("cannot make a key: {e}"));
+            return;
+        }
+    };
     loop {
         let started = Instant::now();
-        if !one_session(n, &id, &cfg, &totals, &stop).await || stop.is_cancelled() {
+        if !one_session(n, &identity, &cfg, &totals, &stop).await || stop.is_cancelled() {
             return;
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -103,7 +98,7 @@ async fn one_client(n: usize, cfg: Arc<SimConfig>, totals: Arc<Totals>, stop: Sh
 /// client should connect again, false when the run stopped.
 async fn one_session(
     n: usize,
-    id: &str,
+    identity: &talon_core::pki::ClientIdentity,
     cfg: &Arc<SimConfig>,
     totals: &Arc<Totals>,
     stop: &Shutdown,
@@ -111,16 +106,14 @@ async fn one_session(
     let (cfg, totals, stop) = (cfg.clone(), totals.clone(), stop.clone());
     let who = n;
     let addr = &cfg.frontends[n % cfg.frontends.len()];
-    let url = if addr.contains("://") {
-        addr.clone()
-    } else {
-        format!("http://{addr}")
+    let endpoint = match cfg.transport.endpoint(addr, identity) {
+        Ok(e) => e,
+        Err(e) => {
+            totals.error(who, format_args!("bad frontend {addr}: {e:#}"));
+            return true;
+        }
     };
-    let channel = match tonic::transport::Endpoint::from_shared(url)
-        .expect("frontend url")
-        .connect()
-        .await
-    {
+    let channel = match endpoint.connect().await {
         Ok(channel) => channel,
         Err(e) => {
             totals.error(who, format_args!("cannot connect to {addr}: {e:?}"));
@@ -131,7 +124,7 @@ async fn one_session(
     let mut client = FrontendClient::new(channel).max_decoding_message_size(64 << 20);
     let (tx, rx) = tokio::sync::mpsc::channel::<ClientMessage>(16);
     let hello = Hello {
-        client_id: id.to_string(),
+        client_id: identity.id.clone(),
         org: cfg.org.clone(),
         hostname: format!("sim-{n}"),
         os: "linux".into(),

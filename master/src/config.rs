@@ -39,6 +39,17 @@ pub struct Config {
     /// False (`--no-monitoring`): the server monitoring table is kept but not run, so a
     /// bad artifact on it can be removed.
     pub monitoring: bool,
+    /// The deployment's certificates; None: those of `<datastore>/config/`, made on the
+    /// first start.
+    pub tls: Option<talon_core::deploy::ServerTls>,
+    /// The directory of the config file (relative paths in it are resolved against it).
+    pub config_dir: Option<PathBuf>,
+    pub nats: Option<talon_core::deploy::NatsSection>,
+    pub initial_users: Vec<talon_core::deploy::InitialUser>,
+    /// Clients may connect without TLS (for tests; never the default).
+    pub insecure_plaintext_frontend: bool,
+    /// Bearer tokens (SHA-256, hex) that open the debug pages off loopback.
+    pub debug_token_sha256: Vec<String>,
 }
 
 /// Default wall time of an API query, seconds (Velociraptor's default for a collection).
@@ -86,6 +97,12 @@ pub struct ConfigFile {
     pub query_timeout_secs: Option<u64>,
     /// 0: no limit.
     pub query_max_rows: Option<u64>,
+    pub tls: Option<talon_core::deploy::ServerTls>,
+    pub nats: Option<talon_core::deploy::NatsSection>,
+    pub initial_users: Option<Vec<talon_core::deploy::InitialUser>>,
+    pub insecure_plaintext_frontend: Option<bool>,
+    /// Bearer tokens (their SHA-256, hex) that open the debug pages off loopback.
+    pub debug_token_sha256: Option<Vec<String>>,
 }
 
 /// Values given on the command line; they win over the file.
@@ -98,6 +115,9 @@ pub struct Overrides {
     pub nats_url: Option<String>,
     pub node_name: Option<String>,
     pub no_monitoring: bool,
+    pub insecure_plaintext_frontend: bool,
+    /// The config file's directory.
+    pub config_dir: Option<PathBuf>,
 }
 
 /// Configuration errors.
@@ -255,6 +275,13 @@ impl Config {
                 },
             },
             monitoring: !flags.no_monitoring,
+            tls: file.tls,
+            config_dir: flags.config_dir,
+            nats: file.nats,
+            initial_users: file.initial_users.unwrap_or_default(),
+            insecure_plaintext_frontend: flags.insecure_plaintext_frontend
+                || file.insecure_plaintext_frontend.unwrap_or(false),
+            debug_token_sha256: file.debug_token_sha256.unwrap_or_default(),
         })
     }
 

@@ -8,6 +8,8 @@
 //!   snapshots and lookups.
 //! - [`nodes`]: in a cluster, node reports and health totals.
 //! - [`registrations`]: in a cluster, the queues the master watches.
+//! - [`security`]: the deployment's certificates (made on first start) and the CA.
+//! - [`users`]: API users and their roles per org.
 //! - [`state`]: in a cluster, the shared state (user artifacts, client tables) for nodes.
 //! - [`error`]: API errors and their gRPC status codes.
 //! - [`monitor`]: the server monitoring table and its running queries.
@@ -22,7 +24,9 @@ pub mod monitor;
 pub mod nodes;
 pub mod persister;
 pub mod registrations;
+pub mod security;
 pub mod state;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -63,6 +67,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.datastore)
         .with_context(|| format!("cannot create datastore {}", config.datastore.display()))?;
+    let security = security::Security::resolve(&config)?;
+    let frontend_tls = if config.insecure_plaintext_frontend {
+        tracing::warn!(
+            "clients may connect without TLS (insecure_plaintext_frontend): for tests only"
+        );
+        None
+    } else {
+        Some(talon_shared::security::frontend_config(&security.tls)?)
+    };
     // Standalone or cluster is decided here, once: the queue manager's durable log is the
     // store, or with a NATS URL the bus.
     let settings = Settings {
@@ -74,7 +87,15 @@ pub async fn run(
             buffer_bytes: config.queue_buffer_bytes,
         },
         store_cache_bytes: config.store_cache_bytes,
-        nats_url: config.nats_url.clone(),
+        nats_url: config
+            .nats_url
+            .clone()
+            .or_else(|| security.nats.as_ref().and_then(|n| n.url.clone())),
+        nats_auth: security
+            .nats
+            .as_ref()
+            .map(|n| n.master.clone())
+            .unwrap_or_default(),
         grace: SHUTDOWN_GRACE,
     };
     // Joining the bus waits for NATS as long as it takes; a stop meanwhile ends the wait.
@@ -91,6 +112,8 @@ pub async fn run(
         qm: parts.qm.clone(),
     };
     let user_artifacts = artifacts.load_stored()?;
+    let users = users::Users::new(parts.store.clone());
+    users.ensure(&security.initial_users).await?;
     tracing::info!(datastore = %config.datastore.display(), user_artifacts, "store open");
 
     let api_listener = TcpListener::bind(config.api_addr)
@@ -156,6 +179,7 @@ pub async fn run(
     let max_message = config.max_row_bytes.saturating_mul(2) + MESSAGE_SLACK_BYTES;
     parts.serve_frontend(
         frontend_listener,
+        frontend_tls,
         config.max_client_message_bytes,
         config.max_client_message_bytes.max(max_message),
     );
@@ -171,12 +195,17 @@ pub async fn run(
         nodes,
         shutdown: parts.intake.clone(),
         query_limits: config.query_limits,
+        users,
+        ca: security.ca.map(std::sync::Arc::new),
+        api_addr: bound.api.to_string(),
     }))
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message);
+    let api_tls = talon_shared::security::api_tls(&security.tls);
     let api_shutdown = parts.intake.clone();
     let api_task = parts.intake.spawn("admin-api", async move {
         tonic::transport::Server::builder()
+            .tls_config(api_tls)?
             .add_service(admin)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(api_listener),

@@ -37,6 +37,9 @@ struct Args {
     /// Keep the server monitoring table but run none of it (to remove a bad artifact)
     #[arg(long)]
     no_monitoring: bool,
+    /// Let clients connect without TLS (for tests only; clients then prove no identity)
+    #[arg(long)]
+    insecure_plaintext_frontend: bool,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,14 @@ fn load_config(args: &Args) -> anyhow::Result<Config> {
         nats_url: args.nats_url.clone(),
         node_name: args.node_name.clone(),
         no_monitoring: args.no_monitoring,
+        insecure_plaintext_frontend: args.insecure_plaintext_frontend,
+        config_dir: args.config.as_ref().and_then(|p| p.parent()).map(|d| {
+            if d.as_os_str().is_empty() {
+                ".".into()
+            } else {
+                d.to_path_buf()
+            }
+        }),
     };
     Ok(Config::build(&origin, file, flags)?)
 }

@@ -20,7 +20,7 @@ use talon_shared::vql_host::{append_log, Output, Vql};
 use talon_vql::engine::{LogLine, QueryInfo};
 use tokio_util::sync::CancellationToken;
 
-/// Settings namespace of the table; keys are `org/artifact`, values the parameters as JSON.
+/// Settings namespace of the table; keys are `org/artifact`, values an [`Entry`] as JSON.
 const NAMESPACE: &str = "server_monitoring";
 /// First restart delay; doubles up to [`MAX_BACKOFF`], and resets after a long run.
 pub const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -31,6 +31,53 @@ const PUSH_BATCH_ROWS: usize = 1000;
 
 /// Parameters of one monitored artifact.
 pub type Params = BTreeMap<String, String>;
+
+/// One artifact of the table: its parameters, who added it, and the permissions its
+/// queries run with (those the user had in the org when adding it).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    pub params: Params,
+    pub principal: String,
+    pub permissions: Vec<String>,
+}
+
+impl Entry {
+    /// An entry as stored; a table written before entries named their principal (a bare
+    /// parameter map) runs as `server` with every permission, as it did then.
+    fn parse(json: &str) -> Entry {
+        if let Ok(e) = serde_json::from_str::<Entry>(json) {
+            return e;
+        }
+        Entry {
+            params: serde_json::from_str(json).unwrap_or_default(),
+            principal: "server".into(),
+            permissions: talon_core::acl::Permissions::all()
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+
+    /// The permissions, as a set (unknown names are dropped).
+    pub fn permission_set(&self) -> talon_core::acl::Permissions {
+        let list: Vec<_> = self
+            .permissions
+            .iter()
+            .filter_map(|n| talon_core::acl::Permission::parse(n))
+            .collect();
+        talon_core::acl::Permissions::of(&list)
+    }
+
+    /// The principal the queries run as: `server:<user>`.
+    pub fn run_as(&self) -> String {
+        if self.principal == "server" {
+            "server".into()
+        } else {
+            format!("server:{}", self.principal)
+        }
+    }
+}
 
 /// Errors of table changes.
 #[derive(Debug, thiserror::Error)]
@@ -89,14 +136,13 @@ impl ServerMonitor {
             let Some((org, artifact)) = key.split_once('/') else {
                 continue;
             };
-            let params: Params = serde_json::from_str(&value).unwrap_or_default();
-            self.start(org, artifact, params);
+            self.start(org, artifact, Entry::parse(&value));
         }
         Ok(n)
     }
 
-    /// The table of an org: artifact -> parameters.
-    pub fn list(&self, org: &str) -> Result<BTreeMap<String, Params>, Error> {
+    /// The table of an org: artifact -> entry.
+    pub fn list(&self, org: &str) -> Result<BTreeMap<String, Entry>, Error> {
         let prefix = format!("{org}/");
         Ok(self
             .inner
@@ -105,13 +151,21 @@ impl ServerMonitor {
             .into_iter()
             .filter_map(|(k, v)| {
                 let artifact = k.strip_prefix(&prefix)?.to_string();
-                Some((artifact, serde_json::from_str(&v).unwrap_or_default()))
+                Some((artifact, Entry::parse(&v)))
             })
             .collect())
     }
 
-    /// Adds (or re-parameterises) an artifact and (re)starts it.
-    pub async fn add(&self, org: &str, artifact: &str, params: Params) -> Result<(), Error> {
+    /// Adds (or re-parameterises) an artifact and (re)starts it, to run as `principal`
+    /// with `permissions`.
+    pub async fn add(
+        &self,
+        org: &str,
+        artifact: &str,
+        params: Params,
+        principal: &str,
+        permissions: talon_core::acl::Permissions,
+    ) -> Result<(), Error> {
         talon_shared::queue::validate_org(org).map_err(|e| Error::Invalid(e.to_string()))?;
         let repo = &self.inner.repo;
         let a = repo
@@ -125,12 +179,17 @@ impl ServerMonitor {
         }
         let list: Vec<(String, String)> = params.clone().into_iter().collect();
         compile(repo, artifact, &list).map_err(|e| Error::Invalid(e.to_string()))?;
-        let value = serde_json::to_string(&params).expect("params serialise");
+        let entry = Entry {
+            params,
+            principal: principal.to_string(),
+            permissions: permissions.names().into_iter().map(String::from).collect(),
+        };
+        let value = serde_json::to_string(&entry).expect("entries serialise");
         self.inner
             .store
             .set_setting(NAMESPACE, &format!("{org}/{artifact}"), Some(&value))
             .await?;
-        self.start(org, artifact, params);
+        self.start(org, artifact, entry);
         Ok(())
     }
 
@@ -171,7 +230,7 @@ impl ServerMonitor {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn start(&self, org: &str, artifact: &str, params: Params) {
+    fn start(&self, org: &str, artifact: &str, entry: Entry) {
         if self.suspended() {
             tracing::warn!(
                 org,
@@ -191,7 +250,7 @@ impl ServerMonitor {
         {
             old.cancel();
         }
-        let list: Vec<(String, String)> = params.into_iter().collect();
+        let list: Vec<(String, String)> = entry.params.clone().into_iter().collect();
         let sources = match compile(&self.inner.repo, artifact, &list) {
             Ok(s) => s,
             Err(e) => {
@@ -213,6 +272,8 @@ impl ServerMonitor {
                 artifact: artifact.to_string(),
                 queue: s.queue,
                 params: list.clone(),
+                principal: entry.run_as(),
+                permissions: entry.permission_set(),
                 cancel: token.clone(),
             };
             self.inner.shutdown.spawn_in(span, runner.run());
@@ -226,6 +287,9 @@ struct SourceRunner {
     artifact: String,
     queue: String,
     params: Vec<(String, String)>,
+    /// Who the queries run as, and what they may do.
+    principal: String,
+    permissions: talon_core::acl::Permissions,
     cancel: CancellationToken,
 }
 
@@ -291,6 +355,7 @@ impl SourceRunner {
             artifact: self.artifact.clone(),
             artifact_type: "SERVER_EVENT".into(),
             client_id: "server".into(),
+            permissions: Some(self.permissions),
         };
         if let Some(p) = &source.precondition {
             let mut rows = self
@@ -300,7 +365,7 @@ impl SourceRunner {
                     p,
                     source.env.clone(),
                     info.clone(),
-                    "server",
+                    &self.principal,
                     self.cancel.child_token(),
                 )
                 .map_err(|e| format!("precondition does not parse: {e}"))?;
@@ -327,7 +392,7 @@ impl SourceRunner {
                 &source.query,
                 source.env,
                 info,
-                "server",
+                &self.principal,
                 self.cancel.child_token(),
             )
             .map_err(|e| format!("query does not parse: {e}"))?;

@@ -30,6 +30,31 @@ pub struct Config {
     /// Where the cache store lives; None: a temporary directory removed at exit.
     pub cache_dir: Option<PathBuf>,
     pub max_client_message_bytes: usize,
+    /// The frontend's certificate (from `server.config.yaml`); None with
+    /// `insecure_plaintext_frontend` only.
+    pub tls: Option<talon_core::deploy::ServerTls>,
+    /// Clients may connect without TLS (tests only).
+    pub insecure_plaintext_frontend: bool,
+    /// How to authenticate to NATS.
+    pub nats_auth: talon_core::deploy::NatsAuth,
+}
+
+/// The parts of `server.config.yaml` a minion reads; the master's other keys are ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ServerConfigFile {
+    pub frontend_addr: Option<String>,
+    pub debug_addr: Option<String>,
+    pub nats_url: Option<String>,
+    pub tls: Option<talon_core::deploy::ServerTls>,
+    pub nats: Option<talon_core::deploy::NatsSection>,
+    pub insecure_plaintext_frontend: Option<bool>,
+}
+
+impl ServerConfigFile {
+    /// Reads a server config file.
+    pub fn read(path: &std::path::Path) -> anyhow::Result<ServerConfigFile> {
+        Ok(talon_core::deploy::read(path)?)
+    }
 }
 
 impl Config {
@@ -42,7 +67,32 @@ impl Config {
             debug_addr: "127.0.0.1:8989".parse().expect("address"),
             cache_dir: None,
             max_client_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            tls: None,
+            insecure_plaintext_frontend: false,
+            nats_auth: Default::default(),
         }
+    }
+
+    /// Takes the TLS, NATS and address settings of a server config file.
+    pub fn apply(&mut self, file: ServerConfigFile) -> anyhow::Result<()> {
+        if let Some(a) = file.frontend_addr {
+            self.frontend_addr = a.parse().with_context(|| format!("frontend_addr {a:?}"))?;
+        }
+        if let Some(a) = file.debug_addr {
+            self.debug_addr = a.parse().with_context(|| format!("debug_addr {a:?}"))?;
+        }
+        if let Some(nats) = file.nats {
+            if let Some(url) = nats.url {
+                self.nats_url = url;
+            }
+            self.nats_auth = nats.minion;
+        }
+        if let Some(url) = file.nats_url {
+            self.nats_url = url;
+        }
+        self.tls = file.tls;
+        self.insecure_plaintext_frontend |= file.insecure_plaintext_frontend.unwrap_or(false);
+        Ok(())
     }
 }
 
@@ -72,7 +122,18 @@ pub async fn run(
         limits: Limits::default(),
         store_cache_bytes: talon_shared::store::DEFAULT_CACHE_BYTES,
         nats_url: Some(config.nats_url.clone()),
+        nats_auth: config.nats_auth.clone(),
         grace: SHUTDOWN_GRACE,
+    };
+    let frontend_tls = match (&config.tls, config.insecure_plaintext_frontend) {
+        (_, true) => {
+            tracing::warn!("clients may connect without TLS (--insecure-plaintext-frontend): for tests only");
+            None
+        }
+        (Some(tls), false) => Some(talon_shared::security::frontend_config(tls)?),
+        (None, false) => anyhow::bail!(
+            "no frontend certificate: give --config server.config.yaml (from `talon config generate`, or <datastore>/config/ of the master)"
+        ),
     };
     // Joining the bus waits for NATS as long as it takes; a stop meanwhile ends the wait.
     let parts = tokio::select! {
@@ -97,6 +158,7 @@ pub async fn run(
     };
     parts.serve_frontend(
         frontend_listener,
+        frontend_tls,
         config.max_client_message_bytes,
         config.max_client_message_bytes,
     );

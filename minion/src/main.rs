@@ -10,15 +10,22 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "talon-minion", version)]
 struct Args {
-    /// NATS server of the cluster, e.g. nats://127.0.0.1:4222
+    /// The deployment's server.config.yaml (frontend certificate, NATS credentials); flags
+    /// override it
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// NATS server of the cluster, e.g. nats://127.0.0.1:4222 [default: the config's]
     #[arg(long, value_name = "URL")]
-    nats_url: String,
-    /// Client frontend address (gRPC); port 0 picks a free port
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8100")]
-    frontend_addr: String,
-    /// Debug HTTP address (/debug/queues, /debug/watch, /metrics)
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8989")]
-    debug_addr: String,
+    nats_url: Option<String>,
+    /// Client frontend address (gRPC); port 0 picks a free port [default: 127.0.0.1:8100]
+    #[arg(long, value_name = "HOST:PORT")]
+    frontend_addr: Option<String>,
+    /// Debug HTTP address (/debug/queues, /debug/watch, /metrics) [default: 127.0.0.1:8989]
+    #[arg(long, value_name = "HOST:PORT")]
+    debug_addr: Option<String>,
+    /// Let clients connect without TLS (for tests only)
+    #[arg(long)]
+    insecure_plaintext_frontend: bool,
     /// This node's name in the cluster [default: minion-<hostname>-<pid>]
     #[arg(long, value_name = "NAME")]
     node_name: Option<String>,
@@ -33,7 +40,25 @@ fn main() -> ExitCode {
         .node_name
         .clone()
         .unwrap_or_else(|| format!("minion-{}", std::process::id()));
-    let mut config = talon_minion::Config::new(&args.nats_url, &node);
+    let mut config = talon_minion::Config::new("", &node);
+    if let Some(path) = &args.config {
+        let applied = talon_minion::ServerConfigFile::read(path).and_then(|f| config.apply(f));
+        if let Err(e) = applied {
+            eprintln!("talon-minion: {}: {e:#}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(n) = &args.node_name {
+        config.node_name = n.clone();
+    }
+    if let Some(url) = &args.nats_url {
+        config.nats_url = url.clone();
+    }
+    if config.nats_url.is_empty() {
+        eprintln!("talon-minion: --nats-url URL is required (or nats.url in --config)");
+        return ExitCode::from(2);
+    }
+    config.insecure_plaintext_frontend |= args.insecure_plaintext_frontend;
     for (flag, value, slot) in [
         (
             "--frontend-addr",
@@ -42,6 +67,7 @@ fn main() -> ExitCode {
         ),
         ("--debug-addr", &args.debug_addr, &mut config.debug_addr),
     ] {
+        let Some(value) = value else { continue };
         match value.parse() {
             Ok(a) => *slot = a,
             Err(e) => {

@@ -15,6 +15,7 @@
 //! - [`vql_host`]: VQL on the server: queues, stored rows and alerts for queries.
 //! - [`query_pool`]: the runtime queries run on, apart from the node's other work, and
 //!   their limits.
+//! - [`security`]: TLS of the frontend and the API, peer identities from certificates.
 //! - [`debug`]: the debug HTTP pages and Prometheus metrics.
 //! - [`lifecycle`]: the one shutdown order of a node.
 //! - [`parts`]: what a node is made of, assembled once by master and minion.
@@ -30,5 +31,6 @@ pub mod parts;
 pub mod query_pool;
 pub mod queue;
 pub mod records;
+pub mod security;
 pub mod store;
 pub mod vql_host;

@@ -34,6 +34,8 @@ pub struct Settings {
     pub store_cache_bytes: usize,
     /// NATS to join; None: standalone.
     pub nats_url: Option<String>,
+    /// How to authenticate to NATS (beyond credentials in the URL).
+    pub nats_auth: talon_core::deploy::NatsAuth,
     /// How long tasks get to stop at shutdown.
     pub grace: Duration,
 }
@@ -47,6 +49,7 @@ impl Settings {
             limits: Limits::default(),
             store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             nats_url: None,
+            nats_auth: Default::default(),
             grace: talon_core::shutdown::DEFAULT_GRACE,
         }
     }
@@ -82,7 +85,7 @@ impl Parts {
         }
         let store = Store::open_with_cache(&settings.store_path, settings.store_cache_bytes)?;
         let bus = match &settings.nats_url {
-            Some(url) => Some(Bus::connect(url, &settings.node).await?),
+            Some(url) => Some(Bus::connect(url, &settings.node, &settings.nats_auth).await?),
             None => None,
         };
         let qm = match &bus {
@@ -130,12 +133,19 @@ impl Parts {
     }
 
     /// Serves client connections on `listener` until intake stops.
-    pub fn serve_frontend(&self, listener: TcpListener, max_decode: usize, max_encode: usize) {
+    pub fn serve_frontend(
+        &self,
+        listener: TcpListener,
+        tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+        max_decode: usize,
+        max_encode: usize,
+    ) {
         self.intake.spawn(
             "frontend",
             crate::frontend::serve(
                 self.frontend.clone(),
                 listener,
+                tls,
                 max_decode,
                 max_encode,
                 self.intake.clone(),

@@ -2,6 +2,7 @@
 //! client records and monitoring tables are in `clients`, other conversions and auditing
 //! in `support`.
 
+mod auth;
 mod client_admin;
 mod nodes;
 mod support;
@@ -29,8 +30,6 @@ use talon_shared::store::Store;
 
 /// Rows a `Read` call buffers between the store thread and the gRPC stream.
 const READ_BUFFER_ROWS: usize = 1024;
-/// Metadata key naming the calling user, for audit.
-pub const PRINCIPAL_HEADER: &str = "x-talon-principal";
 
 /// What the admin service touches, handed to it by `master::run`.
 pub struct AdminParts {
@@ -50,6 +49,11 @@ pub struct AdminParts {
     pub shutdown: Shutdown,
     /// Limits of a query that gives none.
     pub query_limits: talon_shared::query_pool::QueryLimits,
+    pub users: crate::users::Users,
+    /// The CA that issues users' certificates (None: this master cannot add users).
+    pub ca: Option<std::sync::Arc<talon_core::pki::Ca>>,
+    /// The API address new users' configs name.
+    pub api_addr: String,
 }
 
 /// The admin service.
@@ -66,6 +70,9 @@ pub struct AdminService {
     cpu: std::sync::Arc<std::sync::Mutex<talon_shared::node::reports::CpuSampler>>,
     shutdown: Shutdown,
     query_limits: talon_shared::query_pool::QueryLimits,
+    users: crate::users::Users,
+    ca: Option<std::sync::Arc<talon_core::pki::Ca>>,
+    api_addr: String,
 }
 
 impl AdminService {
@@ -84,27 +91,21 @@ impl AdminService {
             cpu: Default::default(),
             shutdown: p.shutdown,
             query_limits: p.query_limits,
+            users: p.users,
+            ca: p.ca,
+            api_addr: p.api_addr,
         }
     }
 }
 
 type RowStream = Pin<Box<dyn Stream<Item = Result<EventRow, Status>> + Send>>;
 
-fn org_of(org: &str) -> &str {
+pub(super) fn org_of(org: &str) -> &str {
     if org.is_empty() {
         ROOT_ORG
     } else {
         org
     }
-}
-
-fn principal<T>(req: &Request<T>) -> String {
-    req.metadata()
-        .get(PRINCIPAL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty())
-        .unwrap_or("api")
-        .to_string()
 }
 
 fn artifact_msg(a: &LoadedArtifact) -> Artifact {
@@ -128,7 +129,12 @@ fn event_row(row: talon_shared::store::StoredRow) -> EventRow {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::Publish,
+        )?;
+        let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org);
         let kind = self.qm.kind(&r.artifact).map_err(ApiError::from)?;
@@ -170,7 +176,12 @@ impl Admin for AdminService {
     type WatchStream = RowStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<RowStream>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::ReadResults,
+        )?;
+        let who = caller.name.clone();
         let r = req.into_inner();
         let name = if r.watcher_name.is_empty() {
             who
@@ -202,6 +213,11 @@ impl Admin for AdminService {
     type ReadStream = RowStream;
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<RowStream>, Status> {
+        self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::ReadResults,
+        )?;
         let r = req.into_inner();
         let end = if r.end_us == 0 { i64::MAX } else { r.end_us };
         if end < r.start_us {
@@ -239,6 +255,11 @@ impl Admin for AdminService {
         &self,
         req: Request<ListQueuesRequest>,
     ) -> Result<Response<ListQueuesResponse>, Status> {
+        self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::ReadResults,
+        )?;
         let org = org_of(&req.get_ref().org).to_string();
         talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
         let queues = self
@@ -260,8 +281,9 @@ impl Admin for AdminService {
 
     async fn list_artifacts(
         &self,
-        _req: Request<ListArtifactsRequest>,
+        req: Request<ListArtifactsRequest>,
     ) -> Result<Response<ListArtifactsResponse>, Status> {
+        self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ReadResults)?;
         let artifacts = self
             .repo
             .list()
@@ -280,6 +302,7 @@ impl Admin for AdminService {
         &self,
         req: Request<GetArtifactRequest>,
     ) -> Result<Response<Artifact>, Status> {
+        self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ReadResults)?;
         let name = &req.get_ref().name;
         match self.repo.get(name) {
             Some(a) => Ok(Response::new(artifact_msg(&a))),
@@ -309,7 +332,12 @@ impl Admin for AdminService {
         &self,
         req: Request<QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::AnyQuery,
+        )?;
+        let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
@@ -320,6 +348,7 @@ impl Admin for AdminService {
             .collect();
         let info = talon_vql::engine::QueryInfo {
             org,
+            permissions: Some(caller.permissions),
             ..Default::default()
         };
         // Names nothing defines are refused before the query runs, as `artifacts verify`
@@ -373,6 +402,11 @@ impl Admin for AdminService {
         &self,
         req: Request<ServerMonitoringRequest>,
     ) -> Result<Response<ServerMonitoringTable>, Status> {
+        self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::ReadResults,
+        )?;
         self.table(org_of(&req.get_ref().org))
     }
 
@@ -380,11 +414,22 @@ impl Admin for AdminService {
         &self,
         req: Request<ServerMonitoringRequest>,
     ) -> Result<Response<ServerMonitoringTable>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::CollectServer,
+        )?;
+        let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         self.monitor
-            .add(&org, &r.artifact, r.params.clone().into_iter().collect())
+            .add(
+                &org,
+                &r.artifact,
+                r.params.clone().into_iter().collect(),
+                &caller.name,
+                caller.permissions,
+            )
             .await
             .map_err(ApiError::from)?;
         audit(
@@ -402,7 +447,12 @@ impl Admin for AdminService {
         &self,
         req: Request<ServerMonitoringRequest>,
     ) -> Result<Response<ServerMonitoringTable>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::CollectServer,
+        )?;
+        let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         if !self
@@ -432,7 +482,12 @@ impl Admin for AdminService {
         &self,
         req: Request<SetMetadataRequest>,
     ) -> Result<Response<Metadata>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::OrgAdmin,
+        )?;
+        let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
@@ -459,36 +514,31 @@ impl Admin for AdminService {
                 tracing::error!(error = %e, "could not announce a metadata change");
             }
         }
-        self.get_metadata(Request::new(GetMetadataRequest { org, key: r.key }))
-            .await
+        self.metadata_of(&org, &r.key)
     }
 
     async fn get_metadata(
         &self,
         req: Request<GetMetadataRequest>,
     ) -> Result<Response<Metadata>, Status> {
+        self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::ReadResults,
+        )?;
         let r = req.into_inner();
-        let org = org_of(&r.org).to_string();
-        let all = self
-            .store
-            .settings(&metadata_namespace(&org))
-            .map_err(ApiError::from)?;
-        let values: std::collections::HashMap<String, String> = all
-            .into_iter()
-            .filter(|(k, _)| r.key.is_empty() || *k == r.key)
-            .collect();
-        if !r.key.is_empty() && values.is_empty() {
-            return Err(
-                ApiError::NotFound(format!("no metadata key {} in org {org}", r.key)).into(),
-            );
-        }
-        Ok(Response::new(Metadata { values }))
+        self.metadata_of(org_of(&r.org), &r.key)
     }
 
     async fn list_clients(
         &self,
         req: Request<ListClientsRequest>,
     ) -> Result<Response<ListClientsResponse>, Status> {
+        self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::ReadResults,
+        )?;
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         let found = self
@@ -508,6 +558,11 @@ impl Admin for AdminService {
         &self,
         req: Request<GetClientRequest>,
     ) -> Result<Response<ClientInfo>, Status> {
+        self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::ReadResults,
+        )?;
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         match self
@@ -530,7 +585,12 @@ impl Admin for AdminService {
         &self,
         req: Request<DeleteClientRequest>,
     ) -> Result<Response<DeleteClientResponse>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::OrgAdmin,
+        )?;
+        let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
@@ -576,7 +636,12 @@ impl Admin for AdminService {
         &self,
         req: Request<LabelClientRequest>,
     ) -> Result<Response<ClientInfo>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::LabelClient,
+        )?;
+        let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         let c = self
@@ -600,6 +665,11 @@ impl Admin for AdminService {
         &self,
         req: Request<ClientMonitoringRequest>,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
+        self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::ReadResults,
+        )?;
         self.client_table(org_of(&req.get_ref().org))
     }
 
@@ -607,7 +677,12 @@ impl Admin for AdminService {
         &self,
         req: Request<ClientMonitoringRequest>,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::CollectClient,
+        )?;
+        let who = caller.name.clone();
         self.add_to_client_table(&who, req.into_inner()).await
     }
 
@@ -615,14 +690,20 @@ impl Admin for AdminService {
         &self,
         req: Request<ClientMonitoringRequest>,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(
+            &req,
+            org_of(&req.get_ref().org),
+            talon_core::acl::Permission::CollectClient,
+        )?;
+        let who = caller.name.clone();
         self.remove_from_client_table(&who, req.into_inner()).await
     }
 
     async fn cluster_status(
         &self,
-        _req: Request<ClusterStatusRequest>,
+        req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
+        self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ServerAdmin)?;
         Ok(Response::new(self.cluster_status_now()))
     }
 
@@ -630,7 +711,8 @@ impl Admin for AdminService {
         &self,
         req: Request<DeleteArtifactRequest>,
     ) -> Result<Response<DeleteArtifactResponse>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ArtifactWriter)?;
+        let who = caller.name.clone();
         self.artifacts
             .delete(&req.get_ref().name, &who)
             .await
@@ -638,15 +720,58 @@ impl Admin for AdminService {
         self.cluster_state_changed().await;
         Ok(Response::new(DeleteArtifactResponse {}))
     }
+
+    async fn add_user(
+        &self,
+        req: Request<AddUserRequest>,
+    ) -> Result<Response<AddUserResponse>, Status> {
+        self.add_user_call(req).await
+    }
+
+    async fn list_users(
+        &self,
+        req: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        self.list_users_call(req).await
+    }
+
+    async fn remove_user(
+        &self,
+        req: Request<RemoveUserRequest>,
+    ) -> Result<Response<RemoveUserResponse>, Status> {
+        self.remove_user_call(req).await
+    }
+
+    async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<User>, Status> {
+        self.who_am_i_call(req).await
+    }
 }
 
 impl AdminService {
+    /// The metadata of an org: every key, or `key` alone (NOT_FOUND when missing).
+    #[allow(clippy::result_large_err)]
+    fn metadata_of(&self, org: &str, key: &str) -> Result<Response<Metadata>, Status> {
+        let all = self
+            .store
+            .settings(&metadata_namespace(org))
+            .map_err(ApiError::from)?;
+        let values: std::collections::HashMap<String, String> = all
+            .into_iter()
+            .filter(|(k, _)| key.is_empty() || k == key)
+            .collect();
+        if !key.is_empty() && values.is_empty() {
+            return Err(ApiError::NotFound(format!("no metadata key {key} in org {org}")).into());
+        }
+        Ok(Response::new(Metadata { values }))
+    }
+
     async fn set_artifact(
         &self,
         req: Request<SetArtifactRequest>,
         replace: bool,
     ) -> Result<Response<Artifact>, Status> {
-        let who = principal(&req);
+        let caller = self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ArtifactWriter)?;
+        let who = caller.name.clone();
         let r = req.into_inner();
         let origin = if r.origin.is_empty() {
             "<request>".to_string()

@@ -18,9 +18,11 @@ impl AdminService {
         Ok(Response::new(ServerMonitoringTable {
             artifacts: list
                 .into_iter()
-                .map(|(artifact, params)| MonitoredArtifact {
+                .map(|(artifact, e)| MonitoredArtifact {
                     artifact,
-                    params: params.into_iter().collect(),
+                    params: e.params.into_iter().collect(),
+                    principal: e.principal,
+                    permissions: e.permissions,
                 })
                 .collect(),
         }))

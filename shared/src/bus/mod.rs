@@ -14,7 +14,9 @@ use talon_proto::bus::{BusBatch, BusRow, QueueRows};
 
 use crate::store::StoredRow;
 
+mod connect;
 pub mod control;
+pub use connect::redact;
 pub use control::{AskError, Exchange, ServeError};
 
 /// The JetStream stream holding every durable row of the cluster.
@@ -104,9 +106,13 @@ pub struct Bus {
 impl Bus {
     /// Connects (retrying in the background until NATS is reachable) and makes sure the
     /// durable stream exists.
-    pub async fn connect(url: &str, node: &str) -> Result<Self> {
-        let client = connect_with_retry(url, node.to_string()).await;
-        let feed = connect_with_retry(url, format!("{node}-feed")).await;
+    pub async fn connect(
+        url: &str,
+        node: &str,
+        auth: &talon_core::deploy::NatsAuth,
+    ) -> Result<Self> {
+        let client = connect::connect_with_retry(url, node.to_string(), auth).await;
+        let feed = connect::connect_with_retry(url, format!("{node}-feed"), auth).await;
         let js = jetstream::new(client.clone());
         let feed_js = jetstream::new(feed.clone());
         let bus = Self {
@@ -338,132 +344,8 @@ fn split(
     out
 }
 
-/// First and longest wait between attempts to reach NATS at start.
-const CONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
-
-/// Connects to NATS, retrying with backoff until it answers: every failed attempt is
-/// logged as an error with its cause (unreachable, refused credentials, TLS), so a node
-/// waiting for its bus says why. Cancelled by dropping the future (a node's shutdown).
-async fn connect_with_retry(url: &str, name: String) -> async_nats::Client {
-    let mut wait = CONNECT_BACKOFF.0;
-    let (servers, credentials) = split_credentials(url);
-    loop {
-        let options = match &credentials {
-            Credentials::None => async_nats::ConnectOptions::new(),
-            Credentials::UserPassword(user, password) => {
-                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
-            }
-            Credentials::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
-        };
-        let attempt = options
-            .name(name.clone())
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(5))
-            .event_callback(|e| async move {
-                match e {
-                    async_nats::Event::SlowConsumer(sid) => {
-                        tracing::warn!(
-                            sid,
-                            "NATS: this node is a slow consumer; rows to its watchers were dropped"
-                        )
-                    }
-                    async_nats::Event::ServerError(e) => {
-                        tracing::error!(error = %e, "NATS server error")
-                    }
-                    async_nats::Event::ClientError(e) => {
-                        tracing::error!(error = %e, "NATS client error")
-                    }
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS: disconnected; reconnecting")
-                    }
-                    other => tracing::info!(event = %other, "NATS"),
-                }
-            })
-            .connect(servers.as_str())
-            .await;
-        match attempt {
-            Ok(client) => return client,
-            Err(e) => {
-                tracing::error!(
-                    url = %redact(url),
-                    error = %e,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "cannot connect to NATS; retrying"
-                );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(CONNECT_BACKOFF.1);
-            }
-        }
-    }
-}
-
-/// How a node proves itself to NATS, taken from the URL's user part.
-enum Credentials {
-    None,
-    UserPassword(String, String),
-    Token(String),
-}
-
-/// Takes the credentials out of a NATS URL (`nats://user:pass@host:port`,
-/// `nats://token@host:port`; several URLs separated by commas share the first one's), and
-/// returns the URLs without them: the client library does not read them from the URL.
-fn split_credentials(url: &str) -> (String, Credentials) {
-    let mut credentials = Credentials::None;
-    let servers: Vec<String> = url
-        .split(',')
-        .map(|one| {
-            let one = one.trim();
-            let Some(scheme) = one.find("://") else {
-                return one.to_string();
-            };
-            let rest = &one[scheme + 3..];
-            let host_start = rest.find('/').unwrap_or(rest.len());
-            let Some(at) = rest[..host_start].rfind('@') else {
-                return one.to_string();
-            };
-            if matches!(credentials, Credentials::None) {
-                credentials = match rest[..at].split_once(':') {
-                    Some((user, password)) => {
-                        Credentials::UserPassword(user.to_string(), password.to_string())
-                    }
-                    None => Credentials::Token(rest[..at].to_string()),
-                };
-            }
-            format!("{}{}", &one[..scheme + 3], &rest[at + 1..])
-        })
-        .collect();
-    (servers.join(","), credentials)
-}
-
-/// A URL with any password replaced, for logs.
-pub fn redact(url: &str) -> String {
-    let one = |u: &str| match (u.find("://"), u.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user = u[scheme + 3..at].split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &u[..scheme + 3], &u[at..])
-        }
-        _ => u.to_string(),
-    };
-    url.split(',').map(one).collect::<Vec<_>>().join(",")
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn credentials_come_out_of_the_url_and_never_into_logs() {
-        let (servers, c) =
-            split_credentials("nats://talon:s3cret@10.0.0.1:4222,nats://10.0.0.2:4222");
-        assert_eq!(servers, "nats://10.0.0.1:4222,nats://10.0.0.2:4222");
-        assert!(matches!(c, Credentials::UserPassword(u, p) if u == "talon" && p == "s3cret"));
-        let (servers, c) = split_credentials("tls://tok@host:4222");
-        assert_eq!(servers, "tls://host:4222");
-        assert!(matches!(c, Credentials::Token(t) if t == "tok"));
-        let (servers, c) = split_credentials("nats://127.0.0.1:4222");
-        assert_eq!(servers, "nats://127.0.0.1:4222");
-        assert!(matches!(c, Credentials::None));
-        assert_eq!(redact("nats://talon:s3cret@h:1"), "nats://talon:***@h:1");
-    }
-
     use super::*;
 
     fn row(n: usize) -> StoredRow {

@@ -16,6 +16,7 @@ use prost::Message;
 use talon_core::Shutdown;
 use tokio::net::TcpStream;
 use tonic::Status;
+use wire::Wire;
 
 use super::http2::{self, code, kind, setting, ConnError};
 use super::{FrontendService, Opened, Outgoing, ServerItem};
@@ -25,6 +26,7 @@ mod frames;
 mod grpc;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 /// The one method served.
 const SESSION_PATH: &[u8] = b"/talon.client.Frontend/Session";
@@ -43,6 +45,8 @@ const DATA_HIGH_WATER: usize = 32 * 1024;
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// A ping goes out this often; a connection whose ping is unanswered a period later ends.
 pub const KEEPALIVE: Duration = Duration::from_secs(20);
+/// How long a client gets to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection may take to finish its running work.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
@@ -166,12 +170,31 @@ struct Conn {
     hpack: loona_hpack::Decoder<'static>,
     ping_outstanding: bool,
     going_away: bool,
+    /// Under TLS, the client id the client's key names (its hello must say the same).
+    peer: Option<String>,
 }
 
-/// Serves one accepted connection until it ends or `shutdown`.
-pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown: Shutdown) {
+/// Serves one accepted connection until it ends or `shutdown`; with `tls`, a TLS one whose
+/// client presents the certificate of its key.
+pub async fn run(
+    fe: FrontendService,
+    sock: TcpStream,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    limits: Limits,
+    shutdown: Shutdown,
+) {
     let remote = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = sock.set_nodelay(true);
+    let mut wire = match tls {
+        None => Wire::plain(sock),
+        Some(config) => match Wire::tls(sock, config) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(remote = %remote, error = %e, "cannot start TLS");
+                return;
+            }
+        },
+    };
     // The connection keeps one handle on its node of the tree (to spawn its session's
     // end) and one token to watch: each is in every idle connection's future.
     let stop = shutdown.token().clone();
@@ -181,6 +204,7 @@ pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown:
         tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     // After a stall, the next ping waits a whole period for its answer.
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let handshake_deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let outcome: Result<(), ConnError> = loop {
         if work.is_none() {
             match c.next_work() {
@@ -198,7 +222,7 @@ pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown:
             break Ok(());
         }
         if !c.wbuf.is_empty() {
-            match sock.try_write(&c.wbuf) {
+            match wire.try_write(&c.wbuf) {
                 Ok(n) => {
                     c.wrote(n);
                     // All written and more DATA the windows allow: copy the next piece.
@@ -209,8 +233,15 @@ pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown:
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => break Ok(()),
             }
+        } else if wire.pending() {
+            match wire.flush() {
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => break Ok(()),
+                _ => {}
+            }
         }
         let wants_outbox = c.wants_outbox();
+        let handshaking = wire.handshaking();
+        let wants_write = !c.wbuf.is_empty() || wire.pending();
         tokio::select! {
             _ = stop.cancelled(), if !c.going_away => {
                 c.going_away = true;
@@ -222,26 +253,42 @@ pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown:
             }
             // A client that sends but does not read stops being read (its pings and
             // settings would otherwise pile up answers here).
-            ready = sock.readable(), if c.wbuf.len() < WRITE_LIMIT => {
+            ready = wire.readable(), if c.wbuf.len() < WRITE_LIMIT => {
                 if ready.is_err() {
                     break Ok(());
                 }
                 let mut chunk = [0u8; READ_CHUNK];
-                match sock.try_read(&mut chunk) {
+                match wire.try_read(&mut chunk) {
                     Ok(0) => break Ok(()),
                     Ok(n) => {
+                        if handshaking && !wire.handshaking() {
+                            c.peer = wire.peer_client_id();
+                        }
                         if let Err(e) = c.receive(&chunk[..n]) {
                             break Err(e);
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if handshaking && !wire.handshaking() {
+                            c.peer = wire.peer_client_id();
+                        }
+                    }
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            tracing::info!(remote = %c.remote, error = %e, "client connection refused: TLS");
+                        }
+                        break Ok(());
+                    }
                 }
             }
-            ready = sock.writable(), if !c.wbuf.is_empty() => {
+            ready = wire.sock.writable(), if wants_write => {
                 if ready.is_err() {
                     break Ok(());
                 }
+            }
+            _ = tokio::time::sleep_until(handshake_deadline), if handshaking => {
+                tracing::info!(remote = %c.remote, "client connection closed: no TLS handshake within {} s", HANDSHAKE_TIMEOUT.as_secs());
+                break Ok(());
             }
             item = recv(c.outbox_receiver()), if wants_outbox => {
                 if let Some(item) = item {
@@ -261,7 +308,7 @@ pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown:
     if let Err(e) = &outcome {
         tracing::warn!(remote = %c.remote, error = %e, "closing a client connection");
         http2::put_goaway(&mut c.wbuf, c.last_stream, e.code, &e.reason);
-        let _ = tokio::time::timeout(Duration::from_secs(1), write_all(&sock, &c.wbuf)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), wire.write_all(&c.wbuf)).await;
     }
     if let Some(w) = work {
         if let Ok(done) = tokio::time::timeout(CLOSE_GRACE, w).await {
@@ -273,20 +320,25 @@ pub async fn run(fe: FrontendService, sock: TcpStream, limits: Limits, shutdown:
     }
     if outcome.is_err() {
         // Boxed: its read buffer then exists only while a connection closes.
-        Box::pin(linger_close(sock)).await;
+        Box::pin(linger_close(wire)).await;
     }
 }
 
 /// Closes after a GOAWAY so the client gets to read it: closing with unread bytes sends a
 /// reset, which can discard the GOAWAY before the client reads it.
-async fn linger_close(mut sock: TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _ = sock.shutdown().await;
+async fn linger_close(mut wire: Wire) {
+    wire.shutdown().await;
     let mut chunk = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Ok(n) = sock.read(&mut chunk).await {
-            if n == 0 {
+        loop {
+            if wire.readable().await.is_err() {
                 break;
+            }
+            match wire.try_read(&mut chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
             }
         }
     })
@@ -298,18 +350,6 @@ async fn recv(rx: Option<&mut tokio::sync::mpsc::Receiver<ServerItem>>) -> Optio
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-async fn write_all(sock: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        sock.writable().await?;
-        match sock.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 impl Conn {
@@ -334,6 +374,7 @@ impl Conn {
             hpack: loona_hpack::Decoder::new(),
             ping_outstanding: false,
             going_away: false,
+            peer: None,
         };
         http2::put_settings(
             &mut c.wbuf,
@@ -430,7 +471,8 @@ impl Conn {
                 return Ok(Some(match &s.session {
                     None => {
                         let remote = self.remote.clone();
-                        Box::pin(async move { Done::Opened(fe.open(msg, remote).await) })
+                        let peer = self.peer.clone();
+                        Box::pin(async move { Done::Opened(fe.open(msg, remote, peer).await) })
                     }
                     Some(session) => {
                         let (key, tx) = (session.key.clone(), session.tx.clone());

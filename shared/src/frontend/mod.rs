@@ -61,6 +61,7 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpList
 pub async fn serve(
     frontend: FrontendService,
     listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     max_decode: usize,
     max_encode: usize,
     shutdown: talon_core::Shutdown,
@@ -80,7 +81,7 @@ pub async fn serve(
             Ok((sock, remote)) => {
                 conns.spawn_in(
                     tracing::debug_span!(parent: conns.span(), "conn", remote = %remote),
-                    conn::run(frontend.clone(), sock, limits, conns.clone()),
+                    conn::run(frontend.clone(), sock, tls.clone(), limits, conns.clone()),
                 );
             }
             Err(e) => {
@@ -344,7 +345,12 @@ impl FrontendService {
     /// Opens a session with the stream's first message, which must be hello: checks the
     /// id, refuses a client connected here or on another node, records the client and
     /// queues the welcome and the event table.
-    async fn open(self, first: ClientMessage, remote: String) -> Result<Opened, Status> {
+    async fn open(
+        self,
+        first: ClientMessage,
+        remote: String,
+        peer: Option<String>,
+    ) -> Result<Opened, Status> {
         let Some(client_message::Msg::Hello(hello)) = first.msg else {
             return Err(Status::invalid_argument("the first message must be hello"));
         };
@@ -353,6 +359,16 @@ impl FrontendService {
                 "invalid client id {:?}: expected C. and 16 hex digits",
                 hello.client_id
             )));
+        }
+        // Under TLS the id is the key's: a copied id without its key is refused.
+        if let Some(peer) = &peer {
+            if &hello.client_id != peer {
+                tracing::warn!(remote = %remote, claimed = %hello.client_id, key = %peer, "client refused: its id is not its key's");
+                return Err(Status::permission_denied(format!(
+                    "client id {:?} is not the id of the key this connection presented ({peer})",
+                    hello.client_id
+                )));
+            }
         }
         let org = if hello.org.is_empty() {
             "root".to_string()

@@ -3,6 +3,7 @@
 //! the registry knows none of them.
 
 pub mod functions;
+pub mod permissions;
 pub mod plugins;
 
 use crate::eval::registry::Registry;

@@ -183,6 +183,8 @@ pub struct QueryInfo {
     pub artifact_type: String,
     /// `server` for server-side queries.
     pub client_id: String,
+    /// What the query's principal may do; None: anything (a client's own queries).
+    pub permissions: Option<talon_core::acl::Permissions>,
 }
 
 impl Default for QueryInfo {
@@ -192,6 +194,7 @@ impl Default for QueryInfo {
             artifact: String::new(),
             artifact_type: "SERVER_MONITORING".into(),
             client_id: "server".into(),
+            permissions: None,
         }
     }
 }
@@ -209,6 +212,8 @@ pub struct Context {
     /// Shared, not cloned: a cloned `Regex` would start a new match-cache pool.
     pub(crate) regex_cache: Mutex<HashMap<String, Option<Arc<regex::Regex>>>>,
     pub(crate) log_dedup: Mutex<HashMap<String, Instant>>,
+    /// Calls refused for want of a permission, each logged once.
+    denied: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -228,7 +233,27 @@ impl Context {
             log,
             regex_cache: Mutex::new(HashMap::new()),
             log_dedup: Mutex::new(HashMap::new()),
+            denied: Mutex::new(Default::default()),
         })
+    }
+
+    /// Whether the query's principal holds `p`; when not, logs once per query (per `what`)
+    /// that `what` was refused.
+    pub fn allowed(&self, p: talon_core::acl::Permission, what: &str) -> bool {
+        match self.info.permissions {
+            None => true,
+            Some(perms) if perms.has(p) => true,
+            Some(_) => {
+                let first = self.denied.lock().expect("denied").insert(what.to_string());
+                if first {
+                    self.log(
+                        "ERROR",
+                        format!("Permission denied: {what} needs the {p} permission"),
+                    );
+                }
+                false
+            }
+        }
     }
 
     /// Logs a line at a level.

@@ -313,6 +313,11 @@ pub(crate) fn arg_value<'a>(src: &'a ArgSrc<'_>, scope: &'a Scope) -> BoxFuture<
 async fn call_named(name: &str, args: &[Arg], scope: &Scope, site: usize) -> Value {
     let ctx = scope.ctx().clone();
     if let Some(f) = ctx.engine.get_function(name) {
+        if let Some(p) = crate::builtins::permissions::required(name, false) {
+            if !ctx.allowed(p, &format!("{name}()")) {
+                return Value::Null;
+            }
+        }
         let call = Call {
             name,
             args: Args {

@@ -239,6 +239,11 @@ async fn source_rows(from: &Source, scope: &Scope) -> BoxStream<'static, Row> {
     let name = from.name();
     let args: &[Arg] = from.args.as_deref().unwrap_or(&[]);
     if let Some(p) = ctx.engine.get_plugin(&name) {
+        if let Some(perm) = crate::builtins::permissions::required(&name, true) {
+            if !ctx.allowed(perm, &name) {
+                return futures::stream::empty().boxed();
+            }
+        }
         let mut values = Vec::with_capacity(args.len());
         for a in args {
             let v = expr::arg_value(&crate::eval::registry::ArgSrc::Ast(&a.value), scope).await;

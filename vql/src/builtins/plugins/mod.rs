@@ -450,6 +450,13 @@ fn parse_csv(c: PluginCall) -> BoxStream<'static, Row> {
     let name = c.get("filename").map(Value::to_text).unwrap_or_default();
     let text = match c.get("accessor").map(Value::to_text).as_deref() {
         Some("data") => name,
+        _ if !c.scope.ctx().allowed(
+            talon_core::acl::Permission::FilesystemRead,
+            "parse_csv(filename=...)",
+        ) =>
+        {
+            return stream::empty().boxed();
+        }
         _ => match std::fs::read_to_string(&name) {
             Ok(t) => t,
             Err(e) => {
