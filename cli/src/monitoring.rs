@@ -69,7 +69,12 @@ fn print_table(t: ServerMonitoringTable, format: TableFormat) -> anyhow::Result<
             let v: Vec<_> = t
                 .artifacts
                 .iter()
-                .map(|a| serde_json::json!({"artifact": a.artifact, "params": a.params}))
+                .map(|a| {
+                    serde_json::json!({
+                        "artifact": a.artifact, "params": a.params,
+                        "principal": a.principal, "permissions": a.permissions,
+                    })
+                })
                 .collect();
             output::print_json(&serde_json::Value::Array(v))?;
         }
@@ -80,10 +85,19 @@ fn print_table(t: ServerMonitoringTable, format: TableFormat) -> anyhow::Result<
                 .map(|a| {
                     let mut p: Vec<_> = a.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     p.sort();
-                    vec![a.artifact.clone(), p.join(" ")]
+                    vec![
+                        a.artifact.clone(),
+                        p.join(" "),
+                        if a.principal == "server" {
+                            "server".to_string()
+                        } else {
+                            format!("server:{}", a.principal)
+                        },
+                        a.permissions.join(" "),
+                    ]
                 })
                 .collect();
-            output::print_table(&["ARTIFACT", "PARAMETERS"], rows)?;
+            output::print_table(&["ARTIFACT", "PARAMETERS", "RUNS AS", "PERMISSIONS"], rows)?;
         }
     }
     Ok(())

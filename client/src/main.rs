@@ -50,14 +50,16 @@ struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Cmd {
+    /// Print the client id (derived from the key in --state, made there if missing)
+    Id {
+        /// Directory of the client's key and the spool
+        #[arg(long, value_name = "DIR", default_value = "./talon-client-state")]
+        state: PathBuf,
+    },
     /// Simulate many clients in one process (load tests)
     Simulate {
-        #[arg(
-            long,
-            value_delimiter = ',',
-            required = true,
-            value_name = "ADDR[,ADDR...]"
-        )]
+        /// Frontend addresses [default: the config's]
+        #[arg(long, value_delimiter = ',', value_name = "ADDR[,ADDR...]")]
         frontend: Vec<String>,
         /// Number of clients
         #[arg(long, default_value_t = 10)]
@@ -109,6 +111,18 @@ fn main() -> ExitCode {
         talon_core::telemetry::LogFormat::Text,
         "warn,talon_client=info",
     );
+    if let Some(Cmd::Id { state }) = &a.command {
+        return match talon_client::transport::identity(state) {
+            Ok(id) => {
+                println!("{}", id.id);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("talon-client: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if let Some(Cmd::Simulate {
         frontend,
         clients,
@@ -121,13 +135,22 @@ fn main() -> ExitCode {
         insecure_plaintext,
     }) = a.command
     {
-        let transport = match transport_of(config.as_deref(), insecure_plaintext) {
-            Ok((t, _)) => t,
+        let (transport, file) = match transport_of(config.as_deref(), insecure_plaintext) {
+            Ok(t) => t,
             Err(e) => {
                 eprintln!("talon-client: {e:#}");
                 return ExitCode::from(2);
             }
         };
+        let frontend = if frontend.is_empty() {
+            file.map(|f| f.frontends).unwrap_or_default()
+        } else {
+            frontend
+        };
+        if frontend.is_empty() {
+            eprintln!("talon-client: no frontend: give --config FILE or --frontend ADDR");
+            return ExitCode::from(2);
+        }
         let cfg = talon_client::simulate::SimConfig {
             transport,
             frontends: frontend,

@@ -86,6 +86,9 @@ pub struct InitialUser {
     pub role: String,
     /// SHA-256 of the user's certificate (DER), hex.
     pub certificate_sha256: String,
+    /// SHA-256 of the user's bearer token for the debug pages, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_token_sha256: Option<String>,
 }
 
 /// The keys of `server.config.yaml` that `generate` writes (the master reads more).
@@ -126,6 +129,19 @@ pub struct ApiClientConfig {
     /// The name the API server's certificate must hold [default: talon-api].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// Bearer token for the debug pages when they are off loopback
+    /// (`Authorization: Bearer TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_token: Option<String>,
+}
+
+/// SHA-256 of a bearer token, hex: how configs and the store keep tokens.
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What to generate.
@@ -194,6 +210,7 @@ pub fn generate(dir: &Path, plan: &Plan) -> Result<(), Error> {
     let frontend = ca.issue_server(pki::FRONTEND_NAME, &plan.names)?;
     let api = ca.issue_server(pki::API_NAME, &plan.names)?;
     let admin = ca.issue_user(ADMIN_USER)?;
+    let admin_token = pki::random_secret(40);
     let admin_der = pki::cert_der("admin certificate", &admin.cert_pem)?;
 
     let nats = if plan.nats {
@@ -248,6 +265,7 @@ pub fn generate(dir: &Path, plan: &Plan) -> Result<(), Error> {
             name: ADMIN_USER.into(),
             role: "administrator".into(),
             certificate_sha256: pki::fingerprint(&admin_der),
+            debug_token_sha256: Some(token_sha256(&admin_token)),
         }],
     };
     let client = ClientConfig {
@@ -267,6 +285,7 @@ pub fn generate(dir: &Path, plan: &Plan) -> Result<(), Error> {
         certificate: admin.cert_pem,
         private_key: admin.key_pem,
         server_name: None,
+        debug_token: Some(admin_token),
     };
     let head = "# Talon deployment file made by `talon config generate`; it holds keys: keep it private.\n";
     for (name, body) in [

@@ -213,7 +213,11 @@ pub async fn run(
             )
             .await
     });
-    parts.serve_debug(debug_listener, debug_extra)?;
+    let debug_auth = std::sync::Arc::new(users::DebugTokens {
+        users: users::Users::new(parts.store.clone()),
+        config_tokens: config.debug_token_sha256.clone(),
+    });
+    parts.serve_debug(debug_listener, debug_extra, debug_auth)?;
     start_retention(&parts.qm, config.retention.clone(), &parts.services);
     on_ready(bound);
 

@@ -462,7 +462,13 @@ mod tests {
             .await
             .unwrap();
         monitor
-            .add(ROOT_ORG, "Custom.Once", Params::new())
+            .add(
+                ROOT_ORG,
+                "Custom.Once",
+                Params::new(),
+                "admin",
+                talon_core::acl::Permissions::all(),
+            )
             .await
             .unwrap();
         let mut runs = Vec::new();

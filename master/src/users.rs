@@ -22,6 +22,9 @@ pub struct User {
     /// Roles per org.
     pub orgs: BTreeMap<String, Vec<String>>,
     pub certificate_sha256: String,
+    /// SHA-256 of the user's debug-page bearer token, hex.
+    #[serde(default)]
+    pub debug_token_sha256: Option<String>,
     pub created_by: String,
     pub created_us: i64,
 }
@@ -68,6 +71,32 @@ pub fn valid_name(name: &str) -> Result<(), String> {
         return Err(format!("user name {name:?} is reserved for the server"));
     }
     Ok(())
+}
+
+/// The debug pages' check on the master: a user's bearer token, with the user's
+/// permissions in the org asked for; or one of the config's tokens, with every permission.
+pub struct DebugTokens {
+    pub users: Users,
+    pub config_tokens: Vec<String>,
+}
+
+impl talon_shared::debug::DebugAuth for DebugTokens {
+    fn check(&self, token: &str, org: &str) -> Result<Permissions, String> {
+        let hash = talon_core::deploy::token_sha256(token);
+        if self.config_tokens.contains(&hash) {
+            return Ok(Permissions::all());
+        }
+        let users = self
+            .users
+            .list()
+            .map_err(|e| format!("cannot read users: {e}"))?;
+        let user = users
+            .into_iter()
+            .find(|u| u.debug_token_sha256.as_deref() == Some(hash.as_str()))
+            .ok_or_else(|| "unknown token".to_string())?;
+        user.permissions(org)
+            .ok_or_else(|| format!("user {} is not a member of org {org}", user.name))
+    }
 }
 
 /// The users of a store.
@@ -128,6 +157,7 @@ impl Users {
                     name: u.name.clone(),
                     orgs: BTreeMap::from([(ROOT_ORG.to_string(), vec![u.role.clone()])]),
                     certificate_sha256: u.certificate_sha256.clone(),
+                    debug_token_sha256: u.debug_token_sha256.clone(),
                     created_by: "config".into(),
                     created_us: talon_shared::queue::now_us(),
                 })
@@ -151,6 +181,7 @@ mod tests {
                 .map(|(o, r)| (o.to_string(), vec![r.to_string()]))
                 .collect(),
             certificate_sha256: String::new(),
+            debug_token_sha256: None,
             created_by: String::new(),
             created_us: 0,
         }

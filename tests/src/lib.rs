@@ -3,6 +3,7 @@
 //! stops every process it started (by its own pid) when dropped.
 
 pub mod cluster;
+pub mod deployment;
 pub mod sandbox;
 pub use cluster::{cluster, sandbox_cluster, start_master, Cluster, Minion, Nats, COUNTER};
 
@@ -19,14 +20,18 @@ use tonic::transport::Channel;
 /// How long a master gets to print `ready`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `target/<profile>`, where the workspace binaries are built.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
 /// Path of a workspace binary built next to the test executable (`target/<profile>/NAME`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let path = dir.join(name);
+    let path = bin_dir().join(name);
     assert!(
         path.exists(),
         "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test does this)",
@@ -59,17 +64,47 @@ pub struct Master {
     pub debug: SocketAddr,
     pub frontend: SocketAddr,
     stderr_log: PathBuf,
+    /// The API identity its CLI calls use.
+    pub api_config: PathBuf,
 }
 
 impl Master {
-    /// Starts a master on free ports with `datastore`; `extra` are further flags.
+    /// Starts a master on free ports with `datastore` and the test deployment's config
+    /// (unless `extra` names a `--config`); `extra` are further flags.
     pub fn start(datastore: &Path, extra: &[&str]) -> Master {
+        if let Some(i) = extra.iter().position(|a| *a == "--config") {
+            if let Some(path) = extra.get(i + 1) {
+                deployment::merge_into(Path::new(path));
+            }
+            return Self::spawn(datastore, extra, deployment::admin_config());
+        }
+        let config = deployment::server_config();
+        let mut flags = vec!["--config", config.to_str().expect("UTF-8 path")];
+        flags.extend_from_slice(extra);
+        Self::spawn(datastore, &flags, deployment::admin_config())
+    }
+
+    /// Starts a master with no config, as on a fresh machine: it makes its deployment in
+    /// `<datastore>/config/`, whose administrator the CLI calls then use.
+    pub fn start_fresh(datastore: &Path, extra: &[&str]) -> Master {
+        let admin = datastore
+            .join("config")
+            .join(talon_core::deploy::ADMIN_API_CONFIG);
+        Self::spawn(datastore, extra, admin)
+    }
+
+    fn spawn(datastore: &Path, extra: &[&str], api_config: PathBuf) -> Master {
         let stderr_log = datastore.with_extension("stderr.log");
         let log = std::fs::File::create(&stderr_log).expect("create master log");
         let mut child = Command::new(bin("talon-master"))
             .arg("--datastore")
             .arg(datastore)
-            .args(["--api-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
+            .args(["--api-addr", "127.0.0.1:0"])
+            .args(if extra.contains(&"--debug-addr") {
+                &[][..]
+            } else {
+                &["--debug-addr", "127.0.0.1:0"][..]
+            })
             .args(if extra.contains(&"--frontend-addr") {
                 &[][..]
             } else {
@@ -89,6 +124,7 @@ impl Master {
             debug: "0.0.0.0:0".parse().unwrap(),
             frontend: "0.0.0.0:0".parse().unwrap(),
             stderr_log,
+            api_config,
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -126,6 +162,7 @@ impl Master {
             debug,
             frontend,
             stderr_log: datastore.with_extension("stderr.log"),
+            api_config: deployment::admin_config(),
         }
     }
 
@@ -171,18 +208,24 @@ impl Master {
 
     /// Runs the `talon` CLI against this master.
     pub fn talon(&self, args: &[&str]) -> Output {
-        talon(&self.api.to_string(), args, None)
+        talon_as(&self.api.to_string(), &self.api_config, args, None)
     }
 
     /// Runs the `talon` CLI with `stdin` as its input.
     pub fn talon_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        talon(&self.api.to_string(), args, Some(stdin))
+        talon_as(&self.api.to_string(), &self.api_config, args, Some(stdin))
+    }
+
+    /// Runs the `talon` CLI as the user of API config `user`.
+    pub fn talon_user(&self, user: &Path, args: &[&str]) -> Output {
+        talon_as(&self.api.to_string(), user, args, None)
     }
 
     /// Starts `talon` in the background (for watches), its stdout piped.
     pub fn talon_spawn(&self, args: &[&str]) -> Child {
         Command::new(bin("talon"))
             .env("TALON_API", self.api.to_string())
+            .env("TALON_API_CONFIG", &self.api_config)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -244,13 +287,17 @@ impl Master {
             .into_inner()
     }
 
-    /// A gRPC admin client.
+    /// A gRPC admin client (mutual TLS, as the administrator).
     pub async fn client(&self) -> AdminClient<Channel> {
-        AdminClient::connect(format!("http://{}", self.api))
-            .await
-            .expect("connect admin API")
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
+        deployment::admin_client(self.api, &self.api_config).await
+    }
+
+    /// Where its clients' config is (frontends and the CA).
+    pub fn client_config(&self) -> PathBuf {
+        self.api_config
+            .parent()
+            .expect("a config directory")
+            .join(talon_core::deploy::CLIENT_CONFIG)
     }
 
     /// GET a path of the debug server; returns (status line, body).
@@ -276,10 +323,17 @@ impl Drop for Master {
     }
 }
 
-/// Runs the `talon` CLI with `TALON_API` set to `api`.
+/// Runs the `talon` CLI with `TALON_API` set to `api`, as the test deployment's
+/// administrator.
 pub fn talon(api: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    talon_as(api, &deployment::admin_config(), args, stdin)
+}
+
+/// Runs the `talon` CLI against `api` as the identity of `api_config`.
+pub fn talon_as(api: &str, api_config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(bin("talon"))
         .env("TALON_API", api)
+        .env("TALON_API_CONFIG", api_config)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -374,11 +428,20 @@ pub struct Client {
 }
 
 impl Client {
-    /// Starts `talon-client --frontend FRONTENDS --state STATE` with extra flags.
+    /// Starts `talon-client --frontend FRONTENDS --state STATE` with extra flags, over TLS
+    /// with the test deployment's client config (unless `extra` names `--config` or
+    /// `--insecure-plaintext`).
     pub fn start(frontends: &str, state: &Path, extra: &[&str]) -> Client {
         std::fs::create_dir_all(state).unwrap();
         let log = state.join("client.log");
+        let config = deployment::client_config();
+        let own = extra.contains(&"--config") || extra.contains(&"--insecure-plaintext");
         let child = Command::new(bin("talon-client"))
+            .args(if own {
+                vec![]
+            } else {
+                vec!["--config", config.to_str().expect("UTF-8 path")]
+            })
             .args(["--frontend", frontends, "--state"])
             .arg(state)
             .args(["--batch-ms", "200"])
@@ -394,20 +457,21 @@ impl Client {
         }
     }
 
-    /// The client id it made (waits until the file holds one).
+    /// The client id its key names (waits until it made the key).
     pub fn id(&self) -> String {
-        let path = self.state.join("client_id");
+        let path = self.state.join("client.key");
         let read = || {
-            std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .trim()
-                .to_string()
+            let pem = std::fs::read_to_string(&path).ok()?;
+            talon_core::pki::ClientIdentity::new(Some(&pem))
+                .ok()
+                .map(|i| i.id)
         };
         assert!(
-            wait_until(Duration::from_secs(20), || read().starts_with("C.")),
-            "no client id"
+            wait_until(Duration::from_secs(20), || read().is_some()),
+            "no client key in {}",
+            self.state.display()
         );
-        read()
+        read().expect("a client key")
     }
 
     /// What it logged.
@@ -471,9 +535,7 @@ impl tonic::codec::Decoder for RawCodec {
 /// Pushes rows `{"i": 0..batches*10, "pad": 1 KB}` to `queue` of root in `batches` pushes of
 /// 10, each within 10 s (a push that waits on a stalled watcher fails the test).
 pub async fn push_padded_rows(api: SocketAddr, queue: &str, batches: usize) {
-    let mut client = AdminClient::connect(format!("http://{api}"))
-        .await
-        .expect("connect admin API");
+    let mut client = deployment::admin_client(api, &deployment::admin_config()).await;
     let pad = "x".repeat(1000);
     for b in 0..batches {
         let rows: Vec<String> = (0..10)

@@ -91,13 +91,17 @@ impl Master {
             nats_url: nats_url.map(String::from),
             node_name: None,
             no_monitoring: false,
+            insecure_plaintext_frontend: false,
+            config_dir: Some(crate::deployment::dir().to_path_buf()),
         };
-        let config = talon_master::config::Config::build(
+        let path = crate::deployment::server_config();
+        let file = talon_master::config::ConfigFile::parse(
             "sandbox",
-            talon_master::config::ConfigFile::default(),
-            flags,
+            &std::fs::read_to_string(&path).expect("the test deployment's server config"),
         )
-        .expect("a sandbox master's config");
+        .expect("the test deployment's server config parses");
+        let config = talon_master::config::Config::build("sandbox", file, flags)
+            .expect("a sandbox master's config");
         let (node, bound) = InProcess::start("master", move |stop, ready| {
             talon_master::run(config, stop, ready)
         });
@@ -110,6 +114,13 @@ impl Minion {
     /// A minion named `name` in this process on free ports, joined to `nats_url`.
     pub fn in_process(nats_url: &str, name: &str) -> Minion {
         let mut config = talon_minion::Config::new(nats_url, name);
+        config
+            .apply(
+                talon_minion::ServerConfigFile::read(&crate::deployment::server_config())
+                    .expect("the test deployment's server config"),
+            )
+            .expect("the test deployment's server config applies");
+        config.nats_url = nats_url.to_string();
         config.frontend_addr = "127.0.0.1:0".parse().expect("address");
         config.debug_addr = "127.0.0.1:0".parse().expect("address");
         let (node, bound) = InProcess::start(name, move |stop, ready| {

@@ -108,7 +108,8 @@ fn artifact_changes_are_stored_announced_and_audited() {
         .collect();
     assert_eq!(ops, ["artifact_add", "artifact_update", "artifact_delete"]);
     for r in &audit {
-        assert!(r["principal"].as_str().unwrap().starts_with("cli:"), "{r}");
+        // The certificate's user, never a header.
+        assert_eq!(r["principal"], "admin", "{r}");
         assert_eq!(r["details"]["artifact"], "Custom.Events");
     }
 }

@@ -137,6 +137,7 @@ fn a_large_cli_push_is_all_or_nothing_and_names_the_bad_line() {
     bytes.extend_from_slice(b"\"}\n");
     let mut child = std::process::Command::new(bin("talon"))
         .env("TALON_API", master.api.to_string())
+        .env("TALON_API_CONFIG", &master.api_config)
         .args(["events", "push", QUEUE])
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -256,11 +257,9 @@ async fn bad_artifacts_are_refused_with_their_place() {
 
 /// Sends one raw HTTP/2 gRPC request with `body` as the message; returns what came back.
 async fn raw_grpc_call(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> String {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        talon_tests::deployment::admin_channel(addr, &talon_tests::deployment::admin_config())
+            .await;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let codec = talon_tests::RawCodec;

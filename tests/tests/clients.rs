@@ -200,7 +200,7 @@ fn a_second_client_with_a_connected_id_is_refused_and_reported() {
     // A copy of the first client's state: the same id.
     let twin = dir.path().join("twin");
     std::fs::create_dir_all(&twin).unwrap();
-    std::fs::copy(dir.path().join("one/client_id"), twin.join("client_id")).unwrap();
+    std::fs::copy(dir.path().join("one/client.key"), twin.join("client.key")).unwrap();
     let second = Client::start(&master.frontend.to_string(), &twin, &[]);
     let line = conflicts
         .recv_timeout(Duration::from_secs(20))
@@ -244,7 +244,9 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
     .len()
         >= 3));
 
-    let url = format!("http://{}", master.frontend);
+    // A raw client with a key of its own, over TLS as every client.
+    let me = talon_core::pki::ClientIdentity::new(None).unwrap();
+    let channel = || talon_tests::deployment::frontend_channel(master.frontend, &me);
     let hello = |client_id: &str| ClientMessage {
         msg: Some(client_message::Msg::Hello(Hello {
             client_id: client_id.into(),
@@ -252,9 +254,7 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
         })),
     };
     // A message over the limit ends that client's stream with a clear status.
-    let mut c = frontend_client::FrontendClient::connect(url.clone())
-        .await
-        .unwrap()
+    let mut c = frontend_client::FrontendClient::new(channel().await.unwrap())
         .max_encoding_message_size(1 << 24);
     let big = EventBatch {
         batch_id: 1,
@@ -265,7 +265,7 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
         }],
     };
     let msgs = vec![
-        hello("C.00000000000000aa"),
+        hello(&me.id),
         ClientMessage {
             msg: Some(client_message::Msg::Events(big)),
         },
@@ -292,9 +292,7 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
     );
 
     // A bad client id, and a stream that does not start with hello.
-    let mut c = frontend_client::FrontendClient::connect(url.clone())
-        .await
-        .unwrap();
+    let mut c = frontend_client::FrontendClient::new(channel().await.unwrap());
     let e = c
         .session(futures::stream::iter(vec![hello("C.nothex")]))
         .await
@@ -316,12 +314,7 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
     );
 
     // Bytes that are not protobuf.
-    let channel = tonic::transport::Channel::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(channel().await.unwrap());
     grpc.ready().await.unwrap();
     let garbage = futures::stream::iter(vec![vec![0x0a, 0xff, 0xff, 0xff]]);
     let res = grpc
@@ -399,11 +392,14 @@ async fn a_forged_batch_counter_never_hides_a_real_clients_rows() {
     let master = Master::start(&dir.path().join("data"), &[]);
     add_artifact(&master, dir.path(), COUNTER);
     ok(&master.talon(&["monitoring", "client", "add", "Custom.Counter"]));
-    let id = "C.00000000000000bb";
+    let me = talon_core::pki::ClientIdentity::new(None).unwrap();
+    let id = me.id.as_str();
 
-    let mut c = frontend_client::FrontendClient::connect(format!("http://{}", master.frontend))
-        .await
-        .unwrap();
+    let mut c = frontend_client::FrontendClient::new(
+        talon_tests::deployment::frontend_channel(master.frontend, &me)
+            .await
+            .unwrap(),
+    );
     let batch = |batch_id: u64| ClientMessage {
         msg: Some(client_message::Msg::Events(EventBatch {
             batch_id,
@@ -456,10 +452,11 @@ async fn a_forged_batch_counter_never_hides_a_real_clients_rows() {
     drop(tx);
     drop(stream);
 
-    // The real client with that id starts its own incarnation at batch 1: every row is kept.
+    // The real client with that id (its key) starts its own incarnation at batch 1: every
+    // row is kept.
     let state = dir.path().join("client");
     std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("client_id"), id).unwrap();
+    std::fs::write(state.join("client.key"), &me.key_pem).unwrap();
     let _client = Client::start(&master.frontend.to_string(), &state, &[]);
     assert!(
         wait_until(Duration::from_secs(30), || {
@@ -510,6 +507,8 @@ fn simulate(
     let mut sim = KillOnDrop(
         std::process::Command::new(bin("talon-client"))
             .args(["simulate", "--frontend", frontend])
+            .arg("--config")
+            .arg(talon_tests::deployment::client_config())
             .args(["--clients", &clients.to_string(), "--rate", "0"])
             .args(["--duration", &seconds.to_string()])
             .stdout(std::process::Stdio::null())
@@ -692,7 +691,10 @@ fn a_connected_clients_record_follows_it_and_a_client_can_be_deleted() {
 
 /// Opens a client session over raw HTTP/2 (preface, settings, the session request, hello)
 /// and never reads: a client that stopped reading its socket.
-fn never_reading_session(frontend: &str, client_id: &str) -> std::net::TcpStream {
+fn never_reading_session(
+    frontend: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let me = talon_core::pki::ClientIdentity::new(None).unwrap();
     use prost::Message;
     use std::io::Write;
     use talon_shared::frontend::http2::{self, flag, kind};
@@ -713,7 +715,7 @@ fn never_reading_session(frontend: &str, client_id: &str) -> std::net::TcpStream
     let hello = talon_proto::client::ClientMessage {
         msg: Some(talon_proto::client::client_message::Msg::Hello(
             talon_proto::client::Hello {
-                client_id: client_id.into(),
+                client_id: me.id.clone(),
                 ..Default::default()
             },
         )),
@@ -723,8 +725,9 @@ fn never_reading_session(frontend: &str, client_id: &str) -> std::net::TcpStream
     grpc.extend_from_slice(&(body.len() as u32).to_be_bytes());
     grpc.extend_from_slice(&body);
     http2::put_frame(&mut out, kind::DATA, 0, 1, &grpc);
-    let mut s = std::net::TcpStream::connect(frontend).unwrap();
+    let mut s = talon_tests::deployment::raw_tls(frontend, &me);
     s.write_all(&out).unwrap();
+    s.flush().unwrap();
     s
 }
 
@@ -741,9 +744,7 @@ fn clients_that_never_read_do_not_hold_a_copy_of_the_table_each() {
     );
     add_artifact(&master, dir.path(), &big);
     let frontend = master.frontend.to_string();
-    let mut sockets: Vec<_> = (0..200)
-        .map(|i| never_reading_session(&frontend, &format!("C.{i:016x}")))
-        .collect();
+    let mut sockets: Vec<_> = (0..200).map(|_| never_reading_session(&frontend)).collect();
     assert!(
         wait_until(Duration::from_secs(30), || {
             let list = ok(&master.talon(&["clients", "list", "--format", "json"]));
@@ -777,7 +778,9 @@ fn clients_that_never_read_do_not_hold_a_copy_of_the_table_each() {
     // allows) reached a client that reads its socket only now.
     use std::io::Read;
     let s = &mut sockets[0];
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 16384];
     while !got.windows(10).any(|w| w == b"Custom.Big") && got.len() < 1 << 20 {

@@ -369,17 +369,20 @@ async fn a_stalled_watcher_in_a_cluster_catches_up_from_jetstream_losing_nothing
 /// Item 7 of the hardening issue: with NATS unreachable or refusing, the master never
 /// became ready, logged the cause at INFO and ignored SIGTERM. Now each failed attempt is
 /// an ERROR naming the cause, attempts repeat with backoff, SIGTERM ends the wait, and
-/// credentials in the URL are used.
+/// credentials in the URL are used. The NATS server (as every one in these tests) requires
+/// TLS and a password: a node whose CA did not issue its certificate does not join either.
 #[test]
 fn a_master_waiting_for_nats_says_why_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start_with(
-        &dir.path().join("nats"),
-        &["--user", "talon", "--pass", "s3cret"],
-    );
-    let start = |name: &str, url: &str| {
+    let nats = Nats::start(&dir.path().join("nats"));
+    let config = talon_tests::deployment::server_config();
+    let start = |name: &str, url: &str, own_ca: bool| {
         let log = dir.path().join(format!("{name}.log"));
-        let child = std::process::Command::new(bin("talon-master"))
+        let mut cmd = std::process::Command::new(bin("talon-master"));
+        if !own_ca {
+            cmd.arg("--config").arg(&config);
+        }
+        let child = cmd
             .arg("--datastore")
             .arg(dir.path().join(name))
             .args(["--api-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"])
@@ -391,11 +394,14 @@ fn a_master_waiting_for_nats_says_why_and_stops_on_sigterm() {
         (KillOnDrop(child), log)
     };
     let unreachable = format!("nats://127.0.0.1:{}", free_port());
-    for (name, url, cause) in [
-        ("refused", nats.url(), "authorization violation"),
-        ("unreachable", unreachable, "cannot connect to NATS"),
+    let wrong = format!("nats://talon-master:wrong@127.0.0.1:{}", nats.port);
+    for (name, url, own_ca, cause) in [
+        ("refused", wrong, false, "authorization violation"),
+        ("unreachable", unreachable, false, "cannot connect to NATS"),
+        // A master with a CA of its own (made on its first start) trusts not this server.
+        ("untrusted", nats.url(), true, "UnknownIssuer"),
     ] {
-        let (mut master, log) = start(name, &url);
+        let (mut master, log) = start(name, &url, own_ca);
         let read = || std::fs::read_to_string(&log).unwrap_or_default();
         assert!(
             wait_until(Duration::from_secs(20), || {
@@ -429,15 +435,19 @@ fn a_master_waiting_for_nats_says_why_and_stops_on_sigterm() {
         };
         assert!(status.success(), "{name}: {status:?} {}", read());
     }
-    // With the credentials in the URL it joins.
-    let url = format!("nats://talon:s3cret@127.0.0.1:{}", nats.port);
-    let master = Master::start(&dir.path().join("joined"), &["--nats-url", &url]);
-    assert!(wait_until(Duration::from_secs(30), || ok(
-        &master.talon(&["cluster", "status"])
-    )
-    .contains("master")));
-    assert!(
-        !master.stderr().contains("s3cret"),
-        "the password is never logged"
-    );
+    // With the credentials in the URL it joins; and with those of its config.
+    let auth = talon_tests::deployment::nats().master;
+    let password = auth.password.clone().unwrap();
+    let url = format!("nats://talon-master:{password}@127.0.0.1:{}", nats.port);
+    for (name, url) in [("joined", url), ("configured", nats.url())] {
+        let master = Master::start(&dir.path().join(name), &["--nats-url", &url]);
+        assert!(wait_until(Duration::from_secs(30), || ok(
+            &master.talon(&["cluster", "status"])
+        )
+        .contains("master")));
+        assert!(
+            !master.stderr().contains(&password),
+            "the password is never logged"
+        );
+    }
 }

@@ -113,7 +113,7 @@ fn a_label_added_on_the_master_reaches_a_client_on_a_minion_without_restart() {
 /// A raw gRPC session to a frontend: its server stream after the welcome.
 async fn raw_session(
     frontend: std::net::SocketAddr,
-    id: &str,
+    me: &talon_core::pki::ClientIdentity,
 ) -> Result<
     (
         tokio::sync::mpsc::Sender<talon_proto::client::ClientMessage>,
@@ -122,13 +122,15 @@ async fn raw_session(
     tonic::Status,
 > {
     use talon_proto::client::*;
-    let mut client = frontend_client::FrontendClient::connect(format!("http://{frontend}"))
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = frontend_client::FrontendClient::new(
+        talon_tests::deployment::frontend_channel(frontend, me)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
+    );
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(ClientMessage {
         msg: Some(client_message::Msg::Hello(Hello {
-            client_id: id.into(),
+            client_id: me.id.clone(),
             hostname: "raw".into(),
             ..Hello::default()
         })),
@@ -165,8 +167,9 @@ async fn table_arrives(
 async fn a_second_connection_on_another_minion_is_refused_and_notifications_reach_the_holding_node()
 {
     let c = tokio::task::block_in_place(sandbox_cluster);
-    let id = "C.00000000000000c1";
-    let (_tx, mut stream) = raw_session(c.a.frontend, id).await.unwrap();
+    let me = talon_core::pki::ClientIdentity::new(None).unwrap();
+    let id = me.id.as_str();
+    let (_tx, mut stream) = raw_session(c.a.frontend, &me).await.unwrap();
     assert!(
         table_arrives(&mut stream, Duration::from_secs(10)).await,
         "the first table"
@@ -179,7 +182,7 @@ async fn a_second_connection_on_another_minion_is_refused_and_notifications_reac
     // answers with a Pong row carrying the same NotifyTarget.
     let pings = tokio::task::block_in_place(|| c.a.watch("Server.Internal.Ping"));
     let pongs = tokio::task::block_in_place(|| c.a.watch("Server.Internal.Pong"));
-    let e = raw_session(c.b.frontend, id).await.unwrap_err();
+    let e = raw_session(c.b.frontend, &me).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
     assert!(e.message().contains("is already connected"), "{e:?}");
     let ping: serde_json::Value = serde_json::from_str(
@@ -233,9 +236,13 @@ async fn a_second_connection_on_another_minion_is_refused_and_notifications_reac
 
     // A notification published by another node reaches minion A, which wakes the client
     // (it sends the table again); one naming another client does not.
-    let bus = talon_shared::bus::Bus::connect(&c.nats.url(), "test-node")
-        .await
-        .unwrap();
+    let bus = talon_shared::bus::Bus::connect(
+        &c.nats.url(),
+        "test-node",
+        &talon_tests::deployment::nats().minion,
+    )
+    .await
+    .unwrap();
     let notify = |target: &str, n: u32| {
         let row = talon_shared::store::StoredRow {
             ts_us: 0,
@@ -273,9 +280,8 @@ async fn a_second_connection_on_another_minion_is_refused_and_notifications_reac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_publish_is_stored_once_and_health_totals_reach_the_master() {
     let c = tokio::task::block_in_place(sandbox_cluster);
-    let (_tx, _stream) = raw_session(c.a.frontend, "C.00000000000000c2")
-        .await
-        .unwrap();
+    let me = talon_core::pki::ClientIdentity::new(None).unwrap();
+    let (_tx, _stream) = raw_session(c.a.frontend, &me).await.unwrap();
     let (_health, health) = tokio::task::block_in_place(|| {
         c.master.spawn_watching(
             &["events", "watch", "Server.Monitor.Health"],
@@ -286,9 +292,13 @@ async fn a_retried_publish_is_stored_once_and_health_totals_reach_the_master() {
     });
     // The same batch published twice under one message id (a retry after a lost ack) is
     // stored once; another id is another batch.
-    let bus = talon_shared::bus::Bus::connect(&c.nats.url(), "test-node")
-        .await
-        .unwrap();
+    let bus = talon_shared::bus::Bus::connect(
+        &c.nats.url(),
+        "test-node",
+        &talon_tests::deployment::nats().minion,
+    )
+    .await
+    .unwrap();
     for (tag, msg_id) in [
         ("once", "retry-1"),
         ("once", "retry-1"),

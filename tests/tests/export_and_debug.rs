@@ -118,9 +118,9 @@ fn debug_pages_show_queue_statistics() {
         .find(|q| q["name"] == QUEUE && q["org"] == "root")
         .unwrap();
     assert_eq!(q["rows_pushed"], 4);
-    // The watcher is listed by name (the CLI's principal) with its lag.
+    // The watcher is listed by name (the CLI's user) with its lag.
     let w = &q["watcher_list"][0];
-    assert!(w["name"].as_str().unwrap().starts_with("cli:"), "{w}");
+    assert_eq!(w["name"], "admin", "{w}");
     assert!(html.contains("<h2>Watchers</h2>"), "{html}");
     assert!(w["lag"].as_u64().unwrap() <= 1, "{w}");
     let (_, metrics) = master.http_get("/metrics");

@@ -48,9 +48,19 @@ fn the_readme_tour_runs_as_written() {
         .to_path_buf();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let master = Master::start(&dir.path().join("talon-data"), &[]);
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
+    // As on a fresh machine: no config; the master makes its deployment in
+    // ./talon-data/config/, where the CLI and the tour's client find it.
+    let master = Master::start_fresh(&work.join("talon-data"), &[]);
+    // The one change the tour cannot make itself: this master's frontend is on a free port.
+    let client_config = master.client_config();
+    let text = std::fs::read_to_string(&client_config).unwrap();
+    std::fs::write(
+        &client_config,
+        text.replace("127.0.0.1:0", &master.frontend.to_string()),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(root.join("docs"), work.join("docs")).unwrap();
 
     let bin_dir = bin("talon").parent().unwrap().to_path_buf();

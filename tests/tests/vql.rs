@@ -39,17 +39,11 @@ fn watch_monitoring_sees_rows_sent_by_another_query() {
     let row: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(row["n"], 7);
     // _Source is who sent the row (the query's principal), as stored.
-    assert!(
-        row["_Source"].as_str().unwrap().starts_with("cli:"),
-        "{row}"
-    );
+    assert!(row["_Source"] == "admin", "{row}");
     assert!(row["_ts"].as_i64().unwrap() > 1_700_000_000);
     // The row is stored too, with the sender as _Source.
     let stored = json_lines(&ok(&master.talon(&["events", "read", "Server.Audit.Logs"])));
-    assert!(
-        stored[0]["_Source"].as_str().unwrap().starts_with("cli:"),
-        "{stored:?}"
-    );
+    assert!(stored[0]["_Source"] == "admin", "{stored:?}");
 }
 
 #[test]
@@ -290,8 +284,8 @@ fn clock_and_foreach_send_events_that_a_watcher_receives() {
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
         let row: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(row["Tick"], s["Sent"]["Tick"]);
-        // The sender, not the queue.
-        assert_eq!(row["_Source"], "cli:cli");
+        // The sender (the certificate's user), not the queue.
+        assert_eq!(row["_Source"], "admin");
     }
 }
 
@@ -435,6 +429,7 @@ fn failed_queries_exit_1_and_a_closed_pipe_is_quiet() {
             bin("talon").display()
         ))
         .env("TALON_API", master.api.to_string())
+        .env("TALON_API_CONFIG", &master.api_config)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

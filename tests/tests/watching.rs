@@ -36,7 +36,7 @@ async fn two_watchers_each_get_every_row_with_ts_and_source() {
         for (i, r) in rows.iter().enumerate() {
             assert_eq!(r["n"], i as i64 + 1);
             assert!(r["_ts"].as_i64().unwrap() > 1_700_000_000, "{r}");
-            assert!(r["_Source"].as_str().unwrap().starts_with("cli:"), "{r}");
+            assert_eq!(r["_Source"], "admin", "{r}");
         }
     }
     // --count 3 makes both exit 0.

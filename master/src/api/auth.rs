@@ -127,6 +127,7 @@ impl AdminService {
             .map_err(|e| Status::internal(e.to_string()))?;
         let der = talon_core::pki::cert_der("issued certificate", &issued.cert_pem)
             .map_err(|e| Status::internal(e.to_string()))?;
+        let token = talon_core::pki::random_secret(40);
         let existing = self
             .users
             .get(&r.name)
@@ -139,6 +140,7 @@ impl AdminService {
             name: r.name.clone(),
             orgs,
             certificate_sha256: talon_core::pki::fingerprint(&der),
+            debug_token_sha256: Some(talon_core::deploy::token_sha256(&token)),
             created_by: caller.name.clone(),
             created_us: talon_shared::queue::now_us(),
         };
@@ -157,6 +159,7 @@ impl AdminService {
             certificate: issued.cert_pem,
             private_key: issued.key_pem,
             server_name: None,
+            debug_token: Some(token),
         };
         super::audit(
             &self.qm,
