@@ -15,14 +15,34 @@ use talon_proto::bus::{BusBatch, BusRow, QueueRows};
 
 /// Publishes `rows` rows in batches of `batch` from `publishers` concurrent publishers,
 /// each waiting for JetStream's ack before its next batch; prints rows/s.
+/// How the baseline reaches NATS: the same TLS and user as Talon's nodes, so both pay the
+/// same transport.
+#[derive(Debug, Clone, Default)]
+pub struct NatsLogin {
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// CA file (PEM) to check the server against; with it, TLS is required.
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
 pub async fn jetstream_baseline(
     url: &str,
+    login: NatsLogin,
     rows: usize,
     batch: usize,
     row_bytes: usize,
     publishers: usize,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(url).await?;
+    let mut options = match (login.user, login.password) {
+        (Some(u), p) => {
+            async_nats::ConnectOptions::with_user_and_password(u, p.unwrap_or_default())
+        }
+        _ => async_nats::ConnectOptions::new(),
+    };
+    if let Some(ca) = login.tls_ca {
+        options = options.add_root_certificates(ca).require_tls(true);
+    }
+    let client = options.connect(url).await?;
     let js = jetstream::new(client);
     let _ = js.delete_stream("BENCH_RAW").await;
     js.create_stream(jetstream::stream::Config {

@@ -38,6 +38,14 @@ enum Bench {
     Jetstream {
         #[arg(long)]
         nats_url: String,
+        /// NATS user and password (as Talon's nodes use)
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        password: Option<String>,
+        /// CA certificate file (PEM): connect over TLS checked against it
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 1_000_000)]
         rows: usize,
         /// Rows per message
@@ -88,12 +96,24 @@ fn main() -> anyhow::Result<()> {
         Bench::Vql { rows, seconds } => rt.block_on(vql::run(rows, seconds)),
         Bench::Jetstream {
             nats_url,
+            user,
+            password,
+            tls_ca,
             rows,
             batch,
             row_bytes,
             publishers,
         } => rt.block_on(cluster::jetstream_baseline(
-            &nats_url, rows, batch, row_bytes, publishers,
+            &nats_url,
+            cluster::NatsLogin {
+                user,
+                password,
+                tls_ca,
+            },
+            rows,
+            batch,
+            row_bytes,
+            publishers,
         )),
         Bench::Watch {
             debug,

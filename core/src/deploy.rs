@@ -6,6 +6,7 @@
 //!   administrator); the CA's key is beside it in `ca.key`, which only the master needs.
 //! - `client.config.yaml`: clients (frontend addresses and the CA certificate).
 //! - `admin.api.yaml`: the administrator's API client identity (the CLI's `--api-config`).
+//! - `ca.crt`: the CA certificate alone (public), for tools that check TLS.
 //! - `nats.conf`, `nats.crt`, `nats.key`: a nats-server with TLS, an account and a user for
 //!   the master and one for the minions.
 //!
@@ -23,6 +24,7 @@ pub const CLIENT_CONFIG: &str = "client.config.yaml";
 pub const ADMIN_API_CONFIG: &str = "admin.api.yaml";
 pub const NATS_CONF: &str = "nats.conf";
 pub const CA_KEY: &str = "ca.key";
+pub const CA_CERT: &str = "ca.crt";
 /// The administrator `generate` makes.
 pub const ADMIN_USER: &str = "admin";
 
@@ -248,6 +250,9 @@ pub fn generate(dir: &Path, plan: &Plan) -> Result<(), Error> {
 
     let ca_key = dir.join(CA_KEY);
     pki::write_secret(&ca_key, ca.key_pem()).map_err(io(&ca_key))?;
+    // The CA certificate alone, public: for tools that check Talon's or NATS's TLS.
+    let ca_crt = dir.join(CA_CERT);
+    std::fs::write(&ca_crt, &ca.cert_pem).map_err(io(&ca_crt))?;
     let server = ServerConfigOut {
         frontend_addr: plan.frontend_addr.clone(),
         api_addr: plan.api_addr.clone(),

@@ -141,8 +141,9 @@ impl Users {
         Ok(self.store.set_setting(NAMESPACE, name, None).await?)
     }
 
-    /// Adds each initial user that does not exist yet (a removed administrator stays
-    /// removed only while another user of that name exists; the config's own comes back).
+    /// Adds each initial user that does not exist yet, and gives one the config made before
+    /// its current certificate (after a CA rotation). A removed initial user comes back on
+    /// the next start: remove it from the config to remove it for good.
     pub async fn ensure(&self, initial: &[talon_core::deploy::InitialUser]) -> anyhow::Result<()> {
         for u in initial {
             valid_name(&u.name).map_err(anyhow::Error::msg)?;
@@ -152,17 +153,32 @@ impl Users {
                 u.name,
                 u.role
             );
-            if self.get(&u.name)?.is_none() {
-                self.put(&User {
-                    name: u.name.clone(),
-                    orgs: BTreeMap::from([(ROOT_ORG.to_string(), vec![u.role.clone()])]),
-                    certificate_sha256: u.certificate_sha256.clone(),
-                    debug_token_sha256: u.debug_token_sha256.clone(),
-                    created_by: "config".into(),
-                    created_us: talon_shared::queue::now_us(),
-                })
-                .await?;
-                tracing::info!(user = %u.name, role = %u.role, "added the config's initial user");
+            match self.get(&u.name)? {
+                None => {
+                    self.put(&User {
+                        name: u.name.clone(),
+                        orgs: BTreeMap::from([(ROOT_ORG.to_string(), vec![u.role.clone()])]),
+                        certificate_sha256: u.certificate_sha256.clone(),
+                        debug_token_sha256: u.debug_token_sha256.clone(),
+                        created_by: "config".into(),
+                        created_us: talon_shared::queue::now_us(),
+                    })
+                    .await?;
+                    tracing::info!(user = %u.name, role = %u.role, "added the config's initial user");
+                }
+                // The config is the root of trust: a user it made follows its certificate
+                // (a rotated CA issues the administrator anew).
+                Some(mut existing)
+                    if existing.created_by == "config"
+                        && (existing.certificate_sha256 != u.certificate_sha256
+                            || existing.debug_token_sha256 != u.debug_token_sha256) =>
+                {
+                    existing.certificate_sha256 = u.certificate_sha256.clone();
+                    existing.debug_token_sha256 = u.debug_token_sha256.clone();
+                    self.put(&existing).await?;
+                    tracing::info!(user = %u.name, "the config's initial user has a new certificate");
+                }
+                Some(_) => {}
             }
         }
         Ok(())
