@@ -29,8 +29,10 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     pub store: PathBuf,
-    /// More nats-server flags (for example `--user`, `--pass`).
+    /// More nats-server flags.
     extra: Vec<String>,
+    /// A change to the test deployment's nats.conf (another user list, say).
+    edit: fn(String) -> String,
 }
 
 impl Nats {
@@ -46,6 +48,20 @@ impl Nats {
             port: free_port(),
             store: store.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            edit: |conf| conf,
+        };
+        n.spawn();
+        n
+    }
+
+    /// Starts nats-server with the test deployment's nats.conf changed by `edit`.
+    pub fn start_edited(store: &Path, edit: fn(String) -> String) -> Nats {
+        let mut n = Nats {
+            child: None,
+            port: free_port(),
+            store: store.to_path_buf(),
+            extra: Vec::new(),
+            edit,
         };
         n.spawn();
         n
@@ -59,10 +75,12 @@ impl Nats {
             .expect("nats log");
         // The test deployment's configuration (TLS, users for the master and minions) on
         // this port and store.
-        let conf = std::fs::read_to_string(crate::deployment::nats_conf())
-            .expect("the test deployment's nats.conf")
-            .replace("127.0.0.1:4222", &format!("127.0.0.1:{}", self.port))
-            .replace("./nats-data", &self.store.to_string_lossy());
+        let conf = (self.edit)(
+            std::fs::read_to_string(crate::deployment::nats_conf())
+                .expect("the test deployment's nats.conf"),
+        )
+        .replace("127.0.0.1:4222", &format!("127.0.0.1:{}", self.port))
+        .replace("./nats-data", &self.store.to_string_lossy());
         let conf_path = self.store.with_extension("conf");
         std::fs::write(&conf_path, conf).expect("write nats.conf");
         let child = Command::new(nats_server_bin())

@@ -145,6 +145,9 @@ pub fn merge_into(path: &Path) {
     let shared: serde_yaml::Mapping =
         deploy::read(&server_config()).expect("the test deployment's server config");
     for key in ["tls", "nats", "initial_users"] {
+        if own.contains_key(key) {
+            continue;
+        }
         let mut value = shared[key].clone();
         if key == "tls" {
             value["ca_private_key_file"] = serde_yaml::Value::String(

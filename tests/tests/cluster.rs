@@ -451,3 +451,46 @@ fn a_master_waiting_for_nats_says_why_and_stops_on_sigterm() {
         );
     }
 }
+
+/// NATS credentials other than a password: a master whose config holds an NKey seed joins
+/// a nats-server that knows only that NKey's public key (over the deployment's TLS).
+#[test]
+fn a_master_joins_nats_with_an_nkey_seed_from_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = nkeys::KeyPair::new_user();
+    let seed = key.seed().unwrap();
+    // The edit is a plain fn: the public key reaches it through the environment of this
+    // test process (each test runs in a process of its own).
+    std::env::set_var("TALON_TEST_NKEY_PUBLIC", key.public_key());
+    let nats = Nats::start_edited(&dir.path().join("js"), |conf| {
+        let public = std::env::var("TALON_TEST_NKEY_PUBLIC").unwrap();
+        let start = conf.find("users: [").unwrap();
+        let end = conf[start..].find(']').unwrap() + start + 1;
+        format!(
+            "{}users: [ {{ nkey: \"{public}\" }} ]{}",
+            &conf[..start],
+            &conf[end..]
+        )
+    });
+    let ca = talon_tests::deployment::client().ca_certificate;
+    let config = dir.path().join("nkey.yaml");
+    let yaml = serde_yaml::to_string(&serde_json::json!({
+        "nats": {"master": {"nkey_seed": seed, "ca_certificate": ca, "server_name": "talon-nats"}}
+    }))
+    .unwrap();
+    std::fs::write(&config, yaml).unwrap();
+    let master = Master::start(
+        &dir.path().join("master"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--nats-url",
+            &nats.url(),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(30), || ok(
+        &master.talon(&["cluster", "status"])
+    )
+    .contains("connected")));
+    assert!(!master.stderr().contains(&seed), "the seed is never logged");
+}

@@ -17,7 +17,48 @@ pub(super) struct Caller {
     pub permissions: Permissions,
 }
 
+/// A request naming the org it acts in (empty: root).
+pub(super) trait InOrg {
+    fn org(&self) -> &str;
+}
+
+macro_rules! in_org {
+    ($($t:ty),*) => {
+        $(impl InOrg for $t {
+            fn org(&self) -> &str {
+                &self.org
+            }
+        })*
+    };
+}
+
+in_org!(
+    ClientMonitoringRequest,
+    DeleteClientRequest,
+    GetClientRequest,
+    GetMetadataRequest,
+    LabelClientRequest,
+    ListClientsRequest,
+    ListQueuesRequest,
+    PushRequest,
+    QueryRequest,
+    ReadRequest,
+    ServerMonitoringRequest,
+    SetMetadataRequest,
+    WatchRequest
+);
+
 impl AdminService {
+    /// The caller of `req` if it may `need` in the org the request names.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn allow<T: InOrg>(
+        &self,
+        req: &Request<T>,
+        need: Permission,
+    ) -> Result<Caller, Status> {
+        self.authorize(req, super::org_of(req.get_ref().org()), need)
+    }
+
     /// The caller of `req` if it may `need` in `org`; UNAUTHENTICATED without a current
     /// user's certificate, PERMISSION_DENIED without the permission or the org.
     #[allow(clippy::result_large_err)]

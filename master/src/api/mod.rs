@@ -5,6 +5,7 @@
 mod auth;
 mod client_admin;
 mod nodes;
+mod query;
 mod support;
 use support::audit;
 
@@ -12,10 +13,11 @@ use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use talon_artifacts::{ArtifactKind, LoadedArtifact};
+use talon_core::acl::Permission;
 use talon_proto::api::admin_server::Admin;
 use talon_proto::api::*;
 use talon_shared::queue::{QueueManager, ROOT_ORG};
-use talon_shared::vql_host::{metadata_namespace, Output, Vql};
+use talon_shared::vql_host::{metadata_namespace, Vql};
 
 use crate::monitor::ServerMonitor;
 use talon_core::Shutdown;
@@ -129,11 +131,7 @@ fn event_row(row: talon_shared::store::StoredRow) -> EventRow {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::Publish,
-        )?;
+        let caller = self.allow(&req, Permission::Publish)?;
         let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org);
@@ -176,11 +174,7 @@ impl Admin for AdminService {
     type WatchStream = RowStream;
 
     async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<RowStream>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::ReadResults,
-        )?;
+        let caller = self.allow(&req, Permission::ReadResults)?;
         let who = caller.name.clone();
         let r = req.into_inner();
         let name = if r.watcher_name.is_empty() {
@@ -213,11 +207,7 @@ impl Admin for AdminService {
     type ReadStream = RowStream;
 
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<RowStream>, Status> {
-        self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::ReadResults,
-        )?;
+        self.allow(&req, Permission::ReadResults)?;
         let r = req.into_inner();
         let end = if r.end_us == 0 { i64::MAX } else { r.end_us };
         if end < r.start_us {
@@ -255,11 +245,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListQueuesRequest>,
     ) -> Result<Response<ListQueuesResponse>, Status> {
-        self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::ReadResults,
-        )?;
+        self.allow(&req, Permission::ReadResults)?;
         let org = org_of(&req.get_ref().org).to_string();
         talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
         let queues = self
@@ -283,7 +269,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListArtifactsRequest>,
     ) -> Result<Response<ListArtifactsResponse>, Status> {
-        self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ReadResults)?;
+        self.authorize(&req, ROOT_ORG, Permission::ReadResults)?;
         let artifacts = self
             .repo
             .list()
@@ -302,7 +288,7 @@ impl Admin for AdminService {
         &self,
         req: Request<GetArtifactRequest>,
     ) -> Result<Response<Artifact>, Status> {
-        self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ReadResults)?;
+        self.authorize(&req, ROOT_ORG, Permission::ReadResults)?;
         let name = &req.get_ref().name;
         match self.repo.get(name) {
             Some(a) => Ok(Response::new(artifact_msg(&a))),
@@ -332,81 +318,14 @@ impl Admin for AdminService {
         &self,
         req: Request<QueryRequest>,
     ) -> Result<Response<Self::QueryStream>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::AnyQuery,
-        )?;
-        let who = caller.name.clone();
-        let r = req.into_inner();
-        let org = org_of(&r.org).to_string();
-        talon_shared::queue::validate_org(&org).map_err(ApiError::from)?;
-        let env = r
-            .env
-            .into_iter()
-            .map(|(k, v)| (k, talon_vql::Value::Str(v)))
-            .collect();
-        let info = talon_vql::engine::QueryInfo {
-            org,
-            permissions: Some(caller.permissions),
-            ..Default::default()
-        };
-        // Names nothing defines are refused before the query runs, as `artifacts verify`
-        // refuses them (a parse error is reported by run_limited below).
-        if let Ok(program) = talon_vql::parse(&r.query) {
-            let unknown = talon_artifacts::verify::unknown_calls(&program, self.vql.registry());
-            if !unknown.is_empty() {
-                let named: Vec<String> = unknown
-                    .iter()
-                    .map(|(kind, name, offset)| {
-                        let (line, col) = talon_vql::parser::line_col(&r.query, *offset);
-                        format!("{line}:{col}: unknown {kind} {name}")
-                    })
-                    .collect();
-                return Err(ApiError::BadRequest(named.join("; ")).into());
-            }
-        }
-        // The request's limits win over the configured defaults.
-        let mut limits = self.query_limits;
-        if r.timeout_secs > 0.0 && r.timeout_secs.is_finite() {
-            limits.timeout = Some(std::time::Duration::from_secs_f64(r.timeout_secs.min(1e9)));
-        }
-        if r.max_rows > 0 {
-            limits.max_rows = Some(r.max_rows);
-        }
-        // The query stops when the caller goes away (the stream is dropped) or at shutdown.
-        let cancel = self.shutdown.token().child_token();
-        let outputs = self
-            .vql
-            .run_limited(&r.query, env, info, &who, cancel.clone(), limits)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let guard = cancel.drop_guard();
-        // The item type is fixed by tonic's generated trait.
-        #[allow(clippy::result_large_err)]
-        let stream = outputs.map(move |o| {
-            let _keep = &guard;
-            Ok(QueryResponse {
-                item: Some(match o {
-                    Output::Row(json) => query_response::Item::RowJson(json),
-                    Output::Log(l) => query_response::Item::Log(LogMessage {
-                        level: l.level,
-                        message: l.message,
-                    }),
-                }),
-            })
-        });
-        Ok(Response::new(stream.boxed()))
+        self.query_call(req)
     }
 
     async fn list_server_monitoring(
         &self,
         req: Request<ServerMonitoringRequest>,
     ) -> Result<Response<ServerMonitoringTable>, Status> {
-        self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::ReadResults,
-        )?;
+        self.allow(&req, Permission::ReadResults)?;
         self.table(org_of(&req.get_ref().org))
     }
 
@@ -414,11 +333,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ServerMonitoringRequest>,
     ) -> Result<Response<ServerMonitoringTable>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::CollectServer,
-        )?;
+        let caller = self.allow(&req, Permission::CollectServer)?;
         let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
@@ -447,11 +362,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ServerMonitoringRequest>,
     ) -> Result<Response<ServerMonitoringTable>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::CollectServer,
-        )?;
+        let caller = self.allow(&req, Permission::CollectServer)?;
         let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
@@ -482,11 +393,7 @@ impl Admin for AdminService {
         &self,
         req: Request<SetMetadataRequest>,
     ) -> Result<Response<Metadata>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::OrgAdmin,
-        )?;
+        let caller = self.allow(&req, Permission::OrgAdmin)?;
         let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
@@ -521,11 +428,7 @@ impl Admin for AdminService {
         &self,
         req: Request<GetMetadataRequest>,
     ) -> Result<Response<Metadata>, Status> {
-        self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::ReadResults,
-        )?;
+        self.allow(&req, Permission::ReadResults)?;
         let r = req.into_inner();
         self.metadata_of(org_of(&r.org), &r.key)
     }
@@ -534,11 +437,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListClientsRequest>,
     ) -> Result<Response<ListClientsResponse>, Status> {
-        self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::ReadResults,
-        )?;
+        self.allow(&req, Permission::ReadResults)?;
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         let found = self
@@ -558,11 +457,7 @@ impl Admin for AdminService {
         &self,
         req: Request<GetClientRequest>,
     ) -> Result<Response<ClientInfo>, Status> {
-        self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::ReadResults,
-        )?;
+        self.allow(&req, Permission::ReadResults)?;
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
         match self
@@ -585,11 +480,7 @@ impl Admin for AdminService {
         &self,
         req: Request<DeleteClientRequest>,
     ) -> Result<Response<DeleteClientResponse>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::OrgAdmin,
-        )?;
+        let caller = self.allow(&req, Permission::OrgAdmin)?;
         let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
@@ -636,11 +527,7 @@ impl Admin for AdminService {
         &self,
         req: Request<LabelClientRequest>,
     ) -> Result<Response<ClientInfo>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::LabelClient,
-        )?;
+        let caller = self.allow(&req, Permission::LabelClient)?;
         let who = caller.name.clone();
         let r = req.into_inner();
         let org = org_of(&r.org).to_string();
@@ -665,11 +552,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ClientMonitoringRequest>,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
-        self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::ReadResults,
-        )?;
+        self.allow(&req, Permission::ReadResults)?;
         self.client_table(org_of(&req.get_ref().org))
     }
 
@@ -677,11 +560,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ClientMonitoringRequest>,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::CollectClient,
-        )?;
+        let caller = self.allow(&req, Permission::CollectClient)?;
         let who = caller.name.clone();
         self.add_to_client_table(&who, req.into_inner()).await
     }
@@ -690,11 +569,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ClientMonitoringRequest>,
     ) -> Result<Response<ClientMonitoringTable>, Status> {
-        let caller = self.authorize(
-            &req,
-            org_of(&req.get_ref().org),
-            talon_core::acl::Permission::CollectClient,
-        )?;
+        let caller = self.allow(&req, Permission::CollectClient)?;
         let who = caller.name.clone();
         self.remove_from_client_table(&who, req.into_inner()).await
     }
@@ -703,7 +578,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
-        self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ServerAdmin)?;
+        self.authorize(&req, ROOT_ORG, Permission::ServerAdmin)?;
         Ok(Response::new(self.cluster_status_now()))
     }
 
@@ -711,7 +586,7 @@ impl Admin for AdminService {
         &self,
         req: Request<DeleteArtifactRequest>,
     ) -> Result<Response<DeleteArtifactResponse>, Status> {
-        let caller = self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ArtifactWriter)?;
+        let caller = self.authorize(&req, ROOT_ORG, Permission::ArtifactWriter)?;
         let who = caller.name.clone();
         self.artifacts
             .delete(&req.get_ref().name, &who)
@@ -770,7 +645,7 @@ impl AdminService {
         req: Request<SetArtifactRequest>,
         replace: bool,
     ) -> Result<Response<Artifact>, Status> {
-        let caller = self.authorize(&req, ROOT_ORG, talon_core::acl::Permission::ArtifactWriter)?;
+        let caller = self.authorize(&req, ROOT_ORG, Permission::ArtifactWriter)?;
         let who = caller.name.clone();
         let r = req.into_inner();
         let origin = if r.origin.is_empty() {
