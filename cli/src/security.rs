@@ -12,7 +12,8 @@ use crate::{connect, output, status_error, TableFormat};
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigCmd {
-    /// Write a new deployment into DIR: server.config.yaml (master and minions),
+    /// Write a new deployment into DIR: server.config.yaml (the master),
+    /// minion-NAME.config.yaml (each minion),
     /// client.config.yaml, admin.api.yaml, nats.conf and the CA's key
     Generate {
         /// Directory to write (made if missing; refused if it holds a deployment)
@@ -39,6 +40,10 @@ pub enum ConfigCmd {
         /// Write no NATS configuration (standalone deployments)
         #[arg(long)]
         no_nats: bool,
+        /// A minion's node name: it gets minion-NAME.config.yaml and a NATS user bound to
+        /// that name; repeatable [default: m1 and m2]
+        #[arg(long = "minion", value_name = "NAME")]
+        minions: Vec<String>,
     },
 }
 
@@ -80,6 +85,7 @@ pub fn config(cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
         names,
         nats_listen,
         no_nats,
+        minions,
     } = cmd;
     let plan = talon_core::deploy::Plan {
         frontend_addr: frontend_addr.clone(),
@@ -89,15 +95,25 @@ pub fn config(cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
         names: names.clone(),
         nats: !no_nats,
         nats_listen: nats_listen.clone(),
+        minions: if minions.is_empty() {
+            talon_core::deploy::Plan::default().minions
+        } else {
+            minions.clone()
+        },
     };
     talon_core::deploy::generate(out, &plan)?;
     use std::io::Write;
     let mut o = std::io::stdout().lock();
     writeln!(o, "wrote a new deployment to {}:", out.display())?;
-    let mut files = vec![
+    let minion_files: Vec<String> = plan
+        .minions
+        .iter()
+        .map(|m| talon_core::deploy::minion_config(m))
+        .collect();
+    let mut files: Vec<(&str, &str)> = vec![
         (
             talon_core::deploy::SERVER_CONFIG,
-            "talon-master --config / talon-minion --config",
+            "talon-master --config (minions: their own files below)",
         ),
         (
             talon_core::deploy::CA_KEY,
@@ -112,11 +128,17 @@ pub fn config(cmd: &ConfigCmd) -> anyhow::Result<ExitCode> {
     if !no_nats {
         files.push((
             talon_core::deploy::NATS_CONF,
-            "nats-server -c (TLS, users for master and minions)",
+            "nats-server -c (TLS, a user for the master and one per minion)",
         ));
+        for f in &minion_files {
+            files.push((
+                f,
+                "talon-minion --config (a NATS user bound to its node name)",
+            ));
+        }
     }
     for (name, what) in files {
-        writeln!(o, "  {name:<20} {what}")?;
+        writeln!(o, "  {name:<24} {what}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,10 @@
 //! - `client.config.yaml`: clients (frontend addresses and the CA certificate).
 //! - `admin.api.yaml`: the administrator's API client identity (the CLI's `--api-config`).
 //! - `ca.crt`: the CA certificate alone (public), for tools that check TLS.
-//! - `nats.conf`, `nats.crt`, `nats.key`: a nats-server with TLS, an account and a user for
-//!   the master and one for the minions.
+//! - `minion-<NAME>.config.yaml`: one per minion: the frontend's certificate and key, and a
+//!   NATS user of that minion's own, bound to its node name.
+//! - `nats.conf`, `nats.crt`, `nats.key`: a nats-server with TLS, an account, a user for
+//!   the master, and one per minion that may publish only under its own node name.
 //!
 //! Every file holding a key or a password is written with mode 0600.
 
@@ -74,10 +76,30 @@ pub struct NatsAuth {
 pub struct NatsSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "NatsAuth::is_empty")]
     pub master: NatsAuth,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "NatsAuth::is_empty")]
     pub minion: NatsAuth,
+}
+
+impl NatsAuth {
+    /// Nothing set.
+    pub fn is_empty(&self) -> bool {
+        *self == NatsAuth::default()
+    }
+}
+
+/// `minion-<NAME>.config.yaml`: what one minion needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct MinionConfigOut {
+    pub node_name: String,
+    pub tls: ServerTls,
+    pub nats: NatsSection,
+}
+
+/// The file name of a minion's config.
+pub fn minion_config(name: &str) -> String {
+    format!("minion-{name}.config.yaml")
 }
 
 /// A user the master adds to its store on start when no user of that name exists.
@@ -160,6 +182,8 @@ pub struct Plan {
     pub nats: bool,
     /// The NATS listen address for `nats.conf`.
     pub nats_listen: String,
+    /// Minions, by node name: each gets a config and a NATS user of its own.
+    pub minions: Vec<String>,
 }
 
 impl Default for Plan {
@@ -172,6 +196,7 @@ impl Default for Plan {
             names: Vec::new(),
             nats: true,
             nats_listen: "127.0.0.1:4222".into(),
+            minions: vec!["m1".into(), "m2".into()],
         }
     }
 }
@@ -190,6 +215,8 @@ pub enum Error {
     Parse { path: PathBuf, message: String },
     #[error("{}: already holds a deployment ({}); choose another directory or remove it", .dir.display(), SERVER_CONFIG)]
     Exists { dir: PathBuf },
+    #[error("--minion: {0}")]
+    Minion(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -202,6 +229,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// Writes a new deployment into `dir` (made if missing); refuses a directory that already
 /// holds one, so a CA is never replaced by accident.
 pub fn generate(dir: &Path, plan: &Plan) -> Result<(), Error> {
+    for m in &plan.minions {
+        crate::ids::valid_node(m).map_err(Error::Minion)?;
+    }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     if dir.join(SERVER_CONFIG).exists() {
         return Err(Error::Exists {
@@ -215,23 +245,15 @@ pub fn generate(dir: &Path, plan: &Plan) -> Result<(), Error> {
     let admin_token = pki::random_secret(40);
     let admin_der = pki::cert_der("admin certificate", &admin.cert_pem)?;
 
+    let mut minion_auth = Vec::new();
     let nats = if plan.nats {
         let nats_cert = ca.issue_server(pki::NATS_NAME, &plan.names)?;
-        let (master_pw, minion_pw) = (pki::random_secret(32), pki::random_secret(32));
+        let master_pw = pki::random_secret(32);
         let crt = dir.join("nats.crt");
         let key = dir.join("nats.key");
         std::fs::write(&crt, &nats_cert.cert_pem).map_err(io(&crt))?;
         pki::write_secret(&key, &nats_cert.key_pem).map_err(io(&key))?;
         let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-        let conf = nats_conf(
-            &plan.nats_listen,
-            &abs(&crt),
-            &abs(&key),
-            &master_pw,
-            &minion_pw,
-        );
-        let path = dir.join(NATS_CONF);
-        pki::write_secret(&path, &conf).map_err(io(&path))?;
         let auth = |user: &str, password: String| NatsAuth {
             user: Some(user.into()),
             password: Some(password),
@@ -239,10 +261,27 @@ pub fn generate(dir: &Path, plan: &Plan) -> Result<(), Error> {
             server_name: Some(pki::NATS_NAME.into()),
             ..NatsAuth::default()
         };
+        let minions: Vec<(String, String)> = plan
+            .minions
+            .iter()
+            .map(|m| (m.clone(), pki::random_secret(32)))
+            .collect();
+        for (m, pw) in &minions {
+            minion_auth.push((m.clone(), auth(&format!("talon-minion-{m}"), pw.clone())));
+        }
+        let conf = nats_conf(
+            &plan.nats_listen,
+            &abs(&crt),
+            &abs(&key),
+            &master_pw,
+            &minions,
+        );
+        let path = dir.join(NATS_CONF);
+        pki::write_secret(&path, &conf).map_err(io(&path))?;
         Some(NatsSection {
             url: None,
             master: auth("talon-master", master_pw),
-            minion: auth("talon-minion", minion_pw),
+            minion: NatsAuth::default(),
         })
     } else {
         None
@@ -293,6 +332,22 @@ pub fn generate(dir: &Path, plan: &Plan) -> Result<(), Error> {
         debug_token: Some(admin_token),
     };
     let head = "# Talon deployment file made by `talon config generate`; it holds keys: keep it private.\n";
+    for (name, auth) in minion_auth {
+        let minion = MinionConfigOut {
+            node_name: name.clone(),
+            tls: ServerTls {
+                ca_private_key_file: None,
+                ..server.tls.clone()
+            },
+            nats: NatsSection {
+                url: None,
+                master: NatsAuth::default(),
+                minion: auth,
+            },
+        };
+        let path = dir.join(minion_config(&name));
+        pki::write_secret(&path, &format!("{head}{}", yaml(&minion))).map_err(io(&path))?;
+    }
     for (name, body) in [
         (ADMIN_API_CONFIG, yaml(&admin)),
         (CLIENT_CONFIG, yaml(&client)),
@@ -310,16 +365,36 @@ fn yaml<T: Serialize>(value: &T) -> String {
 }
 
 /// A nats-server configuration: JetStream, TLS with the deployment's NATS certificate, one
-/// account for Talon with a user for the master and one for the minions, no anonymous
-/// access.
-fn nats_conf(listen: &str, crt: &Path, key: &Path, master_pw: &str, minion_pw: &str) -> String {
+/// account for Talon with an unrestricted user for the master and one per minion that may
+/// publish rows only under its own node name (`talon.*.*.@<node>.>`), send the control
+/// requests a minion sends, use JetStream but not delete, purge or change its stream, and
+/// subscribe to rows, state announcements and its own replies; no anonymous access.
+fn nats_conf(
+    listen: &str,
+    crt: &Path,
+    key: &Path,
+    master_pw: &str,
+    minions: &[(String, String)],
+) -> String {
+    let mut users = format!("      {{ user: \"talon-master\", password: \"{master_pw}\" }}\n");
+    for (m, pw) in minions {
+        users.push_str(&format!(
+            "      {{ user: \"talon-minion-{m}\", password: \"{pw}\", permissions: {{\n\
+             \x20         publish: {{\n\
+             \x20           allow: [\"talon.*.d.@{m}.>\", \"talon.*.i.@{m}.>\", \"talonctl.state.get\", \"talonctl.clients.snapshot\", \"talonctl.client.get\", \"talonctl.registrations\", \"_INBOX.>\", \"$JS.API.>\", \"$JS.ACK.>\"]\n\
+             \x20           deny: [\"$JS.API.STREAM.DELETE.>\", \"$JS.API.STREAM.PURGE.>\", \"$JS.API.STREAM.UPDATE.>\", \"$JS.API.STREAM.MSG.DELETE.>\"]\n\
+             \x20         }}\n\
+             \x20         subscribe: {{ allow: [\"talon.>\", \"talonctl.state\", \"_INBOX.>\"] }}\n\
+             \x20     }} }}\n"
+        ));
+    }
     format!(
         "# nats-server configuration made by `talon config generate`: TLS, one account, no anonymous users.\n\
          # Run: nats-server -c nats.conf\n\
          listen: \"{listen}\"\n\
          jetstream {{\n  store_dir: \"./nats-data\"\n}}\n\
          tls {{\n  cert_file: \"{crt}\"\n  key_file: \"{key}\"\n  timeout: 5\n}}\n\
-         accounts {{\n  TALON {{\n    jetstream: enabled\n    users: [\n      {{ user: \"talon-master\", password: \"{master_pw}\" }}\n      {{ user: \"talon-minion\", password: \"{minion_pw}\" }}\n    ]\n  }}\n}}\n",
+         accounts {{\n  TALON {{\n    jetstream: enabled\n    users: [\n{users}    ]\n  }}\n}}\n",
         crt = crt.display(),
         key = key.display(),
     )
@@ -363,7 +438,16 @@ mod tests {
         let admin: ApiClientConfig = read(&dir.path().join(ADMIN_API_CONFIG)).unwrap();
         assert_eq!(admin.name, "admin");
         let conf = std::fs::read_to_string(dir.path().join(NATS_CONF)).unwrap();
-        assert!(conf.contains("talon-minion") && conf.contains("tls {"));
+        assert!(conf.contains("talon-minion-m1") && conf.contains("tls {"));
+        assert!(conf.contains(r#""talon.*.d.@m2.>""#), "{conf}");
+        let m1 = std::fs::read_to_string(dir.path().join(minion_config("m1"))).unwrap();
+        assert!(m1.contains("node_name: m1") && m1.contains("talon-minion-m1"));
+        assert!(!m1.contains("ca_private_key_file") && !m1.contains("talon-master"));
+        let server = std::fs::read_to_string(dir.path().join(SERVER_CONFIG)).unwrap();
+        assert!(
+            !server.contains("talon-minion"),
+            "minions' passwords stay in their own files"
+        );
         let e = generate(dir.path(), &Plan::default()).unwrap_err();
         assert!(e.to_string().contains("already holds a deployment"), "{e}");
     }

@@ -20,6 +20,22 @@ pub fn valid_org(org: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
+/// Checks a node name: 1 to 64 letters, digits, `-` and `_` (it is one NATS subject token
+/// and a NATS user's name).
+pub fn valid_node(node: &str) -> Result<(), String> {
+    if node.is_empty()
+        || node.len() > 64
+        || !node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "node name {node:?} must be 1 to 64 letters, digits, '-' or '_'"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,6 +134,11 @@ async fn consume(
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .stream_sequence;
                 let (appends, client) = match BusBatch::decode(m.payload.clone()) {
+                    Ok(b) if !talon_shared::bus::sender_matches(&m.subject, &b.node) => {
+                        progress.undecodable.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(seq, subject = %m.subject, node = %b.node, "a bus batch claiming another node than its subject's was passed over");
+                        (Vec::new(), None)
+                    }
                     Ok(b) => to_appends(b),
                     Err(e) => {
                         progress.undecodable.fetch_add(1, Ordering::Relaxed);

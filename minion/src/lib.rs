@@ -47,6 +47,8 @@ pub struct ServerConfigFile {
     pub frontend_addr: Option<String>,
     pub debug_addr: Option<String>,
     pub nats_url: Option<String>,
+    /// The node name its NATS user is bound to (`minion-NAME.config.yaml`).
+    pub node_name: Option<String>,
     pub tls: Option<talon_core::deploy::ServerTls>,
     pub nats: Option<talon_core::deploy::NatsSection>,
     pub insecure_plaintext_frontend: Option<bool>,
@@ -84,6 +86,9 @@ impl Config {
         }
         if let Some(a) = file.debug_addr {
             self.debug_addr = a.parse().with_context(|| format!("debug_addr {a:?}"))?;
+        }
+        if let Some(n) = file.node_name {
+            self.node_name = n;
         }
         if let Some(nats) = file.nats {
             if let Some(url) = nats.url {

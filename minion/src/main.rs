@@ -10,8 +10,9 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(name = "talon-minion", version)]
 struct Args {
-    /// The deployment's server.config.yaml (frontend certificate, NATS credentials); flags
-    /// override it
+    /// The minion's config: minion-NAME.config.yaml of `talon config generate` (frontend
+    /// certificate, a NATS user bound to its node name), or server.config.yaml with NATS
+    /// credentials in the URL; flags override it
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// NATS server of the cluster, e.g. nats://127.0.0.1:4222 [default: the config's]
@@ -42,8 +43,24 @@ fn main() -> ExitCode {
         .unwrap_or_else(|| format!("minion-{}", std::process::id()));
     let mut config = talon_minion::Config::new("", &node);
     if let Some(path) = &args.config {
-        let applied = talon_minion::ServerConfigFile::read(path).and_then(|f| config.apply(f));
-        if let Err(e) = applied {
+        let file = match talon_minion::ServerConfigFile::read(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("talon-minion: {}: {e:#}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        // A minion config's NATS user may publish only under its node name.
+        if let (Some(flag), Some(bound)) = (&args.node_name, &file.node_name) {
+            if flag != bound {
+                eprintln!(
+                    "talon-minion: --node-name {flag} is not {bound}, the node name of {} (its NATS user is bound to it)",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+        if let Err(e) = config.apply(file) {
             eprintln!("talon-minion: {}: {e:#}", path.display());
             return ExitCode::from(2);
         }

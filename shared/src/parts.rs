@@ -76,6 +76,7 @@ impl Parts {
     /// Opens the store, joins the bus when a NATS URL is given, and builds the queue
     /// manager (its durable log the store, or the bus) and the frontend over `repo`.
     pub async fn assemble(settings: Settings, repo: Repository) -> anyhow::Result<Parts> {
+        crate::bus::valid_node(&settings.node).map_err(anyhow::Error::msg)?;
         let tree = Shutdown::for_node(&settings.node, settings.grace);
         let intake = tree.child();
         let services = tree.child();

@@ -143,7 +143,7 @@ impl Minion {
         let log = dir.join(format!("{name}.log"));
         let mut child = Command::new(bin("talon-minion"))
             .arg("--config")
-            .arg(crate::deployment::server_config())
+            .arg(crate::deployment::minion_config(name))
             .args(["--nats-url", nats_url, "--node-name", name])
             .args(["--frontend-addr", &format!("127.0.0.1:{frontend_port}")])
             .args(["--debug-addr", "127.0.0.1:0"])

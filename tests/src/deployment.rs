@@ -24,7 +24,12 @@ pub fn dir() -> &'static Path {
         // Made aside and renamed into place, so parallel test processes agree on one.
         let tmp = target.join(format!("talon-test-deployment.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        deploy::generate(&tmp, &deploy::Plan::default()).expect("generate the test deployment");
+        let plan = deploy::Plan {
+            // Every minion name the tests start.
+            minions: MINIONS.iter().map(|m| m.to_string()).collect(),
+            ..deploy::Plan::default()
+        };
+        deploy::generate(&tmp, &plan).expect("generate the test deployment");
         // nats.conf names its certificate files by absolute path: the final one.
         let conf = tmp.join(deploy::NATS_CONF);
         let text = std::fs::read_to_string(&conf).expect("nats.conf");
@@ -41,6 +46,18 @@ pub fn dir() -> &'static Path {
         assert!(dir.join(deploy::SERVER_CONFIG).exists());
         dir
     })
+}
+
+/// The minions the test deployment has a NATS user for.
+pub const MINIONS: &[&str] = &["minion-a", "minion-b", "minion-late", "m"];
+
+/// A minion's `minion-NAME.config.yaml`.
+pub fn minion_config(name: &str) -> PathBuf {
+    assert!(
+        MINIONS.contains(&name),
+        "minion {name} has no NATS user in the test deployment (tests/src/deployment.rs MINIONS)"
+    );
+    dir().join(deploy::minion_config(name))
 }
 
 /// `server.config.yaml`.

@@ -116,8 +116,8 @@ impl Minion {
         let mut config = talon_minion::Config::new(nats_url, name);
         config
             .apply(
-                talon_minion::ServerConfigFile::read(&crate::deployment::server_config())
-                    .expect("the test deployment's server config"),
+                talon_minion::ServerConfigFile::read(&crate::deployment::minion_config(name))
+                    .expect("the test deployment's minion config"),
             )
             .expect("the test deployment's server config applies");
         config.nats_url = nats_url.to_string();

@@ -465,7 +465,8 @@ fn a_master_joins_nats_with_an_nkey_seed_from_its_config() {
     let nats = Nats::start_edited(&dir.path().join("js"), |conf| {
         let public = std::env::var("TALON_TEST_NKEY_PUBLIC").unwrap();
         let start = conf.find("users: [").unwrap();
-        let end = conf[start..].find(']').unwrap() + start + 1;
+        // The user list ends at the `]` alone on its line (permissions hold brackets too).
+        let end = conf[start..].find("\n    ]").unwrap() + start + "\n    ]".len();
         format!(
             "{}users: [ {{ nkey: \"{public}\" }} ]{}",
             &conf[..start],

@@ -239,7 +239,7 @@ async fn a_second_connection_on_another_minion_is_refused_and_notifications_reac
     let bus = talon_shared::bus::Bus::connect(
         &c.nats.url(),
         "test-node",
-        &talon_tests::deployment::nats().minion,
+        &talon_tests::deployment::nats().master,
     )
     .await
     .unwrap();
@@ -295,7 +295,7 @@ async fn a_retried_publish_is_stored_once_and_health_totals_reach_the_master() {
     let bus = talon_shared::bus::Bus::connect(
         &c.nats.url(),
         "test-node",
-        &talon_tests::deployment::nats().minion,
+        &talon_tests::deployment::nats().master,
     )
     .await
     .unwrap();
@@ -364,4 +364,85 @@ async fn a_retried_publish_is_stored_once_and_health_totals_reach_the_master() {
             break;
         }
     }
+}
+
+/// A peer never acts under another's name on the bus: a minion's NATS user may publish only
+/// on its own node's subjects (NATS refuses the rest), and a batch whose payload names
+/// another node than its subject is passed over by the persister and every watcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minion_publishes_rows_only_under_its_own_node_name() {
+    use prost::Message;
+    use talon_proto::bus::{BusBatch, BusRow, QueueRows};
+    const QUEUE: &str = "Server.Audit.Logs";
+    let c = tokio::task::block_in_place(sandbox_cluster);
+    let file: serde_yaml::Value =
+        talon_core::deploy::read(&talon_tests::deployment::minion_config("minion-a")).unwrap();
+    let auth: talon_core::deploy::NatsAuth =
+        serde_yaml::from_value(file["nats"]["minion"].clone()).unwrap();
+    // minion-a's own user, over the deployment's TLS, as a compromised minion-a would.
+    let nats = async_nats::ConnectOptions::with_user_and_password(
+        auth.user.clone().unwrap(),
+        auth.password.clone().unwrap(),
+    )
+    .add_root_certificates(talon_tests::deployment::dir().join("ca.crt"))
+    .require_tls(true)
+    .connect(c.nats.url())
+    .await
+    .unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let batch = |node: &str, marker: &str| {
+        BusBatch {
+            org: "root".into(),
+            node: node.into(),
+            queues: vec![QueueRows {
+                queue: QUEUE.into(),
+                rows: vec![BusRow {
+                    ts_us: 1,
+                    client: String::new(),
+                    json: format!("{{\"operation\":\"{marker}\"}}"),
+                }],
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    let publish = |subject: &str, payload: Vec<u8>| {
+        let js = js.clone();
+        let subject = subject.to_string();
+        async move {
+            match js.publish(subject, payload.into()).await {
+                Ok(ack) => tokio::time::timeout(Duration::from_secs(5), ack)
+                    .await
+                    .map_err(|_| "no ack".to_string())?
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    // On minion-b's subject: NATS refuses minion-a's user.
+    let other = format!("talon.root.d.@minion-b.{QUEUE}");
+    assert!(publish(&other, batch("minion-b", "as-b")).await.is_err());
+    // On its own subject, claiming minion-b in the payload: stored by JetStream, passed
+    // over by the persister.
+    let own = format!("talon.root.d.@minion-a.{QUEUE}");
+    publish(&own, batch("minion-b", "forged")).await.unwrap();
+    // Under its own name: stored.
+    publish(&own, batch("minion-a", "honest")).await.unwrap();
+    let read = || ok(&c.master.talon(&["events", "read", QUEUE]));
+    assert!(
+        tokio::task::block_in_place(
+            || wait_until(Duration::from_secs(20), || read().contains("honest"))
+        ),
+        "{}",
+        read()
+    );
+    let stored = read();
+    assert!(
+        !stored.contains("forged") && !stored.contains("as-b"),
+        "{stored}"
+    );
+    let (_, progress) = c.master.http_get("/debug/persister");
+    let progress: serde_json::Value = serde_json::from_str(&progress).unwrap();
+    assert_eq!(progress["undecodable"], 1, "{progress}");
 }

@@ -3,8 +3,10 @@
 //! core NATS. Every node subscribes to the row subjects and hands batches to its local
 //! watchers, so a row travels producer -> NATS -> each node in one hop.
 //!
-//! Subjects: `talon.<org>.d.<Queue>` (durable, in stream [`STREAM`]) and
-//! `talon.<org>.i.<Queue>` (INTERNAL); cluster control on `talonctl.>`.
+//! Subjects: `talon.<org>.d.@<node>.<Queue>` (durable, in stream [`STREAM`]) and
+//! `talon.<org>.i.@<node>.<Queue>` (INTERNAL), naming the node that sent the rows (so NATS
+//! permissions can bind a node's user to its name, and receivers check the payload's node
+//! against it); cluster control on `talonctl.>`.
 
 use std::time::Duration;
 
@@ -74,12 +76,36 @@ impl Error {
 /// Bus result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The subject of a queue of an org (a '.' of the org name becomes '~', which org names
-/// never hold, so the org stays one subject token).
-pub fn subject(org: &str, durable: bool, queue: &str) -> String {
+/// The subject of a queue's rows from node `node`: `talon.<org>.<d|i>.@<node>.<Queue>` (a
+/// '.' of the org name becomes '~', which org names never hold, so the org stays one
+/// token). The node token lets NATS permissions bind a node's user to its name: a node may
+/// publish only on its own subjects, and receivers drop a batch whose payload names
+/// another node than its subject.
+pub fn subject(org: &str, durable: bool, node: &str, queue: &str) -> String {
     let org = org.replace('.', "~");
-    format!("talon.{org}.{}.{queue}", if durable { 'd' } else { 'i' })
+    format!(
+        "talon.{org}.{}.@{node}.{queue}",
+        if durable { 'd' } else { 'i' }
+    )
 }
+
+/// Every node's subject of a queue, for following it.
+pub fn queue_subjects(org: &str, durable: bool, queue: &str) -> String {
+    let org = org.replace('.', "~");
+    format!("talon.{org}.{}.*.{queue}", if durable { 'd' } else { 'i' })
+}
+
+/// Whether a batch naming `node` may have come on `subject`: its node token is `@node`.
+/// A subject without a node token (published before subjects named nodes) is taken as it
+/// is; NATS permissions of a deployment keep minions from publishing such subjects.
+pub fn sender_matches(subject: &str, node: &str) -> bool {
+    match subject.split('.').nth(3).and_then(|t| t.strip_prefix('@')) {
+        Some(token) => token == node,
+        None => true,
+    }
+}
+
+pub use talon_core::ids::valid_node;
 
 /// A row as it travels on the bus, back into a stored row.
 pub fn stored_row(r: BusRow) -> StoredRow {
@@ -206,7 +232,17 @@ impl Bus {
             .get_raw_message(seq)
             .await
             .map_err(|e| Error::js("get message", e))?;
-        BusBatch::decode(m.payload).map_err(|e| Error::js("message decode", e))
+        let batch = BusBatch::decode(m.payload).map_err(|e| Error::js("message decode", e))?;
+        if !sender_matches(&m.subject, &batch.node) {
+            return Err(Error::js(
+                "message sender",
+                std::io::Error::other(format!(
+                    "stream message {seq} on {} claims node {}",
+                    m.subject, batch.node
+                )),
+            ));
+        }
+        Ok(batch)
     }
 
     /// This node's name.
@@ -250,7 +286,7 @@ impl Bus {
         let parts = split(org, &self.node, rows, client);
         let mut acks = Vec::with_capacity(parts.len());
         for (part, (queue, batch)) in parts.into_iter().enumerate() {
-            let subject = subject(org, durable, &queue);
+            let subject = subject(org, durable, &self.node, &queue);
             let payload = batch.encode_to_vec();
             if durable {
                 let mut headers = async_nats::HeaderMap::new();
@@ -381,6 +417,14 @@ mod tests {
             total += b.queues.iter().map(|q| q.rows.len()).sum::<usize>();
         }
         assert_eq!(total, 100);
-        assert_eq!(subject("root", true, "Q.A"), "talon.root.d.Q.A");
+        assert_eq!(subject("root", true, "m1", "Q.A"), "talon.root.d.@m1.Q.A");
+        assert_eq!(queue_subjects("root", true, "Q.A"), "talon.root.d.*.Q.A");
+        assert!(sender_matches("talon.root.d.@m1.Q.A", "m1"));
+        assert!(!sender_matches("talon.root.d.@m1.Q.A", "m2"));
+        assert!(
+            sender_matches("talon.root.d.Q.A", "m2"),
+            "a subject from before node tokens"
+        );
+        assert!(valid_node("minion-a_1").is_ok() && valid_node("a.b").is_err());
     }
 }

@@ -103,6 +103,9 @@ impl QueueManager {
         stream_seq: Option<u64>,
     ) {
         match BusBatch::decode(payload) {
+            Ok(b) if !bus::sender_matches(subject, &b.node) => {
+                tracing::error!(subject, node = %b.node, "a bus batch claiming another node than its subject's was dropped");
+            }
             Ok(b) => self.deliver_stored(b, stream_seq),
             Err(e) => tracing::error!(subject, error = %e, "undecodable bus batch skipped"),
         }
@@ -171,7 +174,7 @@ impl QueueManager {
         if !state.kind.is_durable() || state.followed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let subject = bus::subject(&state.org, true, &state.name);
+        let subject = bus::queue_subjects(&state.org, true, &state.name);
         match bus.follow_durable(subject).await {
             Ok(messages) => {
                 self.spawn_stream_delivery(messages, &state.org, &state.name);
