@@ -366,7 +366,8 @@ fn yaml<T: Serialize>(value: &T) -> String {
 
 /// A nats-server configuration: JetStream, TLS with the deployment's NATS certificate, one
 /// account for Talon with an unrestricted user for the master and one per minion that may
-/// publish rows only under its own node name (`talon.*.*.@<node>.>`), send the control
+/// publish rows only under its own node name (`talon.*.*.@<node>.>`), answer JetStream flow
+/// control (`$JS.FC.>`), send the control
 /// requests a minion sends, use JetStream but not delete, purge or change its stream, and
 /// subscribe to rows, state announcements and its own replies; no anonymous access.
 fn nats_conf(
@@ -381,7 +382,7 @@ fn nats_conf(
         users.push_str(&format!(
             "      {{ user: \"talon-minion-{m}\", password: \"{pw}\", permissions: {{\n\
              \x20         publish: {{\n\
-             \x20           allow: [\"talon.*.d.@{m}.>\", \"talon.*.i.@{m}.>\", \"talonctl.state.get\", \"talonctl.clients.snapshot\", \"talonctl.client.get\", \"talonctl.registrations\", \"_INBOX.>\", \"$JS.API.>\", \"$JS.ACK.>\"]\n\
+             \x20           allow: [\"talon.*.d.@{m}.>\", \"talon.*.i.@{m}.>\", \"talonctl.state.get\", \"talonctl.clients.snapshot\", \"talonctl.client.get\", \"talonctl.registrations\", \"_INBOX.>\", \"$JS.API.>\", \"$JS.ACK.>\", \"$JS.FC.>\"]\n\
              \x20           deny: [\"$JS.API.STREAM.DELETE.>\", \"$JS.API.STREAM.PURGE.>\", \"$JS.API.STREAM.UPDATE.>\", \"$JS.API.STREAM.MSG.DELETE.>\"]\n\
              \x20         }}\n\
              \x20         subscribe: {{ allow: [\"talon.>\", \"talonctl.state\", \"_INBOX.>\"] }}\n\

@@ -446,3 +446,28 @@ async fn a_minion_publishes_rows_only_under_its_own_node_name() {
     let progress: serde_json::Value = serde_json::from_str(&progress).unwrap();
     assert_eq!(progress["undecodable"], 1, "{progress}");
 }
+
+/// A minion's NATS user answers JetStream's flow control: a watcher on a minion receives
+/// every row of a stream of ten megabytes (a stalled ordered consumer once stopped a remote
+/// watcher after about 2 MB, with the user unable to publish the flow-control replies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_a_minion_receives_megabytes_of_rows_without_stalling() {
+    const QUEUE: &str = "Server.Audit.Logs";
+    const BATCHES: usize = 1000;
+    let c = tokio::task::block_in_place(sandbox_cluster);
+    let rx = tokio::task::block_in_place(|| c.b.watch(QUEUE));
+    push_padded_rows(c.master.api, QUEUE, BATCHES).await;
+    let seen = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = 0;
+        while seen < BATCHES * 10 {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("\"pad\"") => seen += 1,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        seen
+    });
+    assert_eq!(seen, BATCHES * 10, "the watcher on minion B stalled");
+}
