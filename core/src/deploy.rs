@@ -367,7 +367,7 @@ fn yaml<T: Serialize>(value: &T) -> String {
 /// A nats-server configuration: JetStream, TLS with the deployment's NATS certificate, one
 /// account for Talon with an unrestricted user for the master and one per minion that may
 /// publish rows only under its own node name (`talon.*.*.@<node>.>`), answer JetStream flow
-/// control (`$JS.FC.>`), send the control
+/// control (`$JS.FC.>`), never touch the master's persister consumer, send the control
 /// requests a minion sends, use JetStream but not delete, purge or change its stream, and
 /// subscribe to rows, state announcements and its own replies; no anonymous access.
 fn nats_conf(
@@ -378,12 +378,24 @@ fn nats_conf(
     minions: &[(String, String)],
 ) -> String {
     let mut users = format!("      {{ user: \"talon-master\", password: \"{master_pw}\" }}\n");
+    // The master's persister consumer is the master's alone: a minion that pulled from it,
+    // acked its messages, or deleted or remade it would keep rows from the store.
+    let persister = [
+        "$JS.API.CONSUMER.CREATE.TALON_EVENTS.talon-persister",
+        "$JS.API.CONSUMER.CREATE.TALON_EVENTS.talon-persister.>",
+        "$JS.API.CONSUMER.DURABLE.CREATE.TALON_EVENTS.talon-persister",
+        "$JS.API.CONSUMER.DELETE.TALON_EVENTS.talon-persister",
+        "$JS.API.CONSUMER.MSG.NEXT.TALON_EVENTS.talon-persister",
+        "$JS.ACK.TALON_EVENTS.talon-persister.>",
+    ]
+    .map(|s| format!("\"{s}\""))
+    .join(", ");
     for (m, pw) in minions {
         users.push_str(&format!(
             "      {{ user: \"talon-minion-{m}\", password: \"{pw}\", permissions: {{\n\
              \x20         publish: {{\n\
              \x20           allow: [\"talon.*.d.@{m}.>\", \"talon.*.i.@{m}.>\", \"talonctl.state.get\", \"talonctl.clients.snapshot\", \"talonctl.client.get\", \"talonctl.registrations\", \"_INBOX.>\", \"$JS.API.>\", \"$JS.ACK.>\", \"$JS.FC.>\"]\n\
-             \x20           deny: [\"$JS.API.STREAM.DELETE.>\", \"$JS.API.STREAM.PURGE.>\", \"$JS.API.STREAM.UPDATE.>\", \"$JS.API.STREAM.MSG.DELETE.>\"]\n\
+             \x20           deny: [\"$JS.API.STREAM.DELETE.>\", \"$JS.API.STREAM.PURGE.>\", \"$JS.API.STREAM.UPDATE.>\", \"$JS.API.STREAM.MSG.DELETE.>\", {persister}]\n\
              \x20         }}\n\
              \x20         subscribe: {{ allow: [\"talon.>\", \"talonctl.state\", \"_INBOX.>\"] }}\n\
              \x20     }} }}\n"

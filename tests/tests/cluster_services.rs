@@ -442,6 +442,41 @@ async fn a_minion_publishes_rows_only_under_its_own_node_name() {
         !stored.contains("forged") && !stored.contains("as-b"),
         "{stored}"
     );
+    // Nor may it delete, pull from or ack the master's persister consumer (which would keep
+    // rows from the store).
+    let stream = js.get_stream("TALON_EVENTS").await.unwrap();
+    // A refused request is never answered: a short wait stands for the refusal.
+    let deleted = tokio::time::timeout(
+        Duration::from_secs(3),
+        stream.delete_consumer("talon-persister"),
+    )
+    .await;
+    assert!(
+        !matches!(deleted, Ok(Ok(_))),
+        "a minion deleted the persister's consumer"
+    );
+    let pull = js
+        .publish(
+            "$JS.API.CONSUMER.MSG.NEXT.TALON_EVENTS.talon-persister",
+            "1".into(),
+        )
+        .await;
+    let pulled = match pull {
+        Err(_) => false,
+        Ok(ack) => matches!(
+            tokio::time::timeout(Duration::from_secs(3), ack).await,
+            Ok(Ok(_))
+        ),
+    };
+    assert!(!pulled, "a minion pulled from the persister's consumer");
+    publish(&own, batch("minion-a", "after")).await.unwrap();
+    assert!(
+        tokio::task::block_in_place(
+            || wait_until(Duration::from_secs(20), || read().contains("after"))
+        ),
+        "the persister stopped: {}",
+        read()
+    );
     let (_, progress) = c.master.http_get("/debug/persister");
     let progress: serde_json::Value = serde_json::from_str(&progress).unwrap();
     assert_eq!(progress["undecodable"], 1, "{progress}");
