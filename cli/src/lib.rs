@@ -116,6 +116,18 @@ pub async fn connect(addr: &str) -> anyhow::Result<Client> {
             talon_core::deploy::ADMIN_API_CONFIG
         );
     };
+    let channel = channel(addr, id).await?;
+    Ok(AdminClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A channel to the API at `addr` (HOST:PORT) with mutual TLS, as the identity `id`: the
+/// API's certificate checked against the config's CA under its server name.
+pub async fn channel(
+    addr: &str,
+    id: &talon_core::deploy::ApiClientConfig,
+) -> anyhow::Result<Channel> {
     let host = addr
         .strip_prefix("https://")
         .or_else(|| addr.strip_prefix("http://"))
@@ -131,7 +143,7 @@ pub async fn connect(addr: &str) -> anyhow::Result<Client> {
                 .clone()
                 .unwrap_or_else(|| talon_core::pki::API_NAME.to_string()),
         );
-    let channel = Channel::from_shared(format!("https://{host}"))
+    Channel::from_shared(format!("https://{host}"))
         .with_context(|| format!("invalid --api address {addr:?}"))?
         .tls_config(tls)
         .context("the API config's certificates")?
@@ -143,10 +155,7 @@ pub async fn connect(addr: &str) -> anyhow::Result<Client> {
                 "cannot connect to the Talon API at {addr}: {}",
                 source_chain(&e)
             )
-        })?;
-    Ok(AdminClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        })
 }
 
 /// Where the CLI looks for an identity when given none.

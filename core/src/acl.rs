@@ -118,6 +118,11 @@ impl Permissions {
         Permissions(self.0 | other.0)
     }
 
+    /// The set without `p`.
+    pub fn without(self, p: Permission) -> Permissions {
+        Permissions(self.0 & !bit(p))
+    }
+
     /// The permissions in the set, in [`ALL`]'s order.
     pub fn list(self) -> Vec<Permission> {
         ALL.iter().copied().filter(|p| self.has(*p)).collect()

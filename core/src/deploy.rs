@@ -161,11 +161,7 @@ pub struct ApiClientConfig {
 
 /// SHA-256 of a bearer token, hex: how configs and the store keep tokens.
 pub fn token_sha256(token: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    pki::fingerprint(token.as_bytes())
 }
 
 /// What to generate.

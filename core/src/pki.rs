@@ -189,7 +189,8 @@ pub fn client_id_of_spki(spki_der: &[u8]) -> String {
     format!("C.{}", hex(&digest[..8]))
 }
 
-/// SHA-256 of a certificate's DER, hex: how the store recognises a user's certificate.
+/// SHA-256 of some bytes, hex: how the store recognises a user's certificate (its DER) and
+/// a bearer token.
 pub fn fingerprint(der: &[u8]) -> String {
     hex(&Sha256::digest(der))
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use futures::StreamExt;
-use prost::Message;
 use talon_proto::bus::BusBatch;
 use talon_shared::bus::Bus;
 use talon_shared::queue::stream_key;
@@ -133,16 +132,14 @@ async fn consume(
                     .info()
                     .map_err(|e| anyhow::anyhow!("{e}"))?
                     .stream_sequence;
-                let (appends, client) = match BusBatch::decode(m.payload.clone()) {
-                    Ok(b) if !talon_shared::bus::sender_matches(&m.subject, &b.node) => {
-                        progress.undecodable.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(seq, subject = %m.subject, node = %b.node, "a bus batch claiming another node than its subject's was passed over");
-                        (Vec::new(), None)
-                    }
+                let (appends, client) = match talon_shared::bus::decode_batch(
+                    &m.subject,
+                    m.payload.clone(),
+                ) {
                     Ok(b) => to_appends(b),
                     Err(e) => {
                         progress.undecodable.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(seq, subject = %m.subject, error = %e, "undecodable bus message passed over");
+                        tracing::error!(seq, subject = %m.subject, error = %e, "bus message passed over");
                         (Vec::new(), None)
                     }
                 };

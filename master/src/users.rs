@@ -42,13 +42,7 @@ impl User {
         if org == ROOT_ORG {
             return Some(perms);
         }
-        Some(Permissions::of(
-            &perms
-                .list()
-                .into_iter()
-                .filter(|p| *p != Permission::ServerAdmin)
-                .collect::<Vec<_>>(),
-        ))
+        Some(perms.without(Permission::ServerAdmin))
     }
 }
 

@@ -102,42 +102,24 @@ pub async fn admin_client(
         .max_encoding_message_size(64 << 20)
 }
 
-/// A channel to the admin API at `api` as the identity of `config`.
+/// A channel to the admin API at `api` as the identity of `config`, made as the CLI makes
+/// its own.
 pub async fn admin_channel(api: std::net::SocketAddr, config: &Path) -> tonic::transport::Channel {
     let id: deploy::ApiClientConfig = deploy::read(config).expect("an API config");
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(&id.ca_certificate))
-        .identity(tonic::transport::Identity::from_pem(
-            &id.certificate,
-            &id.private_key,
-        ))
-        .domain_name(talon_core::pki::API_NAME);
-    tonic::transport::Channel::from_shared(format!("https://{api}"))
-        .unwrap()
-        .tls_config(tls)
-        .expect("TLS config")
-        .connect()
+    talon_cli::channel(&api.to_string(), &id)
         .await
         .expect("connect admin API")
 }
 
-/// A frontend channel to `addr` over TLS presenting `identity` (a client's key).
+/// A frontend channel to `addr` over TLS presenting `identity` (a client's key), made as
+/// the agent makes its own.
 pub async fn frontend_channel(
     addr: std::net::SocketAddr,
     identity: &talon_core::pki::ClientIdentity,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(
-            client().ca_certificate,
-        ))
-        .identity(tonic::transport::Identity::from_pem(
-            &identity.cert_pem,
-            &identity.key_pem,
-        ))
-        .domain_name(talon_core::pki::FRONTEND_NAME);
-    tonic::transport::Channel::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(tls)?
+    talon_client::transport::Transport::of(&client())
+        .endpoint(&addr.to_string(), identity)
+        .expect("a frontend endpoint")
         .connect()
         .await
 }

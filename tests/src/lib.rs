@@ -292,6 +292,17 @@ impl Master {
         deployment::admin_client(self.api, &self.api_config).await
     }
 
+    /// The stored rows of `queue` of root from `client` (`events read --client-id`).
+    pub fn client_rows(&self, queue: &str, client: &str) -> Vec<serde_json::Value> {
+        json_lines(&ok(&self.talon(&[
+            "events",
+            "read",
+            queue,
+            "--client-id",
+            client,
+        ])))
+    }
+
     /// Where its clients' config is (frontends and the CA).
     pub fn client_config(&self) -> PathBuf {
         self.api_config

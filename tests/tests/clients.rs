@@ -13,16 +13,6 @@ fn add_artifact(master: &Master, dir: &std::path::Path, text: &str) {
     ok(&master.talon(&["artifacts", "add", f.to_str().unwrap()]));
 }
 
-fn client_rows(master: &Master, queue: &str, client: &str) -> Vec<serde_json::Value> {
-    json_lines(&ok(&master.talon(&[
-        "events",
-        "read",
-        queue,
-        "--client-id",
-        client,
-    ])))
-}
-
 #[test]
 fn a_client_enrolls_streams_rows_and_follows_table_changes() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,26 +84,20 @@ fn a_client_enrolls_streams_rows_and_follows_table_changes() {
         "db",
     ]));
     assert!(
-        wait_until(Duration::from_secs(20), || client_rows(
-            &master,
-            "Custom.Counter",
-            &control_id
-        )
-        .len()
+        wait_until(Duration::from_secs(20), || master
+            .client_rows("Custom.Counter", &control_id)
+            .len()
             >= 3),
         "the client labelled db never ran the counter"
     );
     assert!(
-        client_rows(&master, "Custom.Counter", &id).is_empty(),
+        master.client_rows("Custom.Counter", &id).is_empty(),
         "not labelled db yet"
     );
     ok(&master.talon(&["clients", "label", &id, "--add", "db"]));
-    assert!(wait_until(Duration::from_secs(20), || client_rows(
-        &master,
-        "Custom.Counter",
-        &id
-    )
-    .len()
+    assert!(wait_until(Duration::from_secs(20), || master
+        .client_rows("Custom.Counter", &id)
+        .len()
         >= 3));
     let shown: serde_json::Value =
         serde_json::from_str(&ok(&master.talon(&["clients", "show", &id]))).unwrap();
@@ -140,12 +124,9 @@ fn kill_9_of_the_master_while_clients_stream_loses_and_duplicates_nothing() {
     let a = Client::start(&frontend, &dir.path().join("a"), &[]);
     let b = Client::start(&frontend, &dir.path().join("b"), &[]);
     let (ida, idb) = (a.id(), b.id());
-    assert!(wait_until(Duration::from_secs(20), || client_rows(
-        &master,
-        "Custom.Counter",
-        &ida
-    )
-    .len()
+    assert!(wait_until(Duration::from_secs(20), || master
+        .client_rows("Custom.Counter", &ida)
+        .len()
         >= 20));
     master.kill9();
     // The clients keep generating into their spools while the master is down: wait until
@@ -166,7 +147,7 @@ fn kill_9_of_the_master_while_clients_stream_loses_and_duplicates_nothing() {
     );
     let master = Master::start(&store, &["--frontend-addr", &frontend]);
     let check = |id: &str| -> bool {
-        let rows = client_rows(&master, "Custom.Counter", id);
+        let rows = master.client_rows("Custom.Counter", id);
         let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
         for r in &rows {
             *seen.entry(r["N"].as_i64().unwrap()).or_default() += 1;
@@ -236,12 +217,9 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
     ok(&master.talon(&["monitoring", "client", "add", "Custom.Counter"]));
     let good = Client::start(&master.frontend.to_string(), &dir.path().join("good"), &[]);
     let id = good.id();
-    assert!(wait_until(Duration::from_secs(20), || client_rows(
-        &master,
-        "Custom.Counter",
-        &id
-    )
-    .len()
+    assert!(wait_until(Duration::from_secs(20), || master
+        .client_rows("Custom.Counter", &id)
+        .len()
         >= 3));
 
     // A raw client with a key of its own, over TLS as every client.
@@ -328,13 +306,10 @@ async fn bad_and_oversized_messages_are_refused_without_disturbing_other_clients
     assert!(e.message().contains("decode"), "{e:?}");
 
     // The well-behaved client streamed on throughout.
-    let before = client_rows(&master, "Custom.Counter", &id).len();
-    assert!(wait_until(Duration::from_secs(20), || client_rows(
-        &master,
-        "Custom.Counter",
-        &id
-    )
-    .len()
+    let before = master.client_rows("Custom.Counter", &id).len();
+    assert!(wait_until(Duration::from_secs(20), || master
+        .client_rows("Custom.Counter", &id)
+        .len()
         > before + 3));
 }
 
@@ -460,10 +435,10 @@ async fn a_forged_batch_counter_never_hides_a_real_clients_rows() {
     let _client = Client::start(&master.frontend.to_string(), &state, &[]);
     assert!(
         wait_until(Duration::from_secs(30), || {
-            client_rows(&master, "Custom.Counter", id).len() >= 4
+            master.client_rows("Custom.Counter", id).len() >= 4
         }),
         "the real client's rows are stored: {:?}",
-        client_rows(&master, "Custom.Counter", id)
+        master.client_rows("Custom.Counter", id)
     );
 }
 
@@ -494,7 +469,9 @@ fn a_client_logs_and_counts_the_batches_the_server_refuses() {
         log.contains("over the row size limit of 100 bytes"),
         "{log}"
     );
-    assert!(client_rows(&master, "Custom.Counter", &client.id()).is_empty());
+    assert!(master
+        .client_rows("Custom.Counter", &client.id())
+        .is_empty());
 }
 
 /// `talon-client simulate` with `clients` idle clients for `seconds`, and its progress

@@ -10,16 +10,6 @@ use talon_core::pki::ClientIdentity;
 use talon_proto::client::*;
 use talon_tests::*;
 
-fn client_rows(master: &Master, queue: &str, client: &str) -> Vec<serde_json::Value> {
-    json_lines(&ok(&master.talon(&[
-        "events",
-        "read",
-        queue,
-        "--client-id",
-        client,
-    ])))
-}
-
 fn hello(id: &str) -> ClientMessage {
     ClientMessage {
         msg: Some(client_message::Msg::Hello(Hello {
@@ -49,12 +39,9 @@ async fn the_frontend_takes_only_tls_clients_holding_the_key_of_their_id() {
     let real = Client::start(&master.frontend.to_string(), &dir.path().join("real"), &[]);
     let id = real.id();
     assert!(
-        wait_until(Duration::from_secs(30), || client_rows(
-            &master,
-            "Custom.Counter",
-            &id
-        )
-        .len()
+        wait_until(Duration::from_secs(30), || master
+            .client_rows("Custom.Counter", &id)
+            .len()
             >= 2),
         "{}",
         real.log()
@@ -154,13 +141,10 @@ async fn the_frontend_takes_only_tls_clients_holding_the_key_of_their_id() {
     // The stranger and the thief never became clients; the real one streams on.
     let list = ok(&master.talon(&["clients", "list", "--format", "json"]));
     assert_eq!(list.matches("\"client_id\"").count(), 1, "{list}");
-    let before = client_rows(&master, "Custom.Counter", &id).len();
-    assert!(wait_until(Duration::from_secs(20), || client_rows(
-        &master,
-        "Custom.Counter",
-        &id
-    )
-    .len()
+    let before = master.client_rows("Custom.Counter", &id).len();
+    assert!(wait_until(Duration::from_secs(20), || master
+        .client_rows("Custom.Counter", &id)
+        .len()
         > before));
 }
 

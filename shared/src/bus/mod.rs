@@ -107,6 +107,29 @@ pub fn sender_matches(subject: &str, node: &str) -> bool {
 
 pub use talon_core::ids::valid_node;
 
+/// A message taken off the bus that is not a batch it may carry.
+#[derive(Debug, thiserror::Error)]
+pub enum BadBatch {
+    #[error("undecodable bus batch: {0}")]
+    Undecodable(#[from] prost::DecodeError),
+    #[error("a bus batch claiming node {node} on {subject}, another node's subject")]
+    WrongSender { subject: String, node: String },
+}
+
+/// The batch of a message that came on `subject`: decoded, and refused when its payload
+/// names another node than its subject ([`sender_matches`]). Every receiver (watchers,
+/// catch-up reads, the persister) takes batches through this.
+pub fn decode_batch(subject: &str, payload: prost::bytes::Bytes) -> Result<BusBatch, BadBatch> {
+    let batch = BusBatch::decode(payload)?;
+    if !sender_matches(subject, &batch.node) {
+        return Err(BadBatch::WrongSender {
+            subject: subject.to_string(),
+            node: batch.node,
+        });
+    }
+    Ok(batch)
+}
+
 /// A row as it travels on the bus, back into a stored row.
 pub fn stored_row(r: BusRow) -> StoredRow {
     StoredRow {
@@ -232,17 +255,7 @@ impl Bus {
             .get_raw_message(seq)
             .await
             .map_err(|e| Error::js("get message", e))?;
-        let batch = BusBatch::decode(m.payload).map_err(|e| Error::js("message decode", e))?;
-        if !sender_matches(&m.subject, &batch.node) {
-            return Err(Error::js(
-                "message sender",
-                std::io::Error::other(format!(
-                    "stream message {seq} on {} claims node {}",
-                    m.subject, batch.node
-                )),
-            ));
-        }
-        Ok(batch)
+        decode_batch(&m.subject, m.payload).map_err(|e| Error::js("message decode", e))
     }
 
     /// This node's name.

@@ -258,21 +258,19 @@ pub async fn run(
                     break Ok(());
                 }
                 let mut chunk = [0u8; READ_CHUNK];
-                match wire.try_read(&mut chunk) {
+                let read = wire.try_read(&mut chunk);
+                // The handshake ends on a read: the client's key is known from then on.
+                if handshaking && !wire.handshaking() {
+                    c.peer = wire.peer_client_id();
+                }
+                match read {
                     Ok(0) => break Ok(()),
                     Ok(n) => {
-                        if handshaking && !wire.handshaking() {
-                            c.peer = wire.peer_client_id();
-                        }
                         if let Err(e) = c.receive(&chunk[..n]) {
                             break Err(e);
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if handshaking && !wire.handshaking() {
-                            c.peer = wire.peer_client_id();
-                        }
-                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         if e.kind() == std::io::ErrorKind::InvalidData {
                             tracing::info!(remote = %c.remote, error = %e, "client connection refused: TLS");

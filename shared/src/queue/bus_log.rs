@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use prost::Message;
 use talon_core::Shutdown;
 use talon_proto::bus::BusBatch;
 
@@ -102,12 +101,9 @@ impl QueueManager {
         payload: prost::bytes::Bytes,
         stream_seq: Option<u64>,
     ) {
-        match BusBatch::decode(payload) {
-            Ok(b) if !bus::sender_matches(subject, &b.node) => {
-                tracing::error!(subject, node = %b.node, "a bus batch claiming another node than its subject's was dropped");
-            }
+        match bus::decode_batch(subject, payload) {
             Ok(b) => self.deliver_stored(b, stream_seq),
-            Err(e) => tracing::error!(subject, error = %e, "undecodable bus batch skipped"),
+            Err(e) => tracing::error!(subject, error = %e, "bus batch skipped"),
         }
     }
 
