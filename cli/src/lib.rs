@@ -12,6 +12,7 @@
 pub mod artifacts;
 pub mod clients;
 pub mod cluster;
+pub mod collections;
 pub mod events;
 pub mod monitoring;
 pub mod output;
@@ -67,6 +68,27 @@ pub enum Command {
         #[arg(long = "env", value_name = "K=V")]
         env: Vec<String>,
     },
+    /// Collect CLIENT artifacts from one client (a flow); prints the flow id
+    Collect {
+        client_id: String,
+        #[arg(required = true)]
+        artifacts: Vec<String>,
+        /// A parameter, K=V; repeatable
+        #[arg(long = "param", value_name = "K=V")]
+        params: Vec<String>,
+        /// Seconds the collection may run on the client (default 600)
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+        /// Rows per query at most
+        #[arg(long, default_value_t = 0)]
+        max_rows: u64,
+    },
+    /// Flows (collections) of a client: list, show, results, logs, cancel
+    #[command(subcommand)]
+    Flows(collections::FlowsCmd),
+    /// Hunts: create, list, show, start, pause, stop, results, clients
+    #[command(subcommand)]
+    Hunts(collections::HuntsCmd),
     /// The server monitoring table and monitoring logs
     #[command(subcommand)]
     Monitoring(monitoring::MonitoringCmd),
@@ -220,6 +242,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Monitoring(cmd) => monitoring::run(&api, &cli.org, cmd).await,
         Command::Clients(cmd) => clients::run(&api, &cli.org, cmd).await,
         Command::Cluster(cmd) => cluster::run(&api, cmd).await,
+        Command::Collect {
+            client_id,
+            artifacts,
+            params,
+            timeout,
+            max_rows,
+        } => {
+            collections::collect(
+                &api, &cli.org, &client_id, &artifacts, &params, timeout, max_rows,
+            )
+            .await
+        }
+        Command::Flows(cmd) => collections::flows(&api, &cli.org, cmd).await,
+        Command::Hunts(cmd) => collections::hunts(&api, &cli.org, cmd).await,
         Command::Metadata(cmd) => monitoring::metadata(&api, &cli.org, cmd).await,
         Command::Query {
             vql,

@@ -38,9 +38,9 @@ pub struct AgentConfig {
 }
 
 /// Rows a query produced, for one queue.
-struct Produced {
-    queue: String,
-    json: String,
+pub(crate) struct Produced {
+    pub(crate) queue: String,
+    pub(crate) json: String,
 }
 
 /// Client-side host: no queues; alerts deduplicated in memory per name.
@@ -104,6 +104,18 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     let (spooled_tx, _) = tokio::sync::broadcast::channel::<u64>(1024);
 
     let shutdown = shutdown.in_span(tracing::info_span!("client", client_id = %id));
+    let flow_runner = Runner::new(Arc::new(ClientHost {
+        fired: Mutex::new(HashMap::new()),
+    }));
+    let flows = crate::flows::Flows::open(
+        &config.state,
+        flow_runner,
+        rows_tx.clone(),
+        &config.org,
+        &id,
+        shutdown.token().clone(),
+    )
+    .await?;
     let queries = shutdown.spawn(
         "event-queries",
         run_queries(
@@ -141,6 +153,7 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> 
             &spooled_tx,
             &table_tx,
             &logs_rx,
+            &flows,
             shutdown.token(),
         )
         .await
@@ -203,6 +216,7 @@ async fn session(
     spooled: &tokio::sync::broadcast::Sender<u64>,
     table_tx: &watch::Sender<Option<EventTable>>,
     logs: &Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<LogLine>>>,
+    flows: &crate::flows::Flows,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let id = identity.id.as_str();
@@ -269,6 +283,11 @@ async fn session(
                         spool.ack(a.batch_id);
                     }
                     Some(server_message::Msg::Welcome(w)) => tracing::info!(first_contact = w.first_contact, frontend = %addr, "connected"),
+                    Some(server_message::Msg::FlowRequest(r)) => {
+                        tracing::info!(flow_id = %r.flow_id, queries = r.queries.len(), "collection received");
+                        flows.start(r);
+                    }
+                    Some(server_message::Msg::FlowCancel(c)) => flows.cancel(c).await,
                     _ => {}
                 }
             }

@@ -3,6 +3,7 @@
 //! client's own key, which names it) and [`simulate`] (load testing).
 
 pub mod agent;
+pub mod flows;
 pub mod simulate;
 pub mod spool;
 pub mod transport;

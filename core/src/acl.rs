@@ -35,6 +35,8 @@ pub enum Permission {
     MachineState,
     /// Make network connections from the server (mail, HTTP).
     Network,
+    /// Create, start, pause and stop hunts.
+    StartHunt,
 }
 
 /// Every permission, in the order listings print them.
@@ -53,6 +55,7 @@ pub const ALL: &[Permission] = &[
     Permission::FilesystemWrite,
     Permission::MachineState,
     Permission::Network,
+    Permission::StartHunt,
 ];
 
 impl Permission {
@@ -73,6 +76,7 @@ impl Permission {
             Permission::FilesystemWrite => "FILESYSTEM_WRITE",
             Permission::MachineState => "MACHINE_STATE",
             Permission::Network => "NETWORK",
+            Permission::StartHunt => "START_HUNT",
         }
     }
 
@@ -162,8 +166,9 @@ pub fn role_permissions(role: &str) -> Option<Permissions> {
             CollectClient,
             CollectServer,
             ArtifactWriter,
+            StartHunt,
         ],
-        "investigator" => &[ReadResults, AnyQuery, LabelClient, CollectClient],
+        "investigator" => &[ReadResults, AnyQuery, LabelClient, CollectClient, StartHunt],
         "analyst" => &[ReadResults, AnyQuery, LabelClient],
         "reader" => &[ReadResults],
         "api" => &[AnyQuery, ReadResults],

@@ -12,6 +12,7 @@
 
 pub mod acl;
 pub mod deploy;
+pub mod flows;
 pub mod ids;
 pub mod pki;
 pub mod shutdown;

@@ -50,6 +50,17 @@ pub struct Config {
     pub insecure_plaintext_frontend: bool,
     /// Bearer tokens (SHA-256, hex) that open the debug pages off loopback.
     pub debug_token_sha256: Vec<String>,
+    /// A flow log line matching this marks the flow as failed (Velociraptor's
+    /// `Frontend.collection_error_regex`); checked to compile.
+    pub collection_error_regex: String,
+}
+
+/// The flow error pattern as the manager matches it: case-insensitive, size-bounded.
+pub fn error_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .size_limit(1 << 20)
+        .build()
 }
 
 /// Default wall time of an API query, seconds (Velociraptor's default for a collection).
@@ -103,6 +114,7 @@ pub struct ConfigFile {
     pub insecure_plaintext_frontend: Option<bool>,
     /// Bearer tokens (their SHA-256, hex) that open the debug pages off loopback.
     pub debug_token_sha256: Option<Vec<String>>,
+    pub collection_error_regex: Option<String>,
 }
 
 /// Values given on the command line; they win over the file.
@@ -223,6 +235,13 @@ impl Config {
         if file.query_threads.is_some_and(|n| n > 256) {
             problems.push("query_threads is over the maximum of 256".to_string());
         }
+        let pattern = file
+            .collection_error_regex
+            .clone()
+            .unwrap_or_else(|| talon_shared::collections::DEFAULT_ERROR_REGEX.to_string());
+        if let Err(e) = error_regex(&pattern) {
+            problems.push(format!("collection_error_regex: {e}"));
+        }
         if !problems.is_empty() {
             return Err(Error::Invalid {
                 origin: origin.into(),
@@ -282,6 +301,7 @@ impl Config {
             insecure_plaintext_frontend: flags.insecure_plaintext_frontend
                 || file.insecure_plaintext_frontend.unwrap_or(false),
             debug_token_sha256: file.debug_token_sha256.unwrap_or_default(),
+            collection_error_regex: pattern,
         })
     }
 

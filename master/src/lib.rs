@@ -18,6 +18,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod client_records;
+pub mod collections;
 pub mod config;
 pub mod error;
 pub mod monitor;
@@ -150,6 +151,19 @@ pub async fn run(
         let nats = config.nats_url.as_deref().map(talon_shared::bus::redact);
         tracing::info!(nats = ?nats, node = %config.node_name, "joined the cluster");
     }
+    let (collections, manager) = collections::Collections::new(
+        parts.qm.clone(),
+        parts.store.clone(),
+        parts.repo.clone(),
+        config::error_regex(&config.collection_error_regex)?,
+    )?;
+    parts.frontend.hold_collections_locally();
+    if let Some(bus) = &parts.bus {
+        collections::serve_nodes(bus, &parts.store, &parts.services).await?;
+    }
+    parts
+        .services
+        .spawn("flow-manager", manager.run(parts.services.clone()));
     let pool = talon_shared::query_pool::QueryPool::new(config.query_threads)
         .context("cannot start the query pool")?;
     let vql = talon_shared::vql_host::Vql::new(
@@ -159,6 +173,7 @@ pub async fn run(
         parts.services.clone(),
     )
     .with_frontend(parts.frontend.clone())
+    .with_collections(std::sync::Arc::new(collections))
     .with_pool(pool);
     let monitor = monitor::ServerMonitor::new(
         parts.qm.clone(),

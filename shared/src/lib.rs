@@ -21,6 +21,7 @@
 //! - [`parts`]: what a node is made of, assembled once by master and minion.
 
 pub mod bus;
+pub mod collections;
 pub mod control;
 pub mod debug;
 pub mod frontend;

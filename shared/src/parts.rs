@@ -141,6 +141,9 @@ impl Parts {
         max_decode: usize,
         max_encode: usize,
     ) {
+        if let Err(e) = self.frontend.start_collections() {
+            tracing::error!(error = %e, "cannot follow client tasks and hunts");
+        }
         self.intake.spawn(
             "frontend",
             crate::frontend::serve(

@@ -22,6 +22,19 @@ use talon_artifacts::Repository;
 
 pub use crate::logs::{append_log, log_stream, ALERTS_QUEUE};
 
+/// Collections and hunts, as the master's flow and hunt manager answers VQL calls.
+pub trait CollectionsPort: Send + Sync {
+    /// Answers the function or plugin `call` with `args` (a JSON object) for
+    /// `principal` in `org`: its rows as JSON objects (one for a function).
+    fn call(
+        &self,
+        org: &str,
+        principal: &str,
+        call: &str,
+        args: serde_json::Value,
+    ) -> BoxStream<'static, HostResult<serde_json::Value>>;
+}
+
 /// The server's side of VQL for one principal.
 pub struct ServerHost {
     qm: QueueManager,
@@ -29,6 +42,7 @@ pub struct ServerHost {
     repo: Repository,
     principal: String,
     frontend: Option<crate::frontend::FrontendService>,
+    collections: Option<Arc<dyn CollectionsPort>>,
 }
 
 fn row_of_json(json: &str) -> Row {
@@ -246,6 +260,26 @@ impl Host for ServerHost {
             .collect())
     }
 
+    fn collections(&self, org: &str, call: &str, args: Row) -> BoxStream<'static, HostResult<Row>> {
+        let Some(port) = &self.collections else {
+            let e = HostError::NotHere(format!("{call}: collections are kept by the master"));
+            return Box::pin(futures::stream::once(async move { Err(e) }));
+        };
+        let args = Value::Dict(args).to_json();
+        port.call(org, &self.principal, call, args)
+            .map(|r| {
+                r.map(|v| match Value::from_json(&v) {
+                    Value::Dict(d) => d,
+                    other => {
+                        let mut d = Row::new();
+                        d.insert("_value".into(), other);
+                        d
+                    }
+                })
+            })
+            .boxed()
+    }
+
     fn read_logs(
         &self,
         org: &str,
@@ -304,6 +338,7 @@ pub struct Vql {
     repo: Repository,
     registry: Arc<Registry>,
     frontend: Option<crate::frontend::FrontendService>,
+    collections: Option<Arc<dyn CollectionsPort>>,
     /// Where the tasks that store a query's alerts run.
     shutdown: talon_core::Shutdown,
     /// Where queries run; None: on the caller's runtime (tests).
@@ -326,6 +361,7 @@ impl Vql {
             repo,
             registry: Arc::new(Registry::builtin()),
             frontend: None,
+            collections: None,
             shutdown,
             pool: None,
         }
@@ -340,6 +376,12 @@ impl Vql {
     /// VQL that can also see and label the clients of a frontend.
     pub fn with_frontend(mut self, frontend: crate::frontend::FrontendService) -> Self {
         self.frontend = Some(frontend);
+        self
+    }
+
+    /// VQL that can make and read collections and hunts.
+    pub fn with_collections(mut self, port: Arc<dyn CollectionsPort>) -> Self {
+        self.collections = Some(port);
         self
     }
 
@@ -379,6 +421,7 @@ impl Vql {
             repo: self.repo.clone(),
             principal: principal.to_string(),
             frontend: self.frontend.clone(),
+            collections: self.collections.clone(),
         });
         let runner = Runner {
             registry: self.registry.clone(),

@@ -14,6 +14,7 @@ pub mod http2;
 mod notify;
 mod presence;
 mod tables;
+mod tasks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -168,6 +169,8 @@ struct Opened {
 struct Session {
     id: u64,
     labels: Vec<String>,
+    /// As the agent reports it (`linux`, `windows`, `macos`).
+    os: String,
     tx: Outbox,
 }
 
@@ -199,6 +202,10 @@ struct Inner {
     /// When each connected client's keepalive was last written to its record, and the
     /// table version it said.
     seen_written: Mutex<HashMap<(String, String), (i64, u64)>>,
+    /// Whether tasks and hunts are read from this node's store (the master) rather than
+    /// asked of the master.
+    local_collections: std::sync::atomic::AtomicBool,
+    dispatcher: Mutex<tasks::Dispatcher>,
 }
 
 /// A connected client's record is rewritten for its keepalives at most this often (and
@@ -228,6 +235,8 @@ impl FrontendService {
                 sessions: Mutex::new(HashMap::new()),
                 tables: Mutex::default(),
                 seen_written: Mutex::default(),
+                local_collections: std::sync::atomic::AtomicBool::new(false),
+                dispatcher: Mutex::default(),
                 next_session: AtomicU64::new(1),
                 activity: Mutex::new(HashMap::new()),
                 wakes: Mutex::new(HashMap::new()),
@@ -389,6 +398,7 @@ impl FrontendService {
                     Session {
                         id: session_id,
                         labels: hello.labels.clone(),
+                        os: hello.os.clone(),
                         tx: tx.clone(),
                     },
                 );
@@ -423,6 +433,17 @@ impl FrontendService {
             (Ok(w), Ok(t)) => {
                 let _ = tx.send(w.into()).await;
                 let _ = tx.send(t).await;
+                self.deliver_pending(&org, &hello.client_id, tx.clone(), session_id);
+                let labels = self
+                    .inner
+                    .sessions
+                    .lock()
+                    .expect("sessions")
+                    .get(&key)
+                    .map(|s| s.labels.clone())
+                    .unwrap_or_default();
+                self.offer_hunts(&org, &hello.client_id, &labels, &hello.os)
+                    .await;
             }
             (Err(e), _) | (_, Err(e)) => {
                 self.end(&key, session_id).await;

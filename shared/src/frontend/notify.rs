@@ -140,6 +140,7 @@ mod tests {
             super::super::Session {
                 id: 1,
                 labels: Vec::new(),
+                os: String::new(),
                 tx,
             },
         );

@@ -38,12 +38,12 @@ impl QueueManager {
         state: &Arc<QueueState>,
         rows: Arc<Vec<StoredRow>>,
         clock: tokio::sync::MutexGuard<'_, PushClock>,
-        once: Option<(&str, u64)>,
+        once: Option<(&str, &str, u64)>,
     ) -> Result<()> {
         let n = self.inner.next_msg.fetch_add(1, Ordering::Relaxed);
         // A push part's id is its own, so JetStream stores a resent part once.
         let msg_id = match once {
-            Some((push_id, part)) => format!("push/{}/{push_id}/{part}", state.org),
+            Some((scope, push_id, part)) => format!("{scope}/{}/{push_id}/{part}", state.org),
             None => format!("{}/{}/{n}", bus.node(), boot_id()),
         };
         let durable = state.kind.is_durable();

@@ -51,6 +51,15 @@ impl QueueManager {
         let mut per_queue: Vec<(Arc<QueueState>, Vec<R>)> = Vec::new();
         for (queue, rows) in batch {
             let state = self.state(org, &queue)?;
+            // The server writes System.* queues (flow completions) itself; a client row
+            // there would be a forged completion.
+            if queue.starts_with("System.") {
+                return Err(Error::WrongKind {
+                    queue,
+                    kind: state.kind,
+                    action: "System.* queues are written by the server, not by clients",
+                });
+            }
             if state.kind != ArtifactKind::ClientEvent {
                 return Err(Error::WrongKind {
                     queue,

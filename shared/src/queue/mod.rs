@@ -369,7 +369,37 @@ impl QueueManager {
                 reason: "a push part needs a push id of 1 to 128 bytes and a part from 1",
             });
         }
-        self.push_as(org, queue, rows, source, "", Some((push_id, part)))
+        self.push_as(
+            org,
+            queue,
+            rows,
+            source,
+            "",
+            Some((PUSH_KEY_CLIENT, push_id, part)),
+        )
+        .await
+    }
+
+    /// Pushes rows to a durable queue at most once per `(scope, id)`: pushed again with the
+    /// same id, nothing is stored (it returns 0). Standalone the 16 newest ids of a scope
+    /// are remembered; in a cluster, JetStream's duplicate window (20 minutes). A service
+    /// that may repeat a push after a crash (the flow manager's completions) names it so.
+    pub async fn push_once(
+        &self,
+        org: &str,
+        queue: &str,
+        rows: Vec<Map<String, Value>>,
+        source: &str,
+        scope: &str,
+        id: &str,
+    ) -> Result<u64> {
+        if id.is_empty() || id.len() > 128 || scope.is_empty() || scope.len() > 64 {
+            return Err(Error::InvalidBatch {
+                id: 0,
+                reason: "a push needs an id of 1 to 128 bytes and a scope of 1 to 64",
+            });
+        }
+        self.push_as(org, queue, rows, source, "", Some((scope, id, 1)))
             .await
     }
 
@@ -380,7 +410,7 @@ impl QueueManager {
         rows: Vec<Map<String, Value>>,
         source: &str,
         client: &str,
-        once: Option<(&str, u64)>,
+        once: Option<(&str, &str, u64)>,
     ) -> Result<u64> {
         let state = self.state(org, queue)?;
         if once.is_some() && !state.kind.is_durable() {
@@ -431,7 +461,7 @@ impl QueueManager {
         let rows = Arc::new(stored);
         if let Some(bus) = self.bus() {
             self.push_over_bus(bus, &state, rows, clock, once).await?;
-        } else if let Some((push_id, part)) = once {
+        } else if let Some((scope, push_id, part)) = once {
             // Stored with the part's dedup mark in one transaction, as a client's batch is.
             let publisher = state.clone();
             let published = rows.clone();
@@ -439,7 +469,7 @@ impl QueueManager {
                 .inner
                 .store
                 .enqueue_client_batch(
-                    store::client_batch_key(org, PUSH_KEY_CLIENT, push_key(push_id)),
+                    store::client_batch_key(org, scope, push_key(push_id)),
                     part,
                     vec![(state.stream.clone(), rows)],
                     vec![Box::new(move |first| publisher.publish(first, published))],

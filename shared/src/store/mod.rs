@@ -99,6 +99,10 @@ redb_err!(
     redb::CommitError
 );
 
+/// One setting written by a [`Store::transaction`]: (namespace, key, value or None to
+/// delete).
+pub type SettingWrite = (String, String, Option<String>);
+
 /// One stored event row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRow {
@@ -178,6 +182,12 @@ enum Command {
         key: String,
         /// None deletes.
         value: Option<String>,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+    /// Rows appended and settings written (None deletes) in one transaction.
+    Transaction {
+        appends: Vec<(String, Vec<StoredRow>)>,
+        settings: Vec<SettingWrite>,
         reply: oneshot::Sender<Result<bool>>,
     },
     ApplyBus {
@@ -414,6 +424,42 @@ impl Store {
             reply,
         })
         .await
+    }
+
+    /// Appends rows to streams and writes settings in one transaction: all of it is
+    /// durable, or none.
+    pub async fn transaction(
+        &self,
+        appends: Vec<(String, Vec<StoredRow>)>,
+        settings: Vec<SettingWrite>,
+    ) -> Result<()> {
+        self.request(|reply| Command::Transaction {
+            appends,
+            settings,
+            reply,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The settings of a namespace whose keys start with `prefix`, sorted by key.
+    pub fn settings_with_prefix(
+        &self,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(SETTINGS)?;
+        let mut out = Vec::new();
+        for item in t.range((namespace, prefix)..)? {
+            let (k, v) = item?;
+            let (ns, key) = k.value();
+            if ns != namespace || !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key.to_string(), v.value().to_string()));
+        }
+        Ok(out)
     }
 
     /// One setting.

@@ -90,6 +90,7 @@ impl Writer {
                         }
                         Command::AlertDedup { reply, .. }
                         | Command::SetSetting { reply, .. }
+                        | Command::Transaction { reply, .. }
                         | Command::ApplyBus { reply, .. } => {
                             let _ = reply.send(Ok(res > 0));
                         }
@@ -118,6 +119,7 @@ impl Writer {
                         }
                         Command::AlertDedup { reply, .. }
                         | Command::SetSetting { reply, .. }
+                        | Command::Transaction { reply, .. }
                         | Command::ApplyBus { reply, .. }
                         | Command::AppendBatch { reply, .. } => {
                             let _ = reply.send(Err(err()));
@@ -328,6 +330,29 @@ impl Writer {
                         };
                         results.push(u64::from(changed));
                     }
+                    Command::Transaction {
+                        appends,
+                        settings: writes,
+                        ..
+                    } => {
+                        for (stream, rows) in appends {
+                            if !rows.is_empty() {
+                                self.append_rows(&mut events, &mut heads, stream, rows)?;
+                            }
+                        }
+                        for (namespace, key, value) in writes {
+                            let k = (namespace.as_str(), key.as_str());
+                            match value {
+                                Some(v) => {
+                                    settings.insert(k, v.as_str())?;
+                                }
+                                None => {
+                                    settings.remove(k)?;
+                                }
+                            }
+                        }
+                        results.push(1);
+                    }
                     Command::AlertDedup {
                         org,
                         name,
@@ -355,7 +380,9 @@ fn group_rows(cmd: &Command) -> usize {
     match cmd {
         Command::Append { rows, .. } => rows.len(),
         Command::AppendBatch { appends, .. } => appends.iter().map(|(_, r)| r.len()).sum(),
-        Command::ApplyBus { appends, .. } => appends.iter().map(|(_, r)| r.len()).sum(),
+        Command::ApplyBus { appends, .. } | Command::Transaction { appends, .. } => {
+            appends.iter().map(|(_, r)| r.len()).sum()
+        }
         _ => 1,
     }
 }

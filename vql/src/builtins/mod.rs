@@ -2,6 +2,7 @@
 //! registry holding all of them ([`Registry::builtin`]): the builtins fill the registry,
 //! the registry knows none of them.
 
+pub mod collections;
 pub mod functions;
 pub mod permissions;
 pub mod plugins;
@@ -14,6 +15,7 @@ impl Registry {
         let mut r = Self::new();
         functions::register(&mut r);
         plugins::register(&mut r);
+        collections::register(&mut r);
         r
     }
 }

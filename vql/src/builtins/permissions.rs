@@ -16,6 +16,15 @@ pub fn required(name: &str, plugin: bool) -> Option<Permission> {
         // Rows into queues.
         ("send_event", false) => Publish,
         ("label", false) => LabelClient,
+        // Collections and hunts.
+        ("collect_client", false) | ("cancel_flow", false) => CollectClient,
+        ("hunt", false) | ("hunt_update", false) => StartHunt,
+        ("flows", true)
+        | ("flow_results", true)
+        | ("flow_logs", true)
+        | ("hunts", true)
+        | ("hunt_results", true)
+        | ("hunt_flows", true) => ReadResults,
         // Stored rows, clients, tables and artifacts.
         ("clients", true)
         | ("monitoring", true)

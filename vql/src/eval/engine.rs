@@ -117,6 +117,14 @@ pub trait Host: Send + Sync {
             "artifact {name} cannot be run here"
         )))
     }
+    /// Collections and hunts (`collect_client`, `flows`, `hunt` ...): `call` names the
+    /// function or plugin, `args` its arguments; the answer is its rows (one for a
+    /// function). Only the master has them.
+    fn collections(&self, org: &str, call: &str, args: Row) -> BoxStream<'static, HostResult<Row>> {
+        let _ = (org, args);
+        let e = HostError::NotHere(format!("{call}: collections are kept by the master"));
+        Box::pin(futures::stream::once(async move { Err(e) }))
+    }
     /// Log lines of a server monitoring artifact in a time range (microseconds).
     fn read_logs(
         &self,

@@ -352,9 +352,17 @@ fn source(c: PluginCall) -> BoxStream<'static, Row> {
         c.fail("artifact is required (none given and no ArtifactName in scope)");
         return stream::empty().boxed();
     }
-    let client = client_filter(c.get("client_id").or(snapshot.get("ClientId")));
     let skip = int_arg(&c, "start_row", 0).unwrap_or(0).max(0) as usize;
     let count = int_arg(&c, "count", -1).unwrap_or(-1);
+    if let Some(rows) = crate::builtins::collections::source_of_collection(&c, &artifact) {
+        let rows = rows.skip(skip);
+        return if count >= 0 {
+            rows.take(count as usize).boxed()
+        } else {
+            rows.boxed()
+        };
+    }
+    let client = client_filter(c.get("client_id").or(snapshot.get("ClientId")));
     let queue = match c
         .get("source")
         .map(Value::to_text)
