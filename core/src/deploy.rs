@@ -390,7 +390,7 @@ fn nats_conf(
         users.push_str(&format!(
             "      {{ user: \"talon-minion-{m}\", password: \"{pw}\", permissions: {{\n\
              \x20         publish: {{\n\
-             \x20           allow: [\"talon.*.d.@{m}.>\", \"talon.*.i.@{m}.>\", \"talonctl.state.get\", \"talonctl.clients.snapshot\", \"talonctl.client.get\", \"talonctl.registrations\", \"_INBOX.>\", \"$JS.API.>\", \"$JS.ACK.>\", \"$JS.FC.>\"]\n\
+             \x20           allow: [\"talon.*.d.@{m}.>\", \"talon.*.i.@{m}.>\", \"talonctl.state.get\", \"talonctl.clients.snapshot\", \"talonctl.client.get\", \"talonctl.registrations\", \"talonctl.tasks.get\", \"talonctl.hunts.get\", \"_INBOX.>\", \"$JS.API.>\", \"$JS.ACK.>\", \"$JS.FC.>\"]\n\
              \x20           deny: [\"$JS.API.STREAM.DELETE.>\", \"$JS.API.STREAM.PURGE.>\", \"$JS.API.STREAM.UPDATE.>\", \"$JS.API.STREAM.MSG.DELETE.>\", {persister}]\n\
              \x20         }}\n\
              \x20         subscribe: {{ allow: [\"talon.>\", \"talonctl.state\", \"_INBOX.>\"] }}\n\

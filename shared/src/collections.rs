@@ -152,6 +152,12 @@ pub struct Participation {
     pub timestamp: i64,
     #[serde(default)]
     pub node: String,
+    /// The client's labels and OS as the node knows them (the master uses its own record
+    /// when it has one; a client on its first contact may not be recorded there yet).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub os: String,
 }
 
 impl ControlRow for Participation {

@@ -284,6 +284,9 @@ impl Manager {
             let mut limited: HashSet<String> = HashSet::new();
             let mut taken: HashSet<(String, String)> = HashSet::new();
             for p in offers {
+                if !talon_core::ids::valid_client_id(&p.client_id) {
+                    continue;
+                }
                 let key = (org.clone(), p.hunt_id.clone());
                 let Some(h) = self.hunts.get(&key) else {
                     continue;
@@ -299,11 +302,13 @@ impl Manager {
                 {
                     continue;
                 }
-                // The node's word is checked against the master's record of the client.
-                let Some(record) = self.clients.get(&org, &p.client_id)? else {
-                    continue;
+                // The node's word is checked against the master's record of the client
+                // when there is one (a first contact may not have reached it yet).
+                let (labels, os) = match self.clients.get(&org, &p.client_id)? {
+                    Some(r) => (r.labels, r.os),
+                    None => (p.labels.clone(), p.os.clone()),
                 };
-                if !h.condition.matches(&record.labels, &record.os) {
+                if !h.condition.matches(&labels, &os) {
                     continue;
                 }
                 let h = self.hunts.get_mut(&key).expect("checked");

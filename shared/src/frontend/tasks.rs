@@ -125,12 +125,12 @@ impl FrontendService {
         if !(trigger && hunt.accepting(now_us())) {
             return;
         }
-        let clients: Vec<String> = {
+        let clients: Vec<(String, Vec<String>, String)> = {
             let sessions = self.inner.sessions.lock().expect("sessions");
             sessions
                 .iter()
                 .filter(|((o, _), s)| o == org && hunt.condition.matches(&s.labels, &s.os))
-                .map(|((_, c), _)| c.clone())
+                .map(|((_, c), s)| (c.clone(), s.labels.clone(), s.os.clone()))
                 .collect()
         };
         self.offer(org, &hunt.hunt_id, clients).await;
@@ -149,24 +149,27 @@ impl FrontendService {
                 .collect()
         };
         for h in hunts {
-            self.offer(org, &h, vec![client.to_string()]).await;
+            let who = (client.to_string(), labels.to_vec(), os.to_string());
+            self.offer(org, &h, vec![who]).await;
         }
     }
 
-    async fn offer(&self, org: &str, hunt_id: &str, clients: Vec<String>) {
+    async fn offer(&self, org: &str, hunt_id: &str, clients: Vec<(String, Vec<String>, String)>) {
         if clients.is_empty() {
             return;
         }
         let timestamp = now_us() / 1_000_000;
         let rows = clients
             .iter()
-            .map(|c| {
+            .map(|(c, labels, os)| {
                 Participation {
                     hunt_id: hunt_id.to_string(),
                     client_id: c.clone(),
                     flow_id: collections::hunt_flow_id(hunt_id, c),
                     timestamp,
                     node: self.inner.node.clone(),
+                    labels: labels.clone(),
+                    os: os.clone(),
                 }
                 .to_row()
             })
