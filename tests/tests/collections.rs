@@ -226,8 +226,7 @@ fn a_client_that_restarts_mid_flow_gets_the_flow_marked_unknown_once() {
     let rows = collect(&master, &id, &["Custom.Flow.Rows"]);
     wait_state(&master, &id, &rows, "FINISHED");
     assert!(wait_until(Duration::from_secs(20), || completions(&master)
-        .get(&rows)
-        .is_some()));
+        .contains_key(&rows)));
     assert_eq!(completions(&master).get(&slow), Some(&1));
     drop(client);
 }
