@@ -38,6 +38,8 @@ struct Totals {
     tables: AtomicU64,
     /// Sessions that ended and were connected again.
     reconnects: AtomicU64,
+    /// Collections received and answered.
+    flows: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
 }
 
@@ -168,6 +170,8 @@ async fn one_stream(
     mut incoming: tonic::Streaming<ServerMessage>,
 ) -> bool {
     let sent_at: Arc<Mutex<std::collections::HashMap<u64, (Instant, u64)>>> = Arc::default();
+    // Answers to collections, sent by the loop below so batch ids stay in order.
+    let (answers_tx, mut answers) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
     let mut acks = {
         let (totals, sent_at, stop_acks) = (totals.clone(), sent_at.clone(), stop.clone());
         stop.spawn("sim-acks", async move {
@@ -204,6 +208,12 @@ async fn one_stream(
                             totals.tables.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    Some(Ok(ServerMessage {
+                        msg: Some(server_message::Msg::FlowRequest(r)),
+                    })) => {
+                        totals.flows.fetch_add(1, Ordering::Relaxed);
+                        let _ = answers_tx.send(answer(&r, who));
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         totals.error(who, format_args!("session ended: {e}"));
@@ -226,12 +236,35 @@ async fn one_stream(
     let incarnation: u64 = rand::random();
     let mut ended = false;
     loop {
-        tokio::select! {
+        let answer = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             // The server ended the session (its acks stream is over).
             _ = &mut acks => { ended = true; break }
-            _ = interval.tick() => {}
+            a = answers.recv() => a,
+            _ = interval.tick() => None,
+        };
+        if let Some(rows) = answer {
+            batch_id += 1;
+            sent_at
+                .lock()
+                .expect("sent")
+                .insert(batch_id, (Instant::now(), 0));
+            let msg = ClientMessage {
+                msg: Some(client_message::Msg::Events(EventBatch {
+                    batch_id,
+                    incarnation,
+                    queues: vec![QueueRows {
+                        artifact: talon_core::flows::RESPONSES_QUEUE.to_string(),
+                        rows_json: rows,
+                    }],
+                })),
+            };
+            if tx.send(msg).await.is_err() {
+                ended = true;
+                break;
+            }
+            continue;
         }
         if cfg.rate <= 0.0 {
             continue;
@@ -281,6 +314,31 @@ async fn one_stream(
     false
 }
 
+/// A simulated client's answer to a collection: each query starts, returns one small row
+/// and ends well.
+fn answer(r: &FlowRequest, who: usize) -> Vec<String> {
+    let now = chrono::Utc::now().timestamp_micros();
+    let total = r.queries.len();
+    let mut rows = Vec::with_capacity(3 * total);
+    for (i, q) in r.queries.iter().enumerate() {
+        let status = |code: i64, result_rows: u64| {
+            serde_json::json!({"FlowId": r.flow_id, "Source": q.queue, "Status": {
+                "status": code, "Artifact": q.queue, "query_id": i, "total_queries": total,
+                "result_rows": result_rows, "first_active": now, "last_active": now,
+            }})
+            .to_string()
+        };
+        rows.push(status(talon_core::flows::STATUS_PROGRESS, 0));
+        rows.push(
+            serde_json::json!({"FlowId": r.flow_id, "Source": q.queue,
+                "Row": {"Simulated": who, "Hostname": format!("sim-{who}")}})
+            .to_string(),
+        );
+        rows.push(status(talon_core::flows::STATUS_OK, 1));
+    }
+    rows
+}
+
 fn pct(v: &[u64], p: f64) -> u64 {
     if v.is_empty() {
         return 0;
@@ -309,7 +367,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let acked = totals.acked.load(Ordering::Relaxed);
         eprintln!(
-            "{:>4.0}s connected {} sent {} acked {} ({} rows/s) errors {} tables {} reconnects {}",
+            "{:>4.0}s connected {} sent {} acked {} ({} rows/s) errors {} tables {} reconnects {} collections {}",
             start.elapsed().as_secs_f64(),
             totals.connected.load(Ordering::Relaxed),
             totals.sent.load(Ordering::Relaxed),
@@ -317,7 +375,8 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
             acked - last_acked,
             totals.errors.load(Ordering::Relaxed),
             totals.tables.load(Ordering::Relaxed),
-            totals.reconnects.load(Ordering::Relaxed)
+            totals.reconnects.load(Ordering::Relaxed),
+            totals.flows.load(Ordering::Relaxed)
         );
         last_acked = acked;
     }
@@ -340,6 +399,7 @@ pub async fn run(cfg: SimConfig) -> anyhow::Result<()> {
             "errors": totals.errors.load(Ordering::Relaxed),
             "tables_received": totals.tables.load(Ordering::Relaxed),
             "reconnects": totals.reconnects.load(Ordering::Relaxed),
+            "collections_answered": totals.flows.load(Ordering::Relaxed),
             "ack_latency_ms": {"p50": pct(&lat, 0.5) as f64 / 1000.0, "p99": pct(&lat, 0.99) as f64 / 1000.0},
         })
     );
