@@ -208,6 +208,7 @@ pub async fn collect(
     param: &[String],
     timeout: u64,
     max_rows: u64,
+    wait: bool,
 ) -> anyhow::Result<ExitCode> {
     let args = json!({
         "client_id": client_id, "artifacts": artifacts, "env": params(param)?,
@@ -228,8 +229,40 @@ pub async fn collect(
     if flow.is_null() {
         anyhow::bail!("the server made no flow");
     }
-    println!("{}", s(&flow, "flow_id"));
-    Ok(ExitCode::SUCCESS)
+    let flow_id = s(&flow, "flow_id");
+    println!("{flow_id}");
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Until the flow ends: its state on stderr as it changes, exit 1 if it failed.
+    let mut last = String::new();
+    loop {
+        let rows = call(
+            api,
+            org,
+            "SELECT * FROM flows(client_id=A.client_id, flow_id=A.flow_id)",
+            json!({"client_id": client_id, "flow_id": flow_id}),
+        )
+        .await?;
+        let f = rows.into_iter().next().unwrap_or(Value::Null);
+        let state = s(&f, "state");
+        if state != last {
+            eprintln!("{flow_id}: {state}");
+            last = state.clone();
+        }
+        match state.as_str() {
+            "FINISHED" => return Ok(ExitCode::SUCCESS),
+            "ERROR" => {
+                eprintln!("{flow_id} failed: {}", s(&f, "status"));
+                return Ok(ExitCode::from(1));
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
 }
 
 pub async fn flows(api: &str, org: &str, cmd: FlowsCmd) -> anyhow::Result<ExitCode> {

@@ -82,6 +82,9 @@ pub enum Command {
         /// Rows per query at most
         #[arg(long, default_value_t = 0)]
         max_rows: u64,
+        /// Wait until the flow ends (its states on stderr); exit 1 if it failed
+        #[arg(long)]
+        wait: bool,
     },
     /// Flows (collections) of a client: list, show, results, logs, cancel
     #[command(subcommand)]
@@ -248,9 +251,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             params,
             timeout,
             max_rows,
+            wait,
         } => {
             collections::collect(
-                &api, &cli.org, &client_id, &artifacts, &params, timeout, max_rows,
+                &api, &cli.org, &client_id, &artifacts, &params, timeout, max_rows, wait,
             )
             .await
         }

@@ -1,5 +1,6 @@
 //! The README's tour, run as written: every command of the `sh` blocks under "A
-//! five-minute tour", "VQL", "Server monitoring" and "Endpoints", one bash script with
+//! five-minute tour", "VQL", "Server monitoring", "Endpoints" and "Collections and
+//! hunts", one bash script with
 //! `set -euo pipefail`, against a real master (and the real client the tour starts), in a
 //! scratch directory that links the repository's `docs/`. Only what cannot be verbatim in
 //! a test is replaced: the build line (the binaries under test are put on PATH instead)
@@ -14,6 +15,7 @@ const SECTIONS: &[&str] = &[
     "## VQL",
     "### Server monitoring",
     "## Endpoints",
+    "## Collections and hunts",
 ];
 
 /// The `sh` blocks of the section under `heading`, up to the next heading of any level.
