@@ -199,19 +199,28 @@ fn print_lines(rows: &[Value]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `talon collect` was given.
+pub struct CollectArgs {
+    pub client_id: String,
+    pub artifacts: Vec<String>,
+    pub params: Vec<String>,
+    pub timeout: u64,
+    pub max_rows: u64,
+    pub wait: bool,
+}
+
 /// `talon collect CLIENT ARTIFACT...`: schedules a collection and prints its flow id.
-pub async fn collect(
-    api: &str,
-    org: &str,
-    client_id: &str,
-    artifacts: &[String],
-    param: &[String],
-    timeout: u64,
-    max_rows: u64,
-    wait: bool,
-) -> anyhow::Result<ExitCode> {
+pub async fn collect(api: &str, org: &str, c: CollectArgs) -> anyhow::Result<ExitCode> {
+    let CollectArgs {
+        client_id,
+        artifacts,
+        params: param,
+        timeout,
+        max_rows,
+        wait,
+    } = c;
     let args = json!({
-        "client_id": client_id, "artifacts": artifacts, "env": params(param)?,
+        "client_id": client_id, "artifacts": artifacts, "env": params(&param)?,
         "timeout": timeout, "max_rows": max_rows,
     });
     let rows = call(

@@ -253,10 +253,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_rows,
             wait,
         } => {
-            collections::collect(
-                &api, &cli.org, &client_id, &artifacts, &params, timeout, max_rows, wait,
-            )
-            .await
+            let args = collections::CollectArgs {
+                client_id,
+                artifacts,
+                params,
+                timeout,
+                max_rows,
+                wait,
+            };
+            collections::collect(&api, &cli.org, args).await
         }
         Command::Flows(cmd) => collections::flows(&api, &cli.org, cmd).await,
         Command::Hunts(cmd) => collections::hunts(&api, &cli.org, cmd).await,
