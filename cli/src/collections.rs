@@ -274,6 +274,75 @@ pub async fn collect(api: &str, org: &str, c: CollectArgs) -> anyhow::Result<Exi
     }
 }
 
+/// `talon artifacts collect NAME`: a flow of the client `server`; waits for it and prints
+/// its result rows as JSON Lines (its log lines on stderr). Exit 1 if it failed.
+pub async fn collect_server(
+    api: &str,
+    org: &str,
+    name: &str,
+    param: &[String],
+) -> anyhow::Result<ExitCode> {
+    let args = json!({"artifacts": [name], "env": params(param)?});
+    let rows = call(
+        api,
+        org,
+        "SELECT collect_client(client_id='server', artifacts=A.artifacts, env=A.env) AS F FROM scope()",
+        args,
+    )
+    .await?;
+    let flow = rows
+        .first()
+        .and_then(|r| r.get("F"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    if flow.is_null() {
+        anyhow::bail!("the server made no flow");
+    }
+    let flow_id = s(&flow, "flow_id");
+    let ids = json!({"client_id": "server", "flow_id": flow_id});
+    let f = loop {
+        let rows = call(
+            api,
+            org,
+            "SELECT * FROM flows(client_id=A.client_id, flow_id=A.flow_id)",
+            ids.clone(),
+        )
+        .await?;
+        let f = rows.into_iter().next().unwrap_or(Value::Null);
+        if matches!(s(&f, "state").as_str(), "FINISHED" | "ERROR") {
+            break f;
+        }
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    };
+    for l in call(
+        api,
+        org,
+        "SELECT * FROM flow_logs(client_id=A.client_id, flow_id=A.flow_id)",
+        ids.clone(),
+    )
+    .await?
+    {
+        eprintln!("{}: {}", s(&l, "Level"), s(&l, "Message"));
+    }
+    let mut out = std::io::stdout().lock();
+    each_row(
+        api,
+        org,
+        "SELECT * FROM flow_results(client_id=A.client_id, flow_id=A.flow_id)",
+        ids,
+        |r| writeln!(out, "{r}").is_ok(),
+    )
+    .await?;
+    eprintln!("flow {flow_id} of the server: {}", s(&f, "state"));
+    if s(&f, "state") == "ERROR" {
+        anyhow::bail!("{}", s(&f, "status"));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn flows(api: &str, org: &str, cmd: FlowsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         FlowsCmd::List { client_id, format } => {

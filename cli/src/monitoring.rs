@@ -183,13 +183,8 @@ pub fn vql_string(s: &str) -> String {
 }
 
 /// `talon artifacts collect NAME [--param K=V]...`: runs a SERVER artifact, prints its rows.
-pub async fn collect(
-    api: &str,
-    org: &str,
-    name: &str,
-    params: &[String],
-) -> anyhow::Result<ExitCode> {
-    let params = parse_params(params)?;
+pub async fn collect(api: &str, org: &str, name: &str, raw: &[String]) -> anyhow::Result<ExitCode> {
+    let params = parse_params(raw)?;
     let mut c = connect(api).await?;
     let a = c
         .get_artifact(GetArtifactRequest { name: name.into() })
@@ -202,21 +197,8 @@ pub async fn collect(
             a.r#type
         );
     }
-    let mut args: Vec<String> = params
-        .iter()
-        .map(|(k, v)| format!("`{}`={}", k.replace('`', ""), vql_string(v)))
-        .collect();
-    args.sort();
-    let query = format!("SELECT * FROM Artifact.{name}({})", args.join(", "));
-    crate::query::run(
-        api,
-        org,
-        query,
-        crate::query::QueryFormat::Jsonl,
-        None,
-        Vec::new(),
-    )
-    .await
+    let _ = params;
+    crate::collections::collect_server(api, org, name, raw).await
 }
 
 /// Runs a metadata subcommand.

@@ -156,6 +156,7 @@ pub async fn run(
         parts.store.clone(),
         parts.repo.clone(),
         config::error_regex(&config.collection_error_regex)?,
+        parts.services.clone(),
     )?;
     parts.frontend.hold_collections_locally();
     if let Some(bus) = &parts.bus {
@@ -173,8 +174,9 @@ pub async fn run(
         parts.services.clone(),
     )
     .with_frontend(parts.frontend.clone())
-    .with_collections(std::sync::Arc::new(collections))
+    .with_collections(std::sync::Arc::new(collections.clone()))
     .with_pool(pool);
+    collections.set_vql(vql.clone());
     let monitor = monitor::ServerMonitor::new(
         parts.qm.clone(),
         parts.store.clone(),

@@ -402,3 +402,169 @@ fn hunts_reach_every_node_respect_labels_and_limits_and_survive_a_master_kill() 
     assert!(fails(&start, 1).contains("cannot start again"));
     drop(late);
 }
+
+#[test]
+fn server_collections_are_flows_of_the_server_and_every_call_needs_its_permission() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    add_artifacts(&master, dir.path());
+    let sum = dir.path().join("sum.yaml");
+    std::fs::write(&sum, "name: Custom.Sum\ntype: SERVER\nparameters:\n- name: N\n  type: int\n  default: '3'\nsources:\n- query: SELECT sum(item=_value) AS Total FROM range(end=N) GROUP BY 1\n").unwrap();
+    ok(&master.talon(&["artifacts", "add", sum.to_str().unwrap()]));
+    let rows = json_lines(&ok(&master.talon(&[
+        "artifacts",
+        "collect",
+        "Custom.Sum",
+        "--param",
+        "N=5",
+    ])));
+    assert_eq!(rows, vec![serde_json::json!({"Total": 10})]);
+    let flows: Value = serde_json::from_str(&ok(
+        &master.talon(&["flows", "list", "server", "--format", "json"])
+    ))
+    .unwrap();
+    let f = &flows[0];
+    assert_eq!(f["state"], "FINISHED", "{f}");
+    assert_eq!(f["client_id"], "server");
+    let flow_id = f["session_id"].as_str().unwrap().to_string();
+    assert!(wait_until(Duration::from_secs(20), || {
+        completions(&master).get(&flow_id) == Some(&1)
+    }));
+    let row = json_lines(&ok(&master.talon(&[
+        "events",
+        "read",
+        "System.Flow.Completion",
+    ])))
+    .into_iter()
+    .find(|r| r["FlowId"] == flow_id.as_str())
+    .unwrap();
+    assert_eq!(row["ClientId"], "server");
+
+    // Users: an analyst reads but collects and hunts nothing (a reader, without
+    // ANY_QUERY, cannot call these at all); an investigator collects from clients and
+    // hunts but not on the server.
+    let user = |name: &str, role: &str| {
+        let out = dir.path().join(format!("{name}.yaml"));
+        ok(&master.talon(&[
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--out",
+            out.to_str().unwrap(),
+        ]));
+        out
+    };
+    let client = Client::start(&master.frontend.to_string(), &dir.path().join("c"), &[]);
+    let id = client.id();
+    wait_known(&master, &id);
+    let rita = user("rita", "reader");
+    let e = fails(&master.talon_user(&rita, &["flows", "list", "server"]), 1);
+    assert!(e.contains("ANY_QUERY"), "{e}");
+    let reader = user("anna", "analyst");
+    let e = fails(
+        &master.talon_user(&reader, &["collect", &id, "Custom.Flow.Rows"]),
+        1,
+    );
+    assert!(e.contains("needs the COLLECT_CLIENT permission"), "{e}");
+    let e = fails(
+        &master.talon_user(&reader, &["hunts", "create", "Custom.Flow.Rows"]),
+        1,
+    );
+    assert!(e.contains("needs the START_HUNT permission"), "{e}");
+    ok(&master.talon_user(&reader, &["flows", "list", "server"]));
+    let ivan = user("ivan", "investigator");
+    let e = fails(
+        &master.talon_user(&ivan, &["artifacts", "collect", "Custom.Sum"]),
+        1,
+    );
+    assert!(e.contains("needs the COLLECT_SERVER permission"), "{e}");
+    let mine = ok(&master.talon_user(&ivan, &["collect", &id, "Custom.Flow.Rows", "--wait"]));
+    let f = flow(&master, &id, mine.trim());
+    assert_eq!(f["request"]["creator"], "ivan");
+    assert_eq!(f["state"], "FINISHED");
+}
+
+/// A client may answer only for its own flows, and never writes System.* queues: a forged
+/// completion row is refused, and a response naming another client's flow files nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_forge_completions_or_answer_for_another_client() {
+    use futures::StreamExt;
+    use talon_proto::client::*;
+
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    add_artifacts(&master, dir.path());
+    let victim = Client::start(&master.frontend.to_string(), &dir.path().join("v"), &[]);
+    let victim_id = victim.id();
+    wait_known(&master, &victim_id);
+    drop(victim);
+    let flow_id = collect(&master, &victim_id, &["Custom.Flow.Rows"]);
+
+    let me = talon_core::pki::ClientIdentity::new(None).unwrap();
+    let mut c = frontend_client::FrontendClient::new(
+        talon_tests::deployment::frontend_channel(master.frontend, &me)
+            .await
+            .unwrap(),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(ClientMessage {
+        msg: Some(client_message::Msg::Hello(Hello {
+            client_id: me.id.clone(),
+            ..Hello::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = c
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut send = async |batch_id: u64, queue: &str, row: String| {
+        tx.send(ClientMessage {
+            msg: Some(client_message::Msg::Events(EventBatch {
+                batch_id,
+                incarnation: 7,
+                queues: vec![QueueRows {
+                    artifact: queue.into(),
+                    rows_json: vec![row],
+                }],
+            })),
+        })
+        .await
+        .unwrap();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("an answer")
+                .expect("the stream goes on")
+                .unwrap();
+            if let Some(server_message::Msg::Ack(a)) = msg.msg {
+                return a.error;
+            }
+        }
+    };
+    let forged = format!(
+        "{{\"FlowId\":\"{flow_id}\",\"ClientId\":\"{victim_id}\",\"Flow\":{{\"state\":\"FINISHED\"}}}}"
+    );
+    let e = send(1, "System.Flow.Completion", forged).await;
+    assert!(e.contains("written by the server"), "{e}");
+    let status = format!(
+        "{{\"FlowId\":\"{flow_id}\",\"ClientId\":\"{victim_id}\",\"Source\":\"Custom.Flow.Rows\",\"Status\":{{\"status\":0}}}}"
+    );
+    assert_eq!(send(2, "Server.Internal.FlowResponses", status).await, "");
+    // The response was stored under the sender's id, which has no such flow: when the
+    // victim later runs the flow itself (its rows filed after the forged one), the flow
+    // holds the victim's answer alone.
+    let victim = Client::start(&master.frontend.to_string(), &dir.path().join("v"), &[]);
+    let f = wait_state(&master, &victim_id, &flow_id, "FINISHED");
+    assert_eq!(f["total_collected_rows"], 5, "{f}");
+    assert_eq!(f["query_stats"].as_array().unwrap().len(), 1, "{f}");
+    assert!(wait_until(Duration::from_secs(20), || completions(&master)
+        .get(&flow_id)
+        == Some(&1)));
+    assert_eq!(completions(&master).len(), 1);
+    drop(victim);
+}

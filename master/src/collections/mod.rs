@@ -15,6 +15,9 @@
 pub mod flow;
 mod hunts;
 mod port;
+mod server;
+
+pub use server::SERVER_CLIENT;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -107,9 +110,15 @@ pub struct Collections {
 }
 
 struct Inner {
+    qm: QueueManager,
     store: Store,
     repo: Repository,
     cmd: mpsc::Sender<Command>,
+    /// Runs server flows; set once the VQL host exists (it holds this handle too).
+    vql: std::sync::OnceLock<talon_shared::vql_host::Vql>,
+    /// Running server flows, to cancel.
+    running: std::sync::Mutex<HashMap<(String, String), tokio_util::sync::CancellationToken>>,
+    shutdown: Shutdown,
 }
 
 /// The manager task's state.
@@ -130,6 +139,7 @@ impl Collections {
         store: Store,
         repo: Repository,
         error_regex: regex::Regex,
+        shutdown: Shutdown,
     ) -> Result<(Self, Manager)> {
         let (tx, rx) = mpsc::channel(256);
         let mut hunts = HashMap::new();
@@ -138,7 +148,7 @@ impl Collections {
         }
         let manager = Manager {
             clients: Clients::new(store.clone()),
-            qm,
+            qm: qm.clone(),
             store: store.clone(),
             repo: repo.clone(),
             cmd: rx,
@@ -147,9 +157,13 @@ impl Collections {
         };
         let this = Self {
             inner: Arc::new(Inner {
+                qm,
                 store,
                 repo,
                 cmd: tx,
+                vql: std::sync::OnceLock::new(),
+                running: std::sync::Mutex::default(),
+                shutdown,
             }),
         };
         Ok((this, manager))
@@ -176,16 +190,76 @@ impl Collections {
         .await
     }
 
+    /// The VQL that runs server flows.
+    pub fn set_vql(&self, vql: talon_shared::vql_host::Vql) {
+        let _ = self.inner.vql.set(vql);
+    }
+
+    /// Collects SERVER artifacts on the server (a flow of the client `server`), run with
+    /// `permissions` (None: every permission) on the query pool.
+    pub async fn collect_server(
+        &self,
+        org: &str,
+        spec: CollectSpec,
+        creator: &str,
+        permissions: Option<talon_core::acl::Permissions>,
+    ) -> Result<Flow> {
+        let vql = self
+            .inner
+            .vql
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::Invalid("server collections are not available yet".into()))?;
+        let queries = compile(
+            &self.inner.repo,
+            &spec.artifacts,
+            &spec.params,
+            ArtifactKind::Server,
+        )?;
+        let (timeout, max_rows) = (spec.timeout, spec.max_rows);
+        let f = self.collect(org, spec, creator).await?;
+        let token = self.inner.shutdown.token().child_token();
+        let key = (org.to_string(), f.session_id.clone());
+        self.inner
+            .running
+            .lock()
+            .expect("running")
+            .insert(key.clone(), token.clone());
+        let work = server::ServerFlow {
+            org: org.to_string(),
+            flow_id: f.session_id.clone(),
+            creator: creator.to_string(),
+            queries,
+            timeout,
+            max_rows,
+            permissions,
+        };
+        let (qm, this) = (self.inner.qm.clone(), self.clone());
+        self.inner.shutdown.spawn("server-flow", async move {
+            server::run(vql, qm, work, token).await;
+            this.inner.running.lock().expect("running").remove(&key);
+        });
+        Ok(f)
+    }
+
     /// Cancels a flow that has not ended.
     pub async fn cancel(&self, org: &str, client: &str, flow_id: &str, user: &str) -> Result<Flow> {
-        self.ask(|reply| Command::Cancel {
-            org: org.into(),
-            client_id: client.into(),
-            flow_id: flow_id.into(),
-            user: user.into(),
-            reply,
-        })
-        .await
+        let f = self
+            .ask(|reply| Command::Cancel {
+                org: org.into(),
+                client_id: client.into(),
+                flow_id: flow_id.into(),
+                user: user.into(),
+                reply,
+            })
+            .await?;
+        if client == SERVER_CLIENT {
+            let key = (org.to_string(), flow_id.to_string());
+            if let Some(t) = self.inner.running.lock().expect("running").get(&key) {
+                t.cancel();
+            }
+        }
+        Ok(f)
     }
 
     /// Makes a hunt.
@@ -572,6 +646,9 @@ impl Manager {
     }
 
     async fn collect(&mut self, org: &str, spec: CollectSpec, creator: &str) -> Result<Flow> {
+        if spec.client_id == SERVER_CLIENT {
+            return self.collect_on_server(org, spec, creator).await;
+        }
         if !talon_core::ids::valid_client_id(&spec.client_id) {
             return Err(Error::Invalid(format!(
                 "invalid client id {:?}: expected C. and 16 hex digits",
@@ -620,6 +697,46 @@ impl Manager {
             "CollectClient",
             creator,
             serde_json::json!({"client_id": spec.client_id, "flow_id": flow.session_id, "artifacts": spec.artifacts}),
+        )
+        .await;
+        Ok(flow)
+    }
+
+    /// A server flow's record (its queries are run by [`Collections::collect_server`]).
+    async fn collect_on_server(
+        &mut self,
+        org: &str,
+        spec: CollectSpec,
+        creator: &str,
+    ) -> Result<Flow> {
+        let queries = compile(
+            &self.repo,
+            &spec.artifacts,
+            &spec.params,
+            ArtifactKind::Server,
+        )?;
+        let what = HuntRequest {
+            artifacts: spec.artifacts.clone(),
+            parameters: spec.params.clone(),
+            queries,
+            timeout: spec.timeout,
+            max_rows: spec.max_rows,
+        };
+        let (mut flow, _) = new_flow(new_flow_id(), SERVER_CLIENT, creator, &what, "");
+        flow.inflight_time = now_us() / 1_000_000;
+        self.store
+            .set_setting(
+                &flows_ns(org),
+                &task_key(SERVER_CLIENT, &flow.session_id),
+                Some(&json_of(&flow)),
+            )
+            .await?;
+        audit(
+            &self.qm,
+            org,
+            "CollectServer",
+            creator,
+            serde_json::json!({"flow_id": flow.session_id, "artifacts": spec.artifacts}),
         )
         .await;
         Ok(flow)
@@ -677,10 +794,15 @@ impl Manager {
             reason: f.status.clone(),
         };
         let round = format!("cancel/{client}/{flow_id}");
+        let on_server = client == SERVER_CLIENT;
         let mut writes = vec![
             (flows_ns(org), task_key(client, flow_id), Some(json_of(&f))),
             (tasks_ns(org), task_key(client, flow_id), None),
-            (tasks_ns(org), cancel.key(client), Some(json_of(&cancel))),
+            (
+                tasks_ns(org),
+                cancel.key(client),
+                (!on_server).then(|| json_of(&cancel)),
+            ),
             (
                 PENDING_NS.to_string(),
                 format!("{org}/{round}"),
@@ -691,7 +813,9 @@ impl Manager {
         self.store.transaction(Vec::new(), writes).await?;
         self.push_completions(org, &round, vec![f.completion_row()])
             .await;
-        self.deliver(org, vec![(client.to_string(), cancel)]).await;
+        if !on_server {
+            self.deliver(org, vec![(client.to_string(), cancel)]).await;
+        }
         audit(
             &self.qm,
             org,

@@ -160,10 +160,27 @@ impl CollectionsPort for Collections {
                         Err(e) => return fail(e),
                     },
                 };
-                if client == "server" {
-                    return fail(HostError::NotHere(
-                        "collections on the server run with `talon artifacts collect`".into(),
-                    ));
+                if client == super::SERVER_CLIENT {
+                    // The permissions the query runs with, as the VQL engine gave them.
+                    let permissions = match args.get("_permissions") {
+                        Some(Value::Array(names)) => Some(talon_core::acl::Permissions::of(
+                            &names
+                                .iter()
+                                .filter_map(|n| {
+                                    n.as_str().and_then(talon_core::acl::Permission::parse)
+                                })
+                                .collect::<Vec<_>>(),
+                        )),
+                        _ => None,
+                    };
+                    return stream::once(async move {
+                        let f = this
+                            .collect_server(&org, spec, &who, permissions)
+                            .await
+                            .map_err(host_error)?;
+                        Ok(json!({"flow_id": f.session_id, "request": f.request}))
+                    })
+                    .boxed();
                 }
                 stream::once(async move {
                     let f = this.collect(&org, spec, &who).await.map_err(host_error)?;

@@ -84,8 +84,40 @@ fn call_host<'a>(
     })
 }
 
-fn collect_client<'a>(c: Call<'a>) -> BoxFuture<'a, Value> {
-    call_host(c, COLLECT_ARGS, &["client_id", "artifacts"])
+fn collect_client<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
+    Box::pin(async move {
+        if !c.check(COLLECT_ARGS, &["client_id", "artifacts"]).await {
+            return Value::Null;
+        }
+        let mut args = Row::new();
+        for name in COLLECT_ARGS {
+            if let Some(v) = c.args.get(name).await {
+                args.insert((*name).to_string(), v);
+            }
+        }
+        let ctx = c.scope.ctx().clone();
+        let on_server = args.get("client_id").map(Value::to_text).as_deref() == Some("server");
+        if on_server {
+            // A server collection runs with the caller's permissions, and needs its own.
+            if !ctx.allowed(
+                talon_core::acl::Permission::CollectServer,
+                "collect_client on the server",
+            ) {
+                return Value::Null;
+            }
+            let granted = match ctx.info.permissions {
+                Some(p) => Value::List(p.names().into_iter().map(Value::from).collect()),
+                None => Value::Null,
+            };
+            args.insert("_permissions".into(), granted);
+        }
+        let mut rows = ctx.host.collections(&ctx.info.org, c.name, args);
+        match rows.next().await {
+            Some(Ok(row)) => Value::Dict(row),
+            Some(Err(e)) => c.fail(e),
+            None => Value::Null,
+        }
+    })
 }
 
 fn cancel_flow<'a>(c: Call<'a>) -> BoxFuture<'a, Value> {
