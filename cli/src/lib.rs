@@ -14,6 +14,7 @@ pub mod clients;
 pub mod cluster;
 pub mod collections;
 pub mod events;
+pub mod hunts;
 pub mod monitoring;
 pub mod output;
 pub mod query;
@@ -91,7 +92,7 @@ pub enum Command {
     Flows(collections::FlowsCmd),
     /// Hunts: create, list, show, start, pause, stop, results, clients
     #[command(subcommand)]
-    Hunts(collections::HuntsCmd),
+    Hunts(hunts::HuntsCmd),
     /// The server monitoring table and monitoring logs
     #[command(subcommand)]
     Monitoring(monitoring::MonitoringCmd),
@@ -264,7 +265,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             collections::collect(&api, &cli.org, args).await
         }
         Command::Flows(cmd) => collections::flows(&api, &cli.org, cmd).await,
-        Command::Hunts(cmd) => collections::hunts(&api, &cli.org, cmd).await,
+        Command::Hunts(cmd) => hunts::hunts(&api, &cli.org, cmd).await,
         Command::Metadata(cmd) => monitoring::metadata(&api, &cli.org, cmd).await,
         Command::Query {
             vql,

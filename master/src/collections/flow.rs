@@ -216,6 +216,10 @@ impl Flow {
             return true;
         }
         let query_id = num("query_id").max(0) as u64;
+        // Only the queries the flow has: a client cannot grow the record without end.
+        if query_id >= self.total_requests.max(1) {
+            return false;
+        }
         let stat = match self
             .query_stats
             .iter_mut()
