@@ -568,3 +568,107 @@ async fn a_client_cannot_forge_completions_or_answer_for_another_client() {
     assert_eq!(completions(&master).len(), 1);
     drop(victim);
 }
+
+fn vql(master: &Master, query: &str) -> Vec<Value> {
+    json_lines(&ok(&master.talon(&["query", query])))
+}
+
+#[test]
+fn hunts_expire_pause_and_start_and_vql_sees_what_the_cli_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    add_artifacts(&master, dir.path());
+
+    // A hunt that expires stops by itself, and nobody is scheduled after.
+    let short = hunt(&master, &["Custom.Flow.Rows", "--expires", "2s"]);
+    let mut h = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            h = hunt_state(&master, &short);
+            h["state"] == "STOPPED"
+        }),
+        "{h}"
+    );
+    assert_eq!(h["stop_reason"], "expired", "{h}");
+
+    // VQL makes a paused hunt; a client connecting meanwhile is not scheduled; starting
+    // it offers it to that client.
+    let made = vql(
+        &master,
+        "SELECT hunt(artifacts='Custom.Flow.Rows', expires=now() + 3600, pause=TRUE, description='from vql') AS H FROM scope()",
+    );
+    let paused = made[0]["H"]["HuntId"].as_str().unwrap().to_string();
+    assert_eq!(made[0]["H"]["Request"]["state"], "PAUSED");
+    let client = Client::start(&master.frontend.to_string(), &dir.path().join("c"), &[]);
+    let id = client.id();
+    wait_known(&master, &id);
+    let f = collect(&master, &id, &["Custom.Flow.Rows", "--param", "Count=2"]);
+    wait_state(&master, &id, &f, "FINISHED");
+    assert_eq!(
+        hunt_state(&master, &paused)["stats"]["total_clients_scheduled"],
+        0
+    );
+    assert!(hunt_clients(&master, &short).is_empty());
+    let started = vql(
+        &master,
+        &format!("SELECT hunt_update(hunt_id='{paused}', start=TRUE) AS U FROM scope()"),
+    );
+    assert_eq!(started[0]["U"]["Hunt"]["state"], "RUNNING");
+    wait_stats(&master, &paused, 1, 1);
+
+    // The reads the CLI makes, as VQL.
+    let rows = vql(
+        &master,
+        &format!(
+            "SELECT N FROM source(client_id='{id}', flow_id='{f}', artifact='Custom.Flow.Rows')"
+        ),
+    );
+    assert_eq!(
+        rows,
+        vec![serde_json::json!({"N": 0}), serde_json::json!({"N": 1})]
+    );
+    let flows = vql(
+        &master,
+        &format!("SELECT ClientId, Flow.state AS State FROM hunt_flows(hunt_id='{paused}')"),
+    );
+    assert_eq!(
+        flows,
+        vec![serde_json::json!({"ClientId": id, "State": "FINISHED"})]
+    );
+    let results = vql(
+        &master,
+        &format!("SELECT count() AS Rows FROM hunt_results(hunt_id='{paused}', artifact='Custom.Flow.Rows') GROUP BY 1"),
+    );
+    assert_eq!(results[0]["Rows"], 5);
+    let described = vql(
+        &master,
+        "SELECT hunt_id, hunt_description FROM hunts() WHERE hunt_description",
+    );
+    assert_eq!(
+        described,
+        vec![serde_json::json!({"hunt_id": paused, "hunt_description": "from vql"})]
+    );
+    let paused_again = vql(
+        &master,
+        &format!("SELECT hunt_update(hunt_id='{paused}', pause=TRUE) AS U FROM scope()"),
+    );
+    assert_eq!(paused_again[0]["U"]["Hunt"]["state"], "PAUSED");
+    // Bad arguments say what was wrong.
+    let out = master.talon(&[
+        "query",
+        "SELECT hunt(artifacts='Custom.Flow.Rows', expires=1) FROM scope()",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expire in the past"),
+        "{out:?}"
+    );
+    let out = master.talon(&[
+        "query",
+        "SELECT hunt(artifacts='Custom.Flow.Rows', os='plan9') FROM scope()",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown os"),
+        "{out:?}"
+    );
+    drop(client);
+}
