@@ -672,3 +672,43 @@ fn hunts_expire_pause_and_start_and_vql_sees_what_the_cli_does() {
     );
     drop(client);
 }
+
+/// A flow streaming rows while its minion is killed: the client fails over, resends what
+/// was not acknowledged, and the flow ends with every row once and one completion.
+#[test]
+fn a_flow_survives_kill_9_of_its_minion_with_every_row_once() {
+    let mut c = cluster();
+    add_artifacts(&c.master, c.dir.path());
+    let ticks = c.dir.path().join("ticks.yaml");
+    std::fs::write(&ticks, "name: Custom.Flow.Ticks\ntype: CLIENT\nsources:\n- query: SELECT count() AS N FROM clock(ms=100) LIMIT 60\n").unwrap();
+    ok(&c
+        .master
+        .talon(&["artifacts", "add", ticks.to_str().unwrap()]));
+    let frontends = format!("{},{}", c.a.frontend, c.b.frontend);
+    let client = Client::start(&frontends, &c.dir.path().join("c"), &[]);
+    let id = client.id();
+    wait_known(&c.master, &id);
+    let f = collect(&c.master, &id, &["Custom.Flow.Ticks"]);
+    let mut seen = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            seen = flow(&c.master, &id, &f);
+            seen["total_collected_rows"].as_u64().unwrap_or(0) >= 5
+        }),
+        "{seen}"
+    );
+    c.a.kill9();
+    let done = wait_state(&c.master, &id, &f, "FINISHED");
+    assert_eq!(done["total_collected_rows"], 60, "{done}");
+    let ns: Vec<i64> = json_lines(&ok(&c.master.talon(&["flows", "results", &id, &f])))
+        .iter()
+        .map(|r| r["N"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ns, (1..=60).collect::<Vec<_>>(), "every row once, in order");
+    assert!(wait_until(Duration::from_secs(20), || completions(
+        &c.master
+    )
+    .get(&f)
+        == Some(&1)));
+    drop(client);
+}
