@@ -201,6 +201,19 @@ fn flows_run_once_within_their_limits_and_complete_exactly_once() {
     assert_eq!(row["Flow"]["session_id"], rows.as_str());
     assert_eq!(row["Flow"]["state"], "FINISHED");
     assert_eq!(row["Flow"]["total_collected_rows"], 7);
+    // Completion rows are the client's, so a per-client read finds them.
+    let mine = vql(
+        &master,
+        &format!(
+            "SELECT FlowId FROM monitoring(artifact='System.Flow.Completion', client_id='{id}')"
+        ),
+    );
+    assert_eq!(mine.len(), 7, "{mine:?}");
+    let none = vql(
+        &master,
+        "SELECT FlowId FROM monitoring(artifact='System.Flow.Completion', client_id='C.0000000000000000')",
+    );
+    assert!(none.is_empty(), "{none:?}");
 }
 
 #[test]
@@ -484,6 +497,28 @@ fn server_collections_are_flows_of_the_server_and_every_call_needs_its_permissio
     let f = flow(&master, &id, mine.trim());
     assert_eq!(f["request"]["creator"], "ivan");
     assert_eq!(f["state"], "FINISHED");
+
+    // A server flow running when the master is killed ends as an unknown flow, once.
+    let slow = dir.path().join("slow.yaml");
+    std::fs::write(&slow, "name: Custom.Server.Slow\ntype: SERVER\nsources:\n- query: SELECT sleep(time=600) AS S FROM scope()\n").unwrap();
+    ok(&master.talon(&["artifacts", "add", slow.to_str().unwrap()]));
+    let made = json_lines(&ok(&master.talon(&[
+        "query",
+        "SELECT collect_client(client_id='server', artifacts='Custom.Server.Slow') AS F FROM scope()",
+    ])));
+    let cut = made[0]["F"]["flow_id"].as_str().unwrap().to_string();
+    wait_state(&master, "server", &cut, "IN_PROGRESS");
+    let mut master = master;
+    master.kill9();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let f = wait_state(&master, "server", &cut, "ERROR");
+    assert!(
+        f["status"].as_str().unwrap().contains("server restarted"),
+        "{f}"
+    );
+    assert!(wait_until(Duration::from_secs(20), || completions(&master)
+        .get(&cut)
+        == Some(&1)));
 }
 
 /// A client may answer only for its own flows, and never writes System.* queues: a forged

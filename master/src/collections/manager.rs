@@ -166,6 +166,14 @@ impl Manager {
         if let Err(e) = self.push_pending_completions().await {
             tracing::error!(error = %e, "cannot push pending flow completions");
         }
+        // What a server flow stored before a restart is filed first; one still running
+        // then was cut off (it runs in this process) and ends as an unknown flow.
+        if let Err(e) = self.apply_responses().await {
+            tracing::error!(error = %e, "cannot apply flow responses");
+        }
+        if let Err(e) = self.end_cut_off_server_flows().await {
+            tracing::error!(error = %e, "cannot end server flows a restart cut off");
+        }
         let mut offers = match self
             .qm
             .watch_every_org(Participation::QUEUE, "hunt-manager")
@@ -403,6 +411,25 @@ impl Manager {
         }
     }
 
+    /// Server flows still RUNNING at start: the process that ran them is gone.
+    async fn end_cut_off_server_flows(&mut self) -> Result<()> {
+        for org in self.orgs()? {
+            let prefix = format!("{SERVER_CLIENT}/");
+            for (_, json) in self.store.settings_with_prefix(&flows_ns(&org), &prefix)? {
+                let Ok(f) = serde_json::from_str::<Flow>(&json) else {
+                    continue;
+                };
+                if !f.is_final() {
+                    tracing::warn!(org, flow_id = %f.session_id, "a server flow was cut off by a restart");
+                    let why = "Unknown flow: the server restarted while the collection ran";
+                    self.end_flow(&org, SERVER_CLIENT, &f.session_id, why.into())
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) async fn cancel(
         &mut self,
         org: &str,
@@ -410,7 +437,7 @@ impl Manager {
         flow_id: &str,
         user: &str,
     ) -> Result<Flow> {
-        let mut f = load_flow(&self.store, org, client, flow_id)?
+        let f = load_flow(&self.store, org, client, flow_id)?
             .ok_or_else(|| Error::NotFound(format!("no flow {flow_id} of client {client}")))?;
         if f.is_final() {
             return Err(Error::Invalid(format!(
@@ -418,13 +445,37 @@ impl Manager {
                 f.state
             )));
         }
-        let now = now_us();
-        f.state = "ERROR".into();
-        f.status = if f.status.is_empty() {
+        let status = if f.status.is_empty() {
             format!("Cancelled by {user}")
         } else {
             format!("Cancelled by {user}: {}", f.status)
         };
+        let f = self.end_flow(org, client, flow_id, status).await?;
+        audit(
+            &self.qm,
+            org,
+            "CancelFlow",
+            user,
+            serde_json::json!({"client_id": client, "flow_id": flow_id}),
+        )
+        .await;
+        Ok(f)
+    }
+
+    /// Ends a flow that has not ended as ERROR with `status`: its completion row, its
+    /// hunt's counts, and a cancel for its client.
+    async fn end_flow(
+        &mut self,
+        org: &str,
+        client: &str,
+        flow_id: &str,
+        status: String,
+    ) -> Result<Flow> {
+        let mut f = load_flow(&self.store, org, client, flow_id)?
+            .ok_or_else(|| Error::NotFound(format!("no flow {flow_id} of client {client}")))?;
+        let now = now_us();
+        f.state = "ERROR".into();
+        f.status = status;
         f.outstanding_requests = 0;
         f.end_time = now;
         if f.start_time > 0 {
@@ -457,14 +508,6 @@ impl Manager {
         if !on_server {
             self.deliver(org, vec![(client.to_string(), cancel)]).await;
         }
-        audit(
-            &self.qm,
-            org,
-            "CancelFlow",
-            user,
-            serde_json::json!({"client_id": client, "flow_id": flow_id}),
-        )
-        .await;
         Ok(f)
     }
 

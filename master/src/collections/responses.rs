@@ -222,9 +222,27 @@ impl Manager {
         rows: Vec<Map<String, Value>>,
     ) {
         let id = format!("{org}/{round}");
+        // Each row is its flow's client's, as Velociraptor's completions are.
+        let clients: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                r.get("ClientId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
         match self
             .qm
-            .push_once(org, COMPLETION_QUEUE, rows, "server", COMPLETION_SCOPE, &id)
+            .push_once(
+                org,
+                COMPLETION_QUEUE,
+                rows,
+                &clients,
+                "server",
+                COMPLETION_SCOPE,
+                &id,
+            )
             .await
         {
             Ok(_) => {

@@ -67,6 +67,9 @@ pub(super) async fn run(vql: Vql, qm: QueueManager, f: ServerFlow, cancel: Cance
         let mut status = base.clone();
         status["status"] = STATUS_PROGRESS.into();
         batch.push(response(&f.flow_id, &q.source, "Status", status));
+        // Said at once, so the flow reads IN_PROGRESS while a slow query runs.
+        flush(&qm, &f.org, &mut batch).await;
+        let mut flushed = Instant::now();
         let info = QueryInfo {
             org: f.org.clone(),
             artifact: q.artifact.clone(),
@@ -108,8 +111,9 @@ pub(super) async fn run(vql: Vql, qm: QueueManager, f: ServerFlow, cancel: Cance
                             batch.push(response(&f.flow_id, &q.source, "Log", line));
                         }
                     }
-                    if batch.len() >= BATCH {
+                    if batch.len() >= BATCH || flushed.elapsed() >= Duration::from_secs(1) {
                         flush(&qm, &f.org, &mut batch).await;
+                        flushed = Instant::now();
                     }
                 }
             }

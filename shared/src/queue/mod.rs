@@ -347,7 +347,8 @@ impl QueueManager {
         source: &str,
         client: &str,
     ) -> Result<u64> {
-        self.push_as(org, queue, rows, source, client, None).await
+        self.push_as(org, queue, rows, source, client, None, &[])
+            .await
     }
 
     /// Pushes part `part` (from 1) of the push called `push_id` to a durable queue: a part
@@ -376,6 +377,7 @@ impl QueueManager {
             source,
             "",
             Some((PUSH_KEY_CLIENT, push_id, part)),
+            &[],
         )
         .await
     }
@@ -384,11 +386,15 @@ impl QueueManager {
     /// same id, nothing is stored (it returns 0). Standalone the 16 newest ids of a scope
     /// are remembered; in a cluster, JetStream's duplicate window (20 minutes). A service
     /// that may repeat a push after a crash (the flow manager's completions) names it so.
+    /// `clients` names the client each row belongs to (by index; none: server rows), so
+    /// per-client reads find them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn push_once(
         &self,
         org: &str,
         queue: &str,
         rows: Vec<Map<String, Value>>,
+        clients: &[String],
         source: &str,
         scope: &str,
         id: &str,
@@ -399,10 +405,11 @@ impl QueueManager {
                 reason: "a push needs an id of 1 to 128 bytes and a scope of 1 to 64",
             });
         }
-        self.push_as(org, queue, rows, source, "", Some((scope, id, 1)))
+        self.push_as(org, queue, rows, source, "", Some((scope, id, 1)), clients)
             .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn push_as(
         &self,
         org: &str,
@@ -411,6 +418,7 @@ impl QueueManager {
         source: &str,
         client: &str,
         once: Option<(&str, &str, u64)>,
+        row_clients: &[String],
     ) -> Result<u64> {
         let state = self.state(org, queue)?;
         if once.is_some() && !state.kind.is_durable() {
@@ -443,6 +451,7 @@ impl QueueManager {
                 });
             }
             size_hint = json.len() + 16;
+            let client = row_clients.get(index).map_or(client, String::as_str);
             stored.push(StoredRow {
                 ts_us: now,
                 client: client.to_string(),
