@@ -200,3 +200,44 @@ async fn a_store_of_one_row_per_entry_is_moved_into_blocks_when_opened() {
     let store = Store::open(&path).unwrap();
     assert_eq!(read(&store, 0, i64::MAX, None).len(), 4);
 }
+
+#[tokio::test]
+async fn namespaces_are_listed_once_each_and_transactions_write_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb")).unwrap();
+    let mut writes = Vec::new();
+    for org in ["a", "b", "b-2", "c"] {
+        for k in 0..50 {
+            writes.push((
+                format!("clients/{org}"),
+                format!("C.{k:04}"),
+                Some("{}".into()),
+            ));
+        }
+    }
+    writes.push(("clientsX".into(), "k".into(), Some("v".into())));
+    writes.push(("other/x".into(), "k".into(), Some("v".into())));
+    store
+        .transaction(
+            vec![("s".into(), vec![row(1, "", 1), row(2, "", 2)])],
+            writes,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.namespaces_with_prefix("clients/").unwrap(),
+        vec!["a", "b", "b-2", "c"]
+    );
+    assert_eq!(store.last_seq("s").unwrap(), 2);
+    let some = store.settings_with_prefix("clients/b", "C.004").unwrap();
+    assert_eq!(some.len(), 10);
+    // A delete in a transaction.
+    store
+        .transaction(
+            Vec::new(),
+            vec![("clients/a".into(), "C.0000".into(), None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.settings("clients/a").unwrap().len(), 49);
+}
