@@ -16,7 +16,13 @@ use super::{
 impl Manager {
     /// Orgs that may have responses: every org with client records.
     pub(super) fn orgs(&self) -> Result<Vec<String>> {
+        // Orgs with clients, and orgs with flows (a server flow in an org without clients).
         let mut orgs = self.clients.orgs()?;
+        for o in self.store.namespaces_with_prefix("flows/")? {
+            if !orgs.contains(&o) {
+                orgs.push(o);
+            }
+        }
         if !orgs.iter().any(|o| o == "root") {
             orgs.push("root".into());
         }
