@@ -131,10 +131,13 @@ impl Manager {
 
     /// The hunt's new version to every dispatcher (and offered again when asked).
     async fn announce(&self, org: &str, hunt: &Hunt, trigger: bool) {
+        // Dispatchers need the state and the condition, not the compiled queries.
+        let mut lean = hunt.clone();
+        lean.start_request.queries.clear();
         let row = HuntUpdate {
             hunt_id: hunt.hunt_id.clone(),
             version: hunt.version,
-            hunt: hunt.clone(),
+            hunt: lean,
             trigger_participation: trigger,
         };
         if let Err(e) = talon_shared::control::push(&self.qm, org, &row).await {

@@ -410,7 +410,19 @@ pub async fn serve_nodes(
     .await?;
     let s = store.clone();
     bus.serve::<HuntsGet, _, _>(shutdown, "hunts", move |_| {
-        let hunts = stored_hunts(&s).unwrap_or_default();
+        // What a dispatcher needs: the hunts that take clients now, without their
+        // compiled queries (the answer must stay under NATS's message size however many
+        // hunts were ever made).
+        let now = talon_shared::queue::now_us();
+        let hunts: Vec<(String, Hunt)> = stored_hunts(&s)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, h)| h.accepting(now))
+            .map(|(o, mut h)| {
+                h.start_request.queries.clear();
+                (o, h)
+            })
+            .collect();
         async move { hunts }
     })
     .await?;
