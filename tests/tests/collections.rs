@@ -105,6 +105,18 @@ fn flows_run_once_within_their_limits_and_complete_exactly_once() {
     let ns: Vec<i64> = results.iter().map(|r| r["N"].as_i64().unwrap()).collect();
     assert_eq!(ns, (0..7).collect::<Vec<_>>());
 
+    // A large result is read page by page, every row once and in order.
+    let big = collect(
+        &master,
+        &id,
+        &["Custom.Flow.Rows", "--param", "Count=12001", "--wait"],
+    );
+    let ns: Vec<i64> = json_lines(&ok(&master.talon(&["flows", "results", &id, &big])))
+        .iter()
+        .map(|r| r["N"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..12001).collect::<Vec<_>>());
+
     // The row limit stops the query: ERROR, and only that many rows.
     let limited = collect(
         &master,
@@ -165,7 +177,7 @@ fn flows_run_once_within_their_limits_and_complete_exactly_once() {
     assert!(fails(&nobody, 1).contains("unknown client"));
 
     // Exactly one completion per flow, also after a kill -9 and a restart.
-    let all = [&rows, &limited, &failing, &timed, &slow];
+    let all = [&rows, &big, &limited, &failing, &timed, &slow];
     assert!(
         wait_until(Duration::from_secs(20), || {
             let c = completions(&master);
@@ -187,7 +199,7 @@ fn flows_run_once_within_their_limits_and_complete_exactly_once() {
     for f in all.iter().copied().chain([&rows_again, &after]) {
         assert_eq!(c.get(f), Some(&1), "{f}: {c:?}");
     }
-    assert_eq!(c.len(), 7, "{c:?}");
+    assert_eq!(c.len(), 8, "{c:?}");
     // The completion row carries the flow as Velociraptor's artifacts read it.
     let row = json_lines(&ok(&master.talon(&[
         "events",
@@ -208,7 +220,7 @@ fn flows_run_once_within_their_limits_and_complete_exactly_once() {
             "SELECT FlowId FROM monitoring(artifact='System.Flow.Completion', client_id='{id}')"
         ),
     );
-    assert_eq!(mine.len(), 7, "{mine:?}");
+    assert_eq!(mine.len(), 8, "{mine:?}");
     let none = vql(
         &master,
         "SELECT FlowId FROM monitoring(artifact='System.Flow.Completion', client_id='C.0000000000000000')",

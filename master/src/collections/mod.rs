@@ -304,15 +304,17 @@ impl Collections {
         Ok(out)
     }
 
-    /// Result rows of a flow (one source, or every source with results), as stored JSON.
+    /// Result rows of a flow (one source, or every source with results), as stored JSON,
+    /// read page by page on the blocking pool as the reader asks for more, so a large
+    /// result is never held whole.
     pub fn results(
         &self,
         org: &str,
         client: &str,
         flow_id: &str,
         source: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>> {
+    ) -> Result<futures::stream::BoxStream<'static, String>> {
+        use futures::StreamExt;
         let f = self.flow(org, client, flow_id)?;
         let sources: Vec<String> = match source {
             Some(s) => f
@@ -323,19 +325,14 @@ impl Collections {
                 .collect(),
             None => f.artifacts_with_results.clone(),
         };
-        let mut out = Vec::new();
-        for s in sources {
-            let stream = result_stream(org, client, flow_id, &s);
-            let rows =
-                self.inner
-                    .store
-                    .read_seq(&stream, 1, u64::MAX, limit.saturating_sub(out.len()))?;
-            out.extend(rows.into_iter().map(|(_, r)| r.json));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        let streams: Vec<String> = sources
+            .iter()
+            .map(|s| result_stream(org, client, flow_id, s))
+            .collect();
+        let store = self.inner.store.clone();
+        Ok(futures::stream::iter(streams)
+            .flat_map(move |stream| stored_pages(store.clone(), stream))
+            .boxed())
     }
 
     /// Log lines of a flow.
@@ -394,6 +391,35 @@ impl Collections {
     pub fn repository(&self) -> &Repository {
         &self.inner.repo
     }
+}
+
+/// Rows to read from the store at a time.
+const PAGE: usize = 5000;
+
+/// A stream's rows from seq 1 on, page by page on the blocking pool.
+fn stored_pages(store: Store, stream: String) -> futures::stream::BoxStream<'static, String> {
+    use futures::StreamExt;
+    futures::stream::unfold(Some(1u64), move |from| {
+        let (store, stream) = (store.clone(), stream.clone());
+        async move {
+            let from = from?;
+            let page =
+                tokio::task::spawn_blocking(move || store.read_seq(&stream, from, u64::MAX, PAGE))
+                    .await
+                    .ok()?
+                    .map_err(|e| tracing::error!(error = %e, "cannot read flow results"))
+                    .ok()?;
+            let next = (page.len() == PAGE)
+                .then(|| page.last().map(|(s, _)| s + 1))
+                .flatten();
+            Some((
+                page.into_iter().map(|(_, r)| r.json).collect::<Vec<_>>(),
+                next,
+            ))
+        }
+    })
+    .flat_map(futures::stream::iter)
+    .boxed()
 }
 
 /// Answers other nodes: a connecting client's pending tasks, and every hunt.

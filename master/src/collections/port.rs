@@ -14,8 +14,8 @@ use talon_vql::engine::{HostError, HostResult};
 
 use super::{CollectSpec, Collections, Error, HuntAction, HuntSpec};
 
-/// Rows a results read returns at most (the query's own row limit applies too).
-const MAX_RESULT_ROWS: usize = 1_000_000;
+/// Log lines a read returns at most (the manager keeps no more per flow).
+const MAX_LOG_ROWS: usize = 100_000;
 
 fn host_error(e: Error) -> HostError {
     match e {
@@ -215,14 +215,17 @@ impl CollectionsPort for Collections {
             "flow_results" => {
                 let (client, flow) = (text(&args, "client_id"), text(&args, "flow_id"));
                 let source = source_name(&args);
-                match this.results(&org, &client, &flow, source.as_deref(), MAX_RESULT_ROWS) {
-                    Ok(rows) => rows_of(rows),
+                match this.results(&org, &client, &flow, source.as_deref()) {
+                    Ok(rows) => rows
+                        .filter_map(|j| async move { serde_json::from_str::<Value>(&j).ok() })
+                        .map(Ok)
+                        .boxed(),
                     Err(e) => fail(host_error(e)),
                 }
             }
             "flow_logs" => {
                 let (client, flow) = (text(&args, "client_id"), text(&args, "flow_id"));
-                match this.logs(&org, &client, &flow, MAX_RESULT_ROWS) {
+                match this.logs(&org, &client, &flow, MAX_LOG_ROWS) {
                     Ok(rows) => rows_of(rows),
                     Err(e) => fail(host_error(e)),
                 }
@@ -319,30 +322,29 @@ impl CollectionsPort for Collections {
                     Ok(f) => f,
                     Err(e) => return fail(host_error(e)),
                 };
-                // Read flow by flow, as the reader asks for more.
+                // Read flow by flow, page by page, as the reader asks for more.
                 stream::iter(flows)
                     .flat_map(move |(client, f)| {
                         let Some(f) = f else {
                             return stream::empty().boxed();
                         };
-                        let rows = this
-                            .results(
-                                &org,
-                                &client,
-                                &f.session_id,
-                                source.as_deref(),
-                                MAX_RESULT_ROWS,
-                            )
-                            .unwrap_or_default();
+                        let Ok(rows) =
+                            this.results(&org, &client, &f.session_id, source.as_deref())
+                        else {
+                            return stream::empty().boxed();
+                        };
                         let flow_id = f.session_id.clone();
-                        stream::iter(rows.into_iter().filter_map(move |j| {
-                            let mut v: Value = serde_json::from_str(&j).ok()?;
-                            if let Value::Object(m) = &mut v {
-                                m.insert("FlowId".into(), flow_id.clone().into());
-                                m.insert("ClientId".into(), client.clone().into());
+                        rows.filter_map(move |j| {
+                            let (flow_id, client) = (flow_id.clone(), client.clone());
+                            async move {
+                                let mut v: Value = serde_json::from_str(&j).ok()?;
+                                if let Value::Object(m) = &mut v {
+                                    m.insert("FlowId".into(), flow_id.into());
+                                    m.insert("ClientId".into(), client.into());
+                                }
+                                Some(Ok(v))
                             }
-                            Some(Ok(v))
-                        }))
+                        })
                         .boxed()
                     })
                     .boxed()
