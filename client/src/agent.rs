@@ -41,6 +41,9 @@ pub struct AgentConfig {
 pub(crate) struct Produced {
     pub(crate) queue: String,
     pub(crate) json: String,
+    /// Told once the row is in the spool on disk (a flow's last status, before the flow
+    /// is forgotten as running).
+    pub(crate) spooled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Client-side host: no queues; alerts deduplicated in memory per name.
@@ -104,23 +107,11 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> 
     let (spooled_tx, _) = tokio::sync::broadcast::channel::<u64>(1024);
 
     let shutdown = shutdown.in_span(tracing::info_span!("client", client_id = %id));
-    let flow_runner = Runner::new(Arc::new(ClientHost {
-        fired: Mutex::new(HashMap::new()),
-    }));
-    let flows = crate::flows::Flows::open(
-        &config.state,
-        flow_runner,
-        rows_tx.clone(),
-        &config.org,
-        &id,
-        shutdown.token().clone(),
-    )
-    .await?;
     let queries = shutdown.spawn(
         "event-queries",
         run_queries(
             table_rx,
-            rows_tx,
+            rows_tx.clone(),
             logs_tx.clone(),
             config.org.clone(),
             id.clone(),
@@ -138,6 +129,18 @@ pub async fn run(config: AgentConfig, shutdown: Shutdown) -> anyhow::Result<()> 
             shutdown.token().clone(),
         ),
     );
+    let flow_runner = Runner::new(Arc::new(ClientHost {
+        fired: Mutex::new(HashMap::new()),
+    }));
+    let flows = crate::flows::Flows::open(
+        &config.state,
+        flow_runner,
+        rows_tx.clone(),
+        &config.org,
+        &id,
+        shutdown.token().clone(),
+    )
+    .await?;
     let logs_rx = Arc::new(tokio::sync::Mutex::new(logs_rx));
 
     let mut attempt = 0u32;
@@ -345,7 +348,11 @@ async fn batch_rows(
         };
         if flush_now && !pending.is_empty() {
             let mut by_queue: Vec<QueueRows> = Vec::new();
-            for p in pending.drain(..) {
+            let mut waiting = Vec::new();
+            for mut p in pending.drain(..) {
+                if let Some(w) = p.spooled.take() {
+                    waiting.push(w);
+                }
                 match by_queue.iter_mut().find(|q| q.artifact == p.queue) {
                     Some(q) => q.rows_json.push(p.json),
                     None => by_queue.push(QueueRows {
@@ -358,6 +365,9 @@ async fn batch_rows(
             match added {
                 Ok(b) => {
                     let _ = spooled.send(b.batch_id);
+                    for w in waiting {
+                        let _ = w.send(());
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot write the spool; rows lost"),
             }
@@ -460,6 +470,7 @@ async fn run_query(
                         .send(Produced {
                             queue: q.queue.clone(),
                             json,
+                            spooled: None,
                         })
                         .await
                         .is_err()

@@ -51,7 +51,8 @@ struct Inner {
 }
 
 impl Flows {
-    /// Opens the flow state in `state_dir` and reports flows a restart cut off.
+    /// Opens the flow state in `state_dir` and reports flows a restart cut off (the
+    /// batcher must be running: the reports wait until they are spooled).
     pub(crate) async fn open(
         state_dir: &Path,
         runner: Runner,
@@ -90,7 +91,10 @@ impl Flows {
                 "status": STATUS_UNKNOWN_FLOW,
                 "error_message": "Unknown flow: the client restarted while the collection ran",
             });
-            this.send(flow_id, "", "Status", status).await;
+            // Forgotten as running only once the report is on disk.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            this.send_row(flow_id, "", "Status", status, Some(tx)).await;
+            let _ = rx.await;
         }
         this.save()?;
         Ok(this)
@@ -105,6 +109,17 @@ impl Flows {
     }
 
     async fn send(&self, flow_id: &str, source: &str, field: &str, value: Json) {
+        self.send_row(flow_id, source, field, value, None).await;
+    }
+
+    async fn send_row(
+        &self,
+        flow_id: &str,
+        source: &str,
+        field: &str,
+        value: Json,
+        spooled: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let mut row = serde_json::Map::new();
         row.insert("FlowId".into(), flow_id.into());
         row.insert("Source".into(), source.into());
@@ -112,6 +127,7 @@ impl Flows {
         let p = Produced {
             queue: RESPONSES_QUEUE.to_string(),
             json: Json::Object(row).to_string(),
+            spooled,
         };
         let _ = self.inner.rows.send(p).await;
     }
@@ -205,7 +221,16 @@ impl Flows {
             status["first_active"] = started.into();
             status["last_active"] = now_us().into();
             status["duration"] = ((now_us() - started) * 1000).into();
-            self.send(&req.flow_id, &q.queue, "Status", status).await;
+            if i + 1 < total {
+                self.send(&req.flow_id, &q.queue, "Status", status).await;
+                continue;
+            }
+            // The flow is forgotten as running only once its last status is on disk: a
+            // crash before that reports it as cut off rather than leaving it unanswered.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.send_row(&req.flow_id, &q.queue, "Status", status, Some(tx))
+                .await;
+            let _ = rx.await;
         }
     }
 
