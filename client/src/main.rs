@@ -84,6 +84,10 @@ enum Cmd {
         /// Connect without TLS
         #[arg(long)]
         insecure_plaintext: bool,
+        /// Answer each new event table with one row to --artifact (a round trip of plain
+        /// event rows, the baseline of scripts/bench-hunt)
+        #[arg(long)]
+        row_on_table: bool,
     },
 }
 
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         org,
         config,
         insecure_plaintext,
+        row_on_table,
     }) = a.command
     {
         let (transport, file) = match transport_of(config.as_deref(), insecure_plaintext) {
@@ -160,6 +165,7 @@ fn main() -> ExitCode {
             row_bytes,
             artifact,
             org,
+            row_on_table,
         };
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         return match rt.block_on(talon_client::simulate::run(cfg)) {

@@ -23,6 +23,8 @@ pub struct SimConfig {
     pub org: String,
     /// TLS (each simulated client with a key of its own) or plaintext.
     pub transport: crate::transport::Transport,
+    /// Answer each new event table (one with queries) with one row to `artifact`.
+    pub row_on_table: bool,
 }
 
 #[derive(Default)]
@@ -171,7 +173,9 @@ async fn one_stream(
 ) -> bool {
     let sent_at: Arc<Mutex<std::collections::HashMap<u64, (Instant, u64)>>> = Arc::default();
     // Answers to collections, sent by the loop below so batch ids stay in order.
-    let (answers_tx, mut answers) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+    let (answers_tx, mut answers) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<String>)>();
+    let (row_on_table, artifact, row_bytes) =
+        (cfg.row_on_table, cfg.artifact.clone(), cfg.row_bytes);
     let mut acks = {
         let (totals, sent_at, stop_acks) = (totals.clone(), sent_at.clone(), stop.clone());
         stop.spawn("sim-acks", async move {
@@ -206,13 +210,19 @@ async fn one_stream(
                     })) => {
                         if !t.queries.is_empty() {
                             totals.tables.fetch_add(1, Ordering::Relaxed);
+                            if row_on_table {
+                                let sent_us = chrono::Utc::now().timestamp_micros();
+                                let r = row(t.version, row_bytes, sent_us);
+                                let _ = answers_tx.send((artifact.clone(), vec![r]));
+                            }
                         }
                     }
                     Some(Ok(ServerMessage {
                         msg: Some(server_message::Msg::FlowRequest(r)),
                     })) => {
                         totals.flows.fetch_add(1, Ordering::Relaxed);
-                        let _ = answers_tx.send(answer(&r, who));
+                        let queue = talon_core::flows::RESPONSES_QUEUE.to_string();
+                        let _ = answers_tx.send((queue, answer(&r, who)));
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
@@ -244,7 +254,7 @@ async fn one_stream(
             a = answers.recv() => a,
             _ = interval.tick() => None,
         };
-        if let Some(rows) = answer {
+        if let Some((queue, rows)) = answer {
             batch_id += 1;
             sent_at
                 .lock()
@@ -255,7 +265,7 @@ async fn one_stream(
                     batch_id,
                     incarnation,
                     queues: vec![QueueRows {
-                        artifact: talon_core::flows::RESPONSES_QUEUE.to_string(),
+                        artifact: queue,
                         rows_json: rows,
                     }],
                 })),
