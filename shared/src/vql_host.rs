@@ -170,6 +170,18 @@ impl Host for ServerHost {
                 };
                 row.insert("type".into(), Value::from(a.kind.as_str()));
                 row.insert("built_in".into(), Value::Bool(a.built_in));
+                // Every definition has these columns, empty when it has none (a queue
+                // with no sources has an empty `sources`, not a missing one).
+                for list in ["sources", "parameters", "column_types", "precondition"] {
+                    if !row.contains_key(list) {
+                        let empty = if list == "precondition" {
+                            Value::Null
+                        } else {
+                            Value::List(Vec::new())
+                        };
+                        row.insert(list.into(), empty);
+                    }
+                }
                 row
             })
             .collect()

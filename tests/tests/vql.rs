@@ -455,3 +455,29 @@ fn failed_queries_exit_1_and_a_closed_pipe_is_quiet() {
         "{body}"
     );
 }
+
+/// Artifacts without sources have an empty `sources` list, so Velociraptor's
+/// `WHERE NOT sources` query finds the queues without logging a missing symbol per row.
+#[test]
+fn artifact_definitions_have_every_column_and_a_missing_symbol_is_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = Master::start(&dir.path().join("data"), &[]);
+    let out = master.talon(&[
+        "query",
+        "SELECT name FROM artifact_definitions() WHERE NOT sources AND type =~ 'internal'",
+    ]);
+    let rows = json_lines(&ok(&out));
+    assert!(
+        rows.iter().any(|r| r["name"] == "Server.Internal.Ping"),
+        "{rows:?}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("Symbol"), "{stderr}");
+    let out = master.talon(&["query", "SELECT nothing FROM artifact_definitions()"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("Symbol nothing not found").count(),
+        1,
+        "{stderr}"
+    );
+}

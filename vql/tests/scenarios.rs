@@ -46,6 +46,14 @@ fn run_file(path: &Path) -> Vec<String> {
                         ));
                     }
                 }
+                if let Some(n) = case.get("log_count").and_then(J::as_u64) {
+                    if logs.len() as u64 != n {
+                        failures.push(format!(
+                            "{where_}: {} log lines, wanted {n}: {logs:?}",
+                            logs.len()
+                        ));
+                    }
+                }
                 if let Some(want) = case.get("logs") {
                     let lines: Vec<String> = logs
                         .iter()

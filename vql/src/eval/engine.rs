@@ -222,6 +222,8 @@ pub struct Context {
     pub(crate) log_dedup: Mutex<HashMap<String, Instant>>,
     /// Calls refused for want of a permission, each logged once.
     denied: Mutex<std::collections::HashSet<String>>,
+    /// Names looked up and not found, each logged once (not once per row).
+    missing: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Context {
@@ -242,7 +244,18 @@ impl Context {
             regex_cache: Mutex::new(HashMap::new()),
             log_dedup: Mutex::new(HashMap::new()),
             denied: Mutex::new(Default::default()),
+            missing: Mutex::new(Default::default()),
         })
+    }
+
+    /// Logs "Symbol NAME not found" the first time this query tree misses `name`.
+    pub fn symbol_not_found(&self, name: &str) {
+        let mut missing = self.missing.lock().expect("missing");
+        // Bounded: a query cannot grow the set without end.
+        if missing.len() < 1024 && missing.insert(name.to_string()) {
+            drop(missing);
+            self.log("ERROR", format!("Symbol {name} not found"));
+        }
     }
 
     /// Whether the query's principal holds `p`; when not, logs once per query (per `what`)

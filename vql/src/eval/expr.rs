@@ -259,7 +259,7 @@ pub fn lookup<'a>(name: &'a str, scope: &'a Scope) -> BoxFuture<'a, Value> {
                 crate::eval::query::lazy_column(&cols, i, &at).await
             }
             None => {
-                scope.ctx().log("ERROR", format!("Symbol {name} not found"));
+                scope.ctx().symbol_not_found(name);
                 Value::Null
             }
         }
