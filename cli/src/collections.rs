@@ -92,6 +92,14 @@ pub(crate) async fn each_row(
     Ok(())
 }
 
+/// The column `col` of the first row: a function's answer; NULL when there is none.
+pub(crate) fn first_column(rows: &[Value], col: &str) -> Value {
+    rows.first()
+        .and_then(|r| r.get(col))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// `K=V` pairs as a JSON object.
 pub(crate) fn params(list: &[String]) -> anyhow::Result<Map<String, Value>> {
     let mut m = Map::new();
@@ -168,11 +176,7 @@ pub async fn collect(api: &str, org: &str, c: CollectArgs) -> anyhow::Result<Exi
         args,
     )
     .await?;
-    let flow = rows
-        .first()
-        .and_then(|r| r.get("F"))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let flow = first_column(&rows, "F");
     if flow.is_null() {
         anyhow::bail!("the server made no flow");
     }
@@ -228,11 +232,7 @@ pub async fn collect_server(
         args,
     )
     .await?;
-    let flow = rows
-        .first()
-        .and_then(|r| r.get("F"))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let flow = first_column(&rows, "F");
     if flow.is_null() {
         anyhow::bail!("the server made no flow");
     }
@@ -367,11 +367,7 @@ pub async fn flows(api: &str, org: &str, cmd: FlowsCmd) -> anyhow::Result<ExitCo
                 json!({"client_id": client_id, "flow_id": flow_id}),
             )
             .await?;
-            let c = rows
-                .first()
-                .and_then(|r| r.get("C"))
-                .cloned()
-                .unwrap_or(Value::Null);
+            let c = first_column(&rows, "C");
             if c.is_null() {
                 anyhow::bail!("the flow was not cancelled");
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::collections::{call, each_row, params, parse_duration, s};
+use crate::collections::{call, each_row, first_column, params, parse_duration, s};
 use crate::{output, TableFormat};
 
 #[derive(Debug, Subcommand)]
@@ -138,11 +138,7 @@ pub async fn hunts(api: &str, org: &str, cmd: HuntsCmd) -> anyhow::Result<ExitCo
                 "timeout": timeout, "max_rows": max_rows,
             });
             let rows = call(api, org, "SELECT hunt(artifacts=A.artifacts, env=A.env, description=A.description, expires=A.expires, client_limit=A.client_limit, include_labels=A.include_labels, exclude_labels=A.exclude_labels, os=A.os, pause=A.pause, timeout=A.timeout, max_rows=A.max_rows) AS H FROM scope()", args).await?;
-            let h = rows
-                .first()
-                .and_then(|r| r.get("H"))
-                .cloned()
-                .unwrap_or(Value::Null);
+            let h = first_column(&rows, "H");
             if h.is_null() {
                 anyhow::bail!("the server made no hunt");
             }
@@ -278,11 +274,7 @@ pub async fn hunts(api: &str, org: &str, cmd: HuntsCmd) -> anyhow::Result<ExitCo
 async fn update(api: &str, org: &str, hunt_id: &str, what: &str) -> anyhow::Result<()> {
     let q = format!("SELECT hunt_update(hunt_id=A.hunt_id, {what}=TRUE) AS U FROM scope()");
     let rows = call(api, org, &q, json!({"hunt_id": hunt_id})).await?;
-    let u = rows
-        .first()
-        .and_then(|r| r.get("U"))
-        .cloned()
-        .unwrap_or(Value::Null);
+    let u = first_column(&rows, "U");
     if u.is_null() {
         anyhow::bail!("hunt {hunt_id} was not changed");
     }

@@ -207,26 +207,14 @@ impl Manager {
                 },
                 offer = offers.next() => {
                     let Some(first) = offer else { break };
-                    let mut batch = vec![first];
-                    while batch.len() < 10_000 {
-                        match futures::FutureExt::now_or_never(offers.next()) {
-                            Some(Some(r)) => batch.push(r),
-                            _ => break,
-                        }
-                    }
+                    let batch = drain(first, &mut offers);
                     if let Err(e) = self.apply_offers(batch).await {
                         tracing::error!(error = %e, "cannot apply hunt offers");
                     }
                 }
                 note = sent.next() => {
                     let Some(first) = note else { break };
-                    let mut batch = vec![first];
-                    while batch.len() < 10_000 {
-                        match futures::FutureExt::now_or_never(sent.next()) {
-                            Some(Some(r)) => batch.push(r),
-                            _ => break,
-                        }
-                    }
+                    let batch = drain(first, &mut sent);
                     if let Err(e) = self.apply_sent(batch).await {
                         tracing::error!(error = %e, "cannot note delivered flows");
                     }
@@ -555,4 +543,20 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// A batch of what a watcher of every org holds now: `first` and whatever is ready,
+/// up to 10 000 rows.
+fn drain(
+    first: (String, StoredRow),
+    w: &mut talon_shared::queue::OrgsWatcher,
+) -> Vec<(String, StoredRow)> {
+    let mut batch = vec![first];
+    while batch.len() < 10_000 {
+        match futures::FutureExt::now_or_never(w.next()) {
+            Some(Some(r)) => batch.push(r),
+            _ => break,
+        }
+    }
+    batch
 }
