@@ -53,7 +53,38 @@ pub struct Config {
     /// A flow log line matching this marks the flow as failed (Velociraptor's
     /// `Frontend.collection_error_regex`); checked to compile.
     pub collection_error_regex: String,
+    /// The `mail:` section: defaults of `mail()` and how the outbox retries.
+    pub mail: MailConfig,
 }
+
+/// The `mail:` section, with Velociraptor's field names (`Mail` in its config) and Talon's
+/// outbox settings.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailConfig {
+    /// SMTP server host; a `mail()` call or secret may name its own.
+    pub server: Option<String>,
+    /// Default 587.
+    pub server_port: Option<u16>,
+    pub from: Option<String>,
+    pub auth_username: Option<String>,
+    pub auth_password: Option<String>,
+    #[serde(default)]
+    pub skip_verify: bool,
+    /// PEM of a CA to trust besides the system's roots.
+    pub root_ca: Option<String>,
+    /// `starttls` (required), `tls` (implicit, port 465), `opportunistic` or `none`;
+    /// default: `tls` on port 465, `starttls` when credentials are set, else
+    /// `opportunistic`.
+    pub tls: Option<String>,
+    /// Tries per mail before it is marked failed (default 5).
+    pub max_attempts: Option<u32>,
+    /// Seconds before the first retry, doubling each time up to an hour (default 30).
+    pub retry_secs: Option<u64>,
+}
+
+/// The TLS modes `mail.tls` accepts.
+pub const MAIL_TLS_MODES: &[&str] = &["starttls", "tls", "opportunistic", "none"];
 
 /// The flow error pattern as the manager matches it: case-insensitive, size-bounded.
 pub fn error_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
@@ -115,6 +146,7 @@ pub struct ConfigFile {
     /// Bearer tokens (their SHA-256, hex) that open the debug pages off loopback.
     pub debug_token_sha256: Option<Vec<String>>,
     pub collection_error_regex: Option<String>,
+    pub mail: Option<MailConfig>,
 }
 
 /// Values given on the command line; they win over the file.
@@ -242,6 +274,18 @@ impl Config {
         if let Err(e) = error_regex(&pattern) {
             problems.push(format!("collection_error_regex: {e}"));
         }
+        let mail = file.mail.clone().unwrap_or_default();
+        if let Some(t) = &mail.tls {
+            if !MAIL_TLS_MODES.contains(&t.as_str()) {
+                problems.push(format!(
+                    "mail.tls {t:?} is not one of {}",
+                    MAIL_TLS_MODES.join(", ")
+                ));
+            }
+        }
+        if mail.max_attempts == Some(0) {
+            problems.push("mail.max_attempts must be at least 1".to_string());
+        }
         if !problems.is_empty() {
             return Err(Error::Invalid {
                 origin: origin.into(),
@@ -302,6 +346,7 @@ impl Config {
                 || file.insecure_plaintext_frontend.unwrap_or(false),
             debug_token_sha256: file.debug_token_sha256.unwrap_or_default(),
             collection_error_regex: pattern,
+            mail,
         })
     }
 

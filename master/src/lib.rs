@@ -3,6 +3,7 @@
 //!
 //! - [`api`]: the admin gRPC service.
 //! - [`artifacts`]: user artifact administration (store, announce, audit).
+//! - [`automation`]: mail (the durable outbox), HTTP, secrets and user messages for VQL.
 //! - [`config`]: the master's configuration: YAML and flags to an immutable `Config`.
 //! - [`client_records`]: in a cluster, client pings and records from other nodes, client
 //!   snapshots and lookups.
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod artifacts;
+pub mod automation;
 pub mod client_records;
 pub mod collections;
 pub mod config;
@@ -165,6 +167,12 @@ pub async fn run(
     parts
         .services
         .spawn("flow-manager", manager.run(parts.services.clone()));
+    let automation = automation::Automation::new(parts.store.clone(), config.mail.clone())
+        .context("cannot open the mail outbox")?;
+    parts.services.spawn(
+        "mail-outbox",
+        automation.outbox.clone().run(parts.services.clone()),
+    );
     let pool = talon_shared::query_pool::QueryPool::new(config.query_threads)
         .context("cannot start the query pool")?;
     let vql = talon_shared::vql_host::Vql::new(
@@ -175,6 +183,7 @@ pub async fn run(
     )
     .with_frontend(parts.frontend.clone())
     .with_collections(std::sync::Arc::new(collections.clone()))
+    .with_automation(std::sync::Arc::new(automation.clone()))
     .with_pool(pool);
     collections.set_vql(vql.clone());
     let monitor = monitor::ServerMonitor::new(

@@ -22,8 +22,9 @@ use talon_artifacts::Repository;
 
 pub use crate::logs::{append_log, log_stream, ALERTS_QUEUE};
 
-/// Collections and hunts, as the master's flow and hunt manager answers VQL calls.
-pub trait CollectionsPort: Send + Sync {
+/// A master service that answers VQL calls: collections and hunts (the flow and hunt
+/// manager), automation (mail, HTTP, secrets, user messages).
+pub trait ServicePort: Send + Sync {
     /// Answers the function or plugin `call` with `args` (a JSON object) for
     /// `principal` in `org`: its rows as JSON objects (one for a function).
     fn call(
@@ -42,7 +43,8 @@ pub struct ServerHost {
     repo: Repository,
     principal: String,
     frontend: Option<crate::frontend::FrontendService>,
-    collections: Option<Arc<dyn CollectionsPort>>,
+    collections: Option<Arc<dyn ServicePort>>,
+    automation: Option<Arc<dyn ServicePort>>,
 }
 
 fn row_of_json(json: &str) -> Row {
@@ -277,19 +279,15 @@ impl Host for ServerHost {
             let e = HostError::NotHere(format!("{call}: collections are kept by the master"));
             return Box::pin(futures::stream::once(async move { Err(e) }));
         };
-        let args = Value::Dict(args).to_json();
-        port.call(org, &self.principal, call, args)
-            .map(|r| {
-                r.map(|v| match Value::from_json(&v) {
-                    Value::Dict(d) => d,
-                    other => {
-                        let mut d = Row::new();
-                        d.insert("_value".into(), other);
-                        d
-                    }
-                })
-            })
-            .boxed()
+        port_call(port.as_ref(), org, &self.principal, call, args)
+    }
+
+    fn automation(&self, org: &str, call: &str, args: Row) -> BoxStream<'static, HostResult<Row>> {
+        let Some(port) = &self.automation else {
+            let e = HostError::NotHere(format!("{call}: only the master sends mail and HTTP"));
+            return Box::pin(futures::stream::once(async move { Err(e) }));
+        };
+        port_call(port.as_ref(), org, &self.principal, call, args)
     }
 
     fn read_logs(
@@ -307,6 +305,29 @@ impl Host for ServerHost {
             end_us,
         )
     }
+}
+
+/// A call to a service port: the arguments as JSON, the answers back as rows.
+fn port_call(
+    port: &dyn ServicePort,
+    org: &str,
+    principal: &str,
+    call: &str,
+    args: Row,
+) -> BoxStream<'static, HostResult<Row>> {
+    let args = Value::Dict(args).to_json();
+    port.call(org, principal, call, args)
+        .map(|r| {
+            r.map(|v| match Value::from_json(&v) {
+                Value::Dict(d) => d,
+                other => {
+                    let mut d = Row::new();
+                    d.insert("_value".into(), other);
+                    d
+                }
+            })
+        })
+        .boxed()
 }
 
 /// Rows of a store stream in a time range, read on the blocking pool as JSON rows.
@@ -350,7 +371,8 @@ pub struct Vql {
     repo: Repository,
     registry: Arc<Registry>,
     frontend: Option<crate::frontend::FrontendService>,
-    collections: Option<Arc<dyn CollectionsPort>>,
+    collections: Option<Arc<dyn ServicePort>>,
+    automation: Option<Arc<dyn ServicePort>>,
     /// Where the tasks that store a query's alerts run.
     shutdown: talon_core::Shutdown,
     /// Where queries run; None: on the caller's runtime (tests).
@@ -374,6 +396,7 @@ impl Vql {
             registry: Arc::new(Registry::builtin()),
             frontend: None,
             collections: None,
+            automation: None,
             shutdown,
             pool: None,
         }
@@ -392,8 +415,14 @@ impl Vql {
     }
 
     /// VQL that can make and read collections and hunts.
-    pub fn with_collections(mut self, port: Arc<dyn CollectionsPort>) -> Self {
+    pub fn with_collections(mut self, port: Arc<dyn ServicePort>) -> Self {
         self.collections = Some(port);
+        self
+    }
+
+    /// VQL that can send mail and HTTP requests and keep secrets and user messages.
+    pub fn with_automation(mut self, port: Arc<dyn ServicePort>) -> Self {
+        self.automation = Some(port);
         self
     }
 
@@ -434,6 +463,7 @@ impl Vql {
             principal: principal.to_string(),
             frontend: self.frontend.clone(),
             collections: self.collections.clone(),
+            automation: self.automation.clone(),
         });
         let runner = Runner {
             registry: self.registry.clone(),

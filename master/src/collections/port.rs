@@ -9,7 +9,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use serde_json::{json, Map, Value};
 use talon_shared::collections::*;
 use talon_shared::queue::now_us;
-use talon_shared::vql_host::CollectionsPort;
+use talon_shared::vql_host::ServicePort;
 use talon_vql::engine::{HostError, HostResult};
 
 use super::{CollectSpec, Collections, Error, HuntAction, HuntSpec};
@@ -131,7 +131,7 @@ fn rows_of(json: Vec<String>) -> BoxStream<'static, HostResult<Value>> {
     .boxed()
 }
 
-impl CollectionsPort for Collections {
+impl ServicePort for Collections {
     fn call(
         &self,
         org: &str,

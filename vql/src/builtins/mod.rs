@@ -2,6 +2,7 @@
 //! registry holding all of them ([`Registry::builtin`]): the builtins fill the registry,
 //! the registry knows none of them.
 
+pub mod automation;
 pub mod collections;
 pub mod functions;
 pub mod permissions;
@@ -16,6 +17,7 @@ impl Registry {
         functions::register(&mut r);
         plugins::register(&mut r);
         collections::register(&mut r);
+        automation::register(&mut r);
         r
     }
 }

@@ -125,6 +125,14 @@ pub trait Host: Send + Sync {
         let e = HostError::NotHere(format!("{call}: collections are kept by the master"));
         Box::pin(futures::stream::once(async move { Err(e) }))
     }
+    /// Automation (`mail`, `http_client`, secrets, user messages): `call` names the
+    /// function or plugin, `args` its arguments; the answer is its rows. Only the master
+    /// has it.
+    fn automation(&self, org: &str, call: &str, args: Row) -> BoxStream<'static, HostResult<Row>> {
+        let _ = (org, args);
+        let e = HostError::NotHere(format!("{call}: only the master sends mail and HTTP"));
+        Box::pin(futures::stream::once(async move { Err(e) }))
+    }
     /// Log lines of a server monitoring artifact in a time range (microseconds).
     fn read_logs(
         &self,
