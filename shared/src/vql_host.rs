@@ -290,6 +290,10 @@ impl Host for ServerHost {
         port_call(port.as_ref(), org, &self.principal, call, args)
     }
 
+    fn monitoring_tables(&self, org: &str) -> (Value, Value) {
+        monitoring_tables(&self.store, org)
+    }
+
     fn read_logs(
         &self,
         org: &str,
@@ -305,6 +309,92 @@ impl Host for ServerHost {
             end_us,
         )
     }
+}
+
+/// Settings namespace of the server monitoring table (the master's `monitor`): keys
+/// `org/artifact`, values entries whose `params` are the parameters.
+const SERVER_MONITORING_NS: &str = "server_monitoring";
+
+/// One table's artifacts in Velociraptor's shape: `{artifacts: [names], specs: [{artifact,
+/// parameters: {env: [{key, value}]}}]}`.
+fn table_value(entries: Vec<(String, std::collections::BTreeMap<String, String>)>) -> Value {
+    let names = entries
+        .iter()
+        .map(|(a, _)| Value::from(a.as_str()))
+        .collect();
+    let specs = entries
+        .into_iter()
+        .map(|(artifact, params)| {
+            let env = params
+                .into_iter()
+                .map(|(k, v)| {
+                    let mut d = Row::new();
+                    d.insert("key".into(), Value::Str(k));
+                    d.insert("value".into(), Value::Str(v));
+                    Value::Dict(d)
+                })
+                .collect();
+            let mut p = Row::new();
+            p.insert("env".into(), Value::List(env));
+            let mut d = Row::new();
+            d.insert("artifact".into(), Value::Str(artifact));
+            d.insert("parameters".into(), Value::Dict(p));
+            Value::Dict(d)
+        })
+        .collect();
+    let mut d = Row::new();
+    d.insert("artifacts".into(), Value::List(names));
+    d.insert("specs".into(), Value::List(specs));
+    Value::Dict(d)
+}
+
+/// The server and client monitoring tables of an org, as `get_server_monitoring()` and
+/// `get_client_monitoring()` (`{artifacts: <table>, label_events: [{label, artifacts}]}`).
+fn monitoring_tables(store: &Store, org: &str) -> (Value, Value) {
+    let server: Vec<_> = store
+        .settings_with_prefix(SERVER_MONITORING_NS, &format!("{org}/"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let artifact = k.split_once('/').map(|(_, a)| a.to_string()).unwrap_or(k);
+            let params = serde_json::from_str::<serde_json::Value>(&v)
+                .ok()
+                .and_then(|j| {
+                    let p = j.get("params").cloned().unwrap_or(j);
+                    serde_json::from_value(p).ok()
+                })
+                .unwrap_or_default();
+            (artifact, params)
+        })
+        .collect();
+    let table = crate::records::Clients::new(store.clone())
+        .table(org)
+        .unwrap_or_default();
+    let mut all = Vec::new();
+    let mut labels: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    for e in table {
+        if e.label.is_empty() {
+            all.push((e.artifact, e.params));
+        } else {
+            labels
+                .entry(e.label)
+                .or_default()
+                .push((e.artifact, e.params));
+        }
+    }
+    let label_events = labels
+        .into_iter()
+        .map(|(label, entries)| {
+            let mut d = Row::new();
+            d.insert("label".into(), Value::Str(label));
+            d.insert("artifacts".into(), table_value(entries));
+            Value::Dict(d)
+        })
+        .collect();
+    let mut client = Row::new();
+    client.insert("artifacts".into(), table_value(all));
+    client.insert("label_events".into(), Value::List(label_events));
+    (table_value(server), Value::Dict(client))
 }
 
 /// A call to a service port: the arguments as JSON, the answers back as rows.

@@ -133,6 +133,12 @@ pub trait Host: Send + Sync {
         let e = HostError::NotHere(format!("{call}: only the master sends mail and HTTP"));
         Box::pin(futures::stream::once(async move { Err(e) }))
     }
+    /// The org's monitoring tables as `get_server_monitoring()` and
+    /// `get_client_monitoring()` return them.
+    fn monitoring_tables(&self, org: &str) -> (Value, Value) {
+        let _ = org;
+        (Value::Null, Value::Null)
+    }
     /// Log lines of a server monitoring artifact in a time range (microseconds).
     fn read_logs(
         &self,

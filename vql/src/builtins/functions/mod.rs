@@ -2,8 +2,10 @@
 //! [`aggregate`], event and alert functions in [`events`].
 
 mod aggregate;
+pub mod data;
 mod events;
 pub mod gofmt;
+mod template;
 mod text;
 
 pub use text::arg_list;
@@ -36,6 +38,8 @@ pub fn register(r: &mut Registry) {
     r.function("parse_yaml", Place::Both, parse_yaml);
     r.function("serialize", Place::Both, serialize);
     text::register(r);
+    data::register(r);
+    template::register(r);
     aggregate::register(r);
     events::register(r);
 }

@@ -42,18 +42,41 @@ fn info(c: PluginCall) -> BoxStream<'static, Row> {
 /// Clock ticks per second of /proc times (USER_HZ; 100 on Linux).
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// (utime + stime in ticks, start time in ticks since boot, rss pages) of a /proc stat line.
-fn proc_stat(stat: &str) -> Option<(u64, u64, i64, i64, String)> {
+/// The fields of a /proc stat line Talon uses.
+struct ProcStat {
+    name: String,
+    ppid: i64,
+    /// Ticks in user and kernel mode.
+    utime: u64,
+    stime: u64,
+    /// Ticks since boot at start.
+    start: u64,
+    vsize: i64,
+    /// Pages.
+    rss: i64,
+}
+
+impl ProcStat {
+    fn cpu(&self) -> u64 {
+        self.utime + self.stime
+    }
+}
+
+fn proc_stat(stat: &str) -> Option<ProcStat> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let name = stat[open + 1..close].to_string();
-    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let f: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
     // Fields after the name: state(0) ppid(1) ... utime(11) stime(12) ... starttime(19) vsize(20) rss(21)
-    let ppid = f.get(1)?.parse().ok()?;
-    let cpu = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let start = f.get(19)?.parse().ok()?;
-    let rss = f.get(21)?.parse().ok()?;
-    Some((cpu, start, ppid, rss, name))
+    Some(ProcStat {
+        name,
+        ppid: f.get(1)?.parse().ok()?,
+        utime: f.get(11)?.parse().ok()?,
+        stime: f.get(12)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+        vsize: f.get(20)?.parse().ok()?,
+        rss: f.get(21)?.parse().ok()?,
+    })
 }
 
 fn uptime_secs() -> f64 {
@@ -66,10 +89,12 @@ fn uptime_secs() -> f64 {
 const PAGE_BYTES: i64 = 4096;
 
 /// One process as a row: Pid, Ppid, Name, CommandLine, RSS (bytes), CPUPercent over its
-/// life, CreateTime (unix seconds, fractional).
+/// life, CreateTime (unix seconds, fractional), and Velociraptor's `Times` (`user`,
+/// `system`: CPU seconds) and `MemoryInfo` (`RSS`, `VMS`: bytes).
 fn process_row(pid: i64) -> Option<Row> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (cpu, start, ppid, rss, name) = proc_stat(&stat)?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = proc_stat(&text)?;
+    let (cpu, start, ppid, rss) = (stat.cpu(), stat.start, stat.ppid, stat.rss);
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline)
         .replace('\0', " ")
@@ -84,7 +109,7 @@ fn process_row(pid: i64) -> Option<Row> {
     let mut r = Row::new();
     r.insert("Pid".into(), Value::Int(pid));
     r.insert("Ppid".into(), Value::Int(ppid));
-    r.insert("Name".into(), Value::Str(name));
+    r.insert("Name".into(), Value::Str(stat.name.clone()));
     r.insert("CommandLine".into(), Value::Str(cmdline));
     r.insert("RSS".into(), Value::Int(rss * PAGE_BYTES));
     r.insert(
@@ -92,6 +117,20 @@ fn process_row(pid: i64) -> Option<Row> {
         Value::Float(cpu as f64 / TICKS_PER_SEC / alive * 100.0),
     );
     r.insert("CreateTime".into(), Value::Float(now - alive));
+    let mut times = Row::new();
+    times.insert(
+        "user".into(),
+        Value::Float(stat.utime as f64 / TICKS_PER_SEC),
+    );
+    times.insert(
+        "system".into(),
+        Value::Float(stat.stime as f64 / TICKS_PER_SEC),
+    );
+    r.insert("Times".into(), Value::Dict(times));
+    let mut mem = Row::new();
+    mem.insert("RSS".into(), Value::Int(rss * PAGE_BYTES));
+    mem.insert("VMS".into(), Value::Int(stat.vsize));
+    r.insert("MemoryInfo".into(), Value::Dict(mem));
     Some(r)
 }
 
@@ -133,7 +172,7 @@ fn client_stats(c: PluginCall) -> BoxStream<'static, Row> {
         return stream::empty().boxed();
     };
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    if let Some((cpu, _, _, _, _)) = proc_stat(&stat) {
+    if let Some(cpu) = proc_stat(&stat).map(|s| s.cpu()) {
         let now = uptime_secs();
         let mut last = LAST.lock().expect("client stats");
         if let Some((prev_cpu, prev_t)) = *last {

@@ -2,6 +2,7 @@
 //! watch_monitoring, monitoring, source, artifact_definitions, monitoring_logs, parse_csv,
 //! clients; the endpoint plugins are in [`endpoint`].
 
+mod data;
 mod endpoint;
 
 use std::time::Duration;
@@ -23,6 +24,7 @@ pub const ASYNC_WORKERS: usize = 100;
 /// Registers every built-in plugin.
 pub fn register(r: &mut Registry) {
     endpoint::register(r);
+    data::register(r);
     r.plugin("clients", Place::Server, false, clients);
     r.plugin("monitoring_logs", Place::Server, false, monitoring_logs);
     r.plugin("parse_csv", Place::Both, false, parse_csv);
@@ -145,7 +147,7 @@ fn if_(c: PluginCall) -> BoxStream<'static, Row> {
     })
 }
 
-fn chain(c: PluginCall) -> BoxStream<'static, Row> {
+pub(super) fn chain(c: PluginCall) -> BoxStream<'static, Row> {
     let is_async = c.get("async").is_some_and(Value::truthy);
     let queries: Vec<BoxStream<'static, Row>> = c
         .args
