@@ -114,7 +114,13 @@ impl Repository {
         level: super::verify::Level,
     ) -> Result<LoadedArtifact, Error> {
         let a = load(origin, yaml)?;
-        let problems = super::verify::verify(&a, registry, level, origin);
+        let exports: Vec<String> = a
+            .def
+            .imports
+            .iter()
+            .filter_map(|i| self.get(i)?.def.export.clone())
+            .collect();
+        let problems = super::verify::verify_with_imports(&a, registry, level, origin, &exports);
         if let Some(first) = problems.into_iter().next() {
             return Err(Error::Invalid(first));
         }

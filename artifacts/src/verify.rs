@@ -33,6 +33,18 @@ pub fn verify(
     level: Level,
     origin: &str,
 ) -> Vec<LoadError> {
+    verify_with_imports(a, registry, level, origin, &[])
+}
+
+/// As [`verify`], with the `export` texts of the artifacts `a` imports: their LETs are
+/// known to its queries.
+pub fn verify_with_imports(
+    a: &LoadedArtifact,
+    registry: &Registry,
+    level: Level,
+    origin: &str,
+    imported_exports: &[String],
+) -> Vec<LoadError> {
     let mut queries = Vec::new();
     if let Some(p) = &a.def.precondition {
         queries.push(Query {
@@ -88,6 +100,15 @@ pub fn verify(
     }
     // Names any query of the artifact defines with LET (export LETs are visible to sources).
     let mut defined: HashSet<String> = HashSet::new();
+    for text in imported_exports {
+        if let Ok(p) = talon_vql::parse(text) {
+            for s in &p.stmts {
+                if let Stmt::Let(l) = s {
+                    defined.insert(l.name.clone());
+                }
+            }
+        }
+    }
     for (_, p) in &parsed {
         for s in &p.stmts {
             if let Stmt::Let(l) = s {

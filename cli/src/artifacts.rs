@@ -153,7 +153,7 @@ pub async fn run(api: &str, cmd: ArtifactsCmd) -> anyhow::Result<ExitCode> {
 
 /// Loads each file (or every `*.yaml` below a directory); prints OK or `file:line:col: message`.
 fn verify(paths: &[PathBuf], syntax_only: bool) -> anyhow::Result<ExitCode> {
-    use talon_artifacts::verify::{verify as check_vql, Level};
+    use talon_artifacts::verify::{verify_with_imports as check_vql, Level};
     let registry = talon_artifacts::Registry::builtin();
     let level = if syntax_only {
         Level::Syntax
@@ -170,6 +170,23 @@ fn verify(paths: &[PathBuf], syntax_only: bool) -> anyhow::Result<ExitCode> {
         }
     }
     files.sort();
+    // Exports the files may import: the built-in artifacts' and those of the files given.
+    let mut exports: std::collections::HashMap<String, String> =
+        talon_artifacts::Repository::with_builtins()
+            .list()
+            .iter()
+            .filter_map(|a| Some((a.def.name.clone(), a.def.export.clone()?)))
+            .collect();
+    for f in &files {
+        let loaded = std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| talon_artifacts::load(&f.display().to_string(), &t).ok());
+        if let Some(a) = loaded {
+            if let Some(e) = a.def.export.clone() {
+                exports.insert(a.def.name.clone(), e);
+            }
+        }
+    }
     let mut failed = 0;
     for f in &files {
         let origin = f.display().to_string();
@@ -177,7 +194,13 @@ fn verify(paths: &[PathBuf], syntax_only: bool) -> anyhow::Result<ExitCode> {
             .map_err(|e| vec![format!("{origin}:1:1: cannot read: {e}")])
             .and_then(|text| {
                 let a = talon_artifacts::load(&origin, &text).map_err(|e| vec![e.to_string()])?;
-                let problems = check_vql(&a, &registry, level, &origin);
+                let imported: Vec<String> = a
+                    .def
+                    .imports
+                    .iter()
+                    .filter_map(|i| exports.get(i).cloned())
+                    .collect();
+                let problems = check_vql(&a, &registry, level, &origin, &imported);
                 if problems.is_empty() {
                     Ok(a)
                 } else {

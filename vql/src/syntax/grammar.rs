@@ -81,9 +81,22 @@ fn expr_list(expr: P<Expr>) -> P<Expr> {
         .boxed()
 }
 
+/// An argument's name: an identifier, or a keyword used as one (`mail(from=...)`,
+/// `hunt_flows(limit=...)`), as vfilter allows.
+fn arg_name() -> impl Parser<Tok, String, Error = Simple<Tok>> + Clone {
+    ident().or(select! {
+        Tok::From => "from".to_string(),
+        Tok::Limit => "limit".to_string(),
+        Tok::Desc => "desc".to_string(),
+        Tok::In => "in".to_string(),
+        Tok::Select => "select".to_string(),
+        Tok::Where => "where".to_string(),
+    })
+}
+
 /// `Args`: `(name = value, ...)`.
 fn args(arg_value: P<ArgValue>) -> P<Vec<Arg>> {
-    ident()
+    arg_name()
         .then_ignore(op("="))
         .then(arg_value)
         .map_with_span(|(name, value), span| Arg { name, value, span })

@@ -4,6 +4,7 @@
 mod aggregate;
 pub mod data;
 mod events;
+mod files;
 pub mod gofmt;
 mod template;
 mod text;
@@ -39,6 +40,7 @@ pub fn register(r: &mut Registry) {
     r.function("serialize", Place::Both, serialize);
     text::register(r);
     data::register(r);
+    files::register(r);
     template::register(r);
     aggregate::register(r);
     events::register(r);

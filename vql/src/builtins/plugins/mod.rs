@@ -407,13 +407,29 @@ fn monitoring_logs(c: PluginCall) -> BoxStream<'static, Row> {
     let artifact = c.get("artifact").map(Value::to_text).unwrap_or_default();
     let start = c.get("start_time").and_then(time_arg_us).unwrap_or(0);
     let end = c.get("end_time").and_then(time_arg_us).unwrap_or(i64::MAX);
+    // A client's monitoring log is kept under `client \x1f artifact`.
+    let client = c
+        .get("client_id")
+        .map(Value::to_text)
+        .filter(|id| !id.is_empty() && id != "server");
+    let stream_name = match &client {
+        Some(id) => format!("{id}\u{1f}{artifact}"),
+        None => artifact.clone(),
+    };
     let ctx = c.scope.ctx().clone();
-    let rows = ctx.host.read_logs(&ctx.info.org, &artifact, start, end);
+    let rows = ctx.host.read_logs(&ctx.info.org, &stream_name, start, end);
     rows.filter_map(move |r| {
         let ctx = ctx.clone();
+        let (client, artifact) = (client.clone(), artifact.clone());
         async move {
-            r.map_err(|e| ctx.log("ERROR", format!("monitoring_logs: {e}")))
-                .ok()
+            let mut row = r
+                .map_err(|e| ctx.log("ERROR", format!("monitoring_logs: {e}")))
+                .ok()?;
+            if let Some(id) = client {
+                row.insert("Artifact".into(), Value::Str(artifact));
+                row.insert("ClientId".into(), Value::Str(id));
+            }
+            Some(row)
         }
     })
     .boxed()
