@@ -1,6 +1,7 @@
 //! The `talon` admin CLI over the master's gRPC API.
 //!
 //! - [`artifacts`]: list, show, add, delete, and offline verify.
+//! - [`automation`]: the mail outbox, secrets and user messages.
 //! - [`clients`]: clients, labels and the client monitoring table.
 //! - [`cluster`]: the nodes of the cluster.
 //! - [`events`]: push, watch, read and export rows of queues.
@@ -10,6 +11,7 @@
 //! - [`security`]: `config generate`, API users, and the identity the CLI calls with.
 
 pub mod artifacts;
+pub mod automation;
 pub mod clients;
 pub mod cluster;
 pub mod collections;
@@ -96,6 +98,15 @@ pub enum Command {
     /// The server monitoring table and monitoring logs
     #[command(subcommand)]
     Monitoring(monitoring::MonitoringCmd),
+    /// The mail outbox: every mail() and its state
+    #[command(subcommand)]
+    Mail(automation::MailCmd),
+    /// Typed secrets (SMTP Creds, HTTP Secrets) that mail() and http_client() use
+    #[command(subcommand)]
+    Secrets(automation::SecretsCmd),
+    /// User messages (from user_message() and Server.Monitor.Alerts.UserMessage)
+    #[command(subcommand)]
+    Messages(automation::MessagesCmd),
     /// Clients: list, show, label
     #[command(subcommand)]
     Clients(clients::ClientsCmd),
@@ -266,6 +277,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Flows(cmd) => collections::flows(&api, &cli.org, cmd).await,
         Command::Hunts(cmd) => hunts::hunts(&api, &cli.org, cmd).await,
+        Command::Mail(cmd) => automation::mail(&api, &cli.org, cmd).await,
+        Command::Secrets(cmd) => automation::secrets(&api, &cli.org, cmd).await,
+        Command::Messages(cmd) => automation::messages(&api, &cli.org, cmd).await,
         Command::Metadata(cmd) => monitoring::metadata(&api, &cli.org, cmd).await,
         Command::Query {
             vql,

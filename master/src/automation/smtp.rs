@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
+use lettre::message::header::{
+    ContentTransferEncoding, ContentType, HeaderName, HeaderValue, MIME_VERSION_1_0,
+};
 use lettre::message::{Body, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
@@ -84,6 +86,7 @@ pub fn message(m: &Mail) -> Result<Message, String> {
     let mut b = Message::builder()
         .from(mailbox("from", &m.from)?)
         .subject(m.subject.clone())
+        .header(MIME_VERSION_1_0)
         .date_now();
     for a in &m.to {
         b = b.to(mailbox("to", a)?);
@@ -113,17 +116,21 @@ pub fn message(m: &Mail) -> Result<Message, String> {
     let ct = ContentType::parse(&content_type)
         .map_err(|e| format!("Content-Type {content_type:?}: {e}"))?;
     let body = if content_type.to_ascii_lowercase().starts_with("multipart/") {
-        // A built multipart body goes out byte for byte; lines over SMTP's 998 are refused.
-        if m.body.lines().any(|l| l.len() > 998) {
+        // A built multipart body goes out as it is, with CRLF line ends; it must already be
+        // valid for SMTP (no NUL, no line over 998 characters).
+        let crlf = m.body.replace("\r\n", "\n").replace('\n', "\r\n");
+        if crlf.split("\r\n").any(|l| l.len() > 998) {
             return Err("a multipart body has a line over 998 characters".into());
         }
-        let enc = if m.body.is_ascii() {
+        if crlf.contains('\0') {
+            return Err("a multipart body has a NUL byte".into());
+        }
+        let enc = if crlf.is_ascii() {
             ContentTransferEncoding::SevenBit
         } else {
             ContentTransferEncoding::EightBit
         };
-        Body::new_with_encoding(m.body.clone(), enc)
-            .map_err(|_| "the multipart body cannot be sent unencoded".to_string())?
+        Body::dangerous_pre_encoded(crlf.into_bytes(), enc)
     } else {
         Body::new(m.body.clone())
     };

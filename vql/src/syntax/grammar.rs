@@ -88,9 +88,6 @@ fn arg_name() -> impl Parser<Tok, String, Error = Simple<Tok>> + Clone {
         Tok::From => "from".to_string(),
         Tok::Limit => "limit".to_string(),
         Tok::Desc => "desc".to_string(),
-        Tok::In => "in".to_string(),
-        Tok::Select => "select".to_string(),
-        Tok::Where => "where".to_string(),
     })
 }
 
@@ -214,7 +211,7 @@ fn index(primary: P<Expr>) -> P<Post> {
 
 /// `Postfix`: a primary followed by indexes, slices and members.
 fn postfix(primary: P<Expr>) -> P<Expr> {
-    let member = op(".").ignore_then(ident()).map(Post::Member);
+    let member = op(".").ignore_then(arg_name()).map(Post::Member);
     primary
         .clone()
         .then(

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Real peers for Talon's automation tests, bound to 127.0.0.1.
+
+  sinks.py smtp DIR   an SMTP server (aiosmtpd) that stores every message it accepts as
+                      DIR/<n>.eml; a recipient whose local part starts with "refuse" is
+                      refused with 451 (a transient refusal, so the sender retries).
+  sinks.py http DIR   an HTTP server that stores every request as DIR/<n>.json
+                      ({method, path, headers, body}) and answers 200 {"ok": true}.
+
+Each prints "port N" on stdout once it listens, then runs until it is killed. Files are
+written under a temporary name and renamed, so a reader never sees half a file.
+"""
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+counter = 0
+lock = threading.Lock()
+
+
+def store(directory, suffix, data):
+    global counter
+    with lock:
+        counter += 1
+        n = counter
+    tmp = os.path.join(directory, f".{n}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, os.path.join(directory, f"{n}.{suffix}"))
+
+
+def smtp(directory):
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address.split("@")[0].lower().startswith("refuse"):
+                return "451 4.7.1 Talon test sink refuses this recipient, try later"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+        async def handle_DATA(self, server, session, envelope):
+            store(directory, "eml", envelope.original_content or envelope.content)
+            return "250 Message accepted"
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    print(f"port {port}", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def http(directory):
+    class Handler(BaseHTTPRequestHandler):
+        def handle_any(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode("utf-8", "replace")
+            record = {
+                "method": self.command,
+                "path": self.path,
+                "headers": dict(self.headers.items()),
+                "body": body,
+            }
+            store(directory, "json", json.dumps(record).encode())
+            answer = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = handle_any
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"port {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    kind, directory = sys.argv[1], sys.argv[2]
+    os.makedirs(directory, exist_ok=True)
+    {"smtp": smtp, "http": http}[kind](directory)
