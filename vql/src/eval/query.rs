@@ -72,6 +72,11 @@ pub async fn lazy_column(cols: &Arc<LazyColumns>, i: usize, _at: &Scope) -> Valu
         return v;
     }
     let v = match &cols.select.columns[i] {
+        // A column sees the columns before it (and not itself, so `x + 1 AS x` reads the
+        // source's x).
+        Column::Value { value, .. } if i > 0 && cols.by_name.values().any(|j| *j < i) => {
+            column_value(value, &cols.base.push(Frame::Earlier(cols.clone(), i))).await
+        }
         Column::Value { value, .. } => column_value(value, &cols.base).await,
         Column::Star => Value::Null,
     };

@@ -39,6 +39,9 @@ pub enum Frame {
     Row(Arc<Row>),
     Vars(Mutex<IndexMap<String, Binding>>),
     Lazy(Arc<LazyColumns>),
+    /// The columns of a SELECT before column N, as that column sees them
+    /// (`SELECT 1 AS X, X + 1 AS Y`).
+    Earlier(Arc<LazyColumns>, usize),
 }
 
 /// Aggregate state per call site (the span start of the call).
@@ -168,6 +171,11 @@ impl Scope {
                 }
                 Frame::Lazy(cols) => {
                     if let Some(i) = cols.by_name.get(name) {
+                        return Some(Found::Column(cols.clone(), *i, scope.clone()));
+                    }
+                }
+                Frame::Earlier(cols, n) => {
+                    if let Some(i) = cols.by_name.get(name).filter(|i| **i < *n) {
                         return Some(Found::Column(cols.clone(), *i, scope.clone()));
                     }
                 }
