@@ -113,7 +113,10 @@ pub async fn mail(api: &str, org: &str, cmd: MailCmd) -> anyhow::Result<ExitCode
                     let info = match s(m, "state").as_str() {
                         "merged" => format!("in digest {}", s(m, "merged_into")),
                         "sent" if m["digest_of"].as_array().is_some_and(|d| !d.is_empty()) => {
-                            format!("digest of {}", m["digest_of"].as_array().map_or(0, Vec::len))
+                            format!(
+                                "digest of {}",
+                                m["digest_of"].as_array().map_or(0, Vec::len)
+                            )
                         }
                         "queued" if !s(m, "held_until").is_empty() => {
                             format!("held until {}", s(m, "held_until"))
@@ -159,7 +162,10 @@ fn fields(pairs: &[String], file: Option<&PathBuf>) -> anyhow::Result<Map<String
     let mut stdin_used = false;
     for p in pairs {
         let Some((k, v)) = p.split_once('=') else {
-            anyhow::bail!("--field {k:?}: expected K=V", k = p.split('=').next().unwrap_or(p));
+            anyhow::bail!(
+                "--field {k:?}: expected K=V",
+                k = p.split('=').next().unwrap_or(p)
+            );
         };
         let value = match v {
             "-" if !stdin_used => {
@@ -188,7 +194,14 @@ fn print_secrets(rows: &[Value], format: TableFormat) -> anyhow::Result<()> {
     match format {
         TableFormat::Json => Ok(output::print_json(&Value::Array(rows.to_vec()))?),
         TableFormat::Table => Ok(output::print_table(
-            &["NAME", "TYPE", "FIELDS", "CREATED BY", "MODIFIED", "DESCRIPTION"],
+            &[
+                "NAME",
+                "TYPE",
+                "FIELDS",
+                "CREATED BY",
+                "MODIFIED",
+                "DESCRIPTION",
+            ],
             rows.iter()
                 .map(|r| {
                     let fields = r["fields"]

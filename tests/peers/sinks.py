@@ -5,9 +5,15 @@
                       DIR/<n>.eml; a recipient whose local part starts with "refuse" is
                       refused with 451 (a transient refusal, so the sender retries).
   sinks.py http DIR   an HTTP server that stores every request as DIR/<n>.json
-                      ({method, path, headers, body}) and answers 200 {"ok": true}.
+                      ({method, path, headers with lowercase names, body}) and answers 200 {"ok": true}.
 
-Each prints "port N" on stdout once it listens, then runs until it is killed. Files are
+  sinks.py https DIR CERT KEY
+                      the HTTP server over TLS with that certificate and key.
+  sinks.py parse FILE  prints a stored message as JSON: its headers and every MIME part
+                      (content type, filename, decoded text) as Python's email parser
+                      reads them.
+
+Each server prints "port N" on stdout once it listens, then runs until it is killed. Files are
 written under a temporary name and renamed, so a reader never sees half a file.
 """
 import json
@@ -58,7 +64,7 @@ def smtp(directory):
         time.sleep(3600)
 
 
-def http(directory):
+def http(directory, tls=None):
     class Handler(BaseHTTPRequestHandler):
         def handle_any(self):
             length = int(self.headers.get("Content-Length") or 0)
@@ -66,7 +72,7 @@ def http(directory):
             record = {
                 "method": self.command,
                 "path": self.path,
-                "headers": dict(self.headers.items()),
+                "headers": {k.lower(): v for k, v in self.headers.items()},
                 "body": body,
             }
             store(directory, "json", json.dumps(record).encode())
@@ -83,11 +89,46 @@ def http(directory):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls[0], tls[1])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"port {server.server_address[1]}", flush=True)
     server.serve_forever()
 
 
+def parse(path):
+    import email
+    from email import policy
+
+    with open(path, "rb") as f:
+        msg = email.message_from_binary_file(f, policy=policy.default)
+    parts = []
+    for part in msg.walk():
+        entry = {"type": part.get_content_type(), "filename": part.get_filename()}
+        if not part.is_multipart():
+            payload = part.get_payload(decode=True) or b""
+            entry["text"] = payload.decode("utf-8", "replace")
+        parts.append(entry)
+    print(json.dumps({
+        "subject": str(msg["Subject"] or ""),
+        "from": str(msg["From"] or ""),
+        "to": str(msg["To"] or ""),
+        "mime_version": str(msg["MIME-Version"] or ""),
+        "defects": [str(d) for p in msg.walk() for d in p.defects],
+        "parts": parts,
+    }))
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "parse":
+        parse(sys.argv[2])
+        sys.exit(0)
     kind, directory = sys.argv[1], sys.argv[2]
     os.makedirs(directory, exist_ok=True)
-    {"smtp": smtp, "http": http}[kind](directory)
+    if kind == "https":
+        http(directory, tls=(sys.argv[3], sys.argv[4]))
+    else:
+        {"smtp": smtp, "http": http}[kind](directory)

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod deployment;
+pub mod peers;
 pub mod sandbox;
 pub use cluster::{cluster, sandbox_cluster, start_master, Cluster, Minion, Nats, COUNTER};
 

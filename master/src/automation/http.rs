@@ -128,6 +128,22 @@ impl Request {
     }
 }
 
+/// An error with its causes (`error sending request: ...: invalid peer certificate`):
+/// reqwest's own text says only that the request failed.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn error_row(url: &str, e: impl std::fmt::Display) -> Value {
     json!({"Url": url, "Content": e.to_string(), "Response": 500, "Headers": {}})
 }
@@ -169,7 +185,7 @@ pub fn run(req: Request) -> BoxStream<'static, HostResult<Value>> {
                     if i < last {
                         continue;
                     }
-                    yield Ok(error_row(url, e));
+                    yield Ok(error_row(url, with_causes(&e)));
                     return;
                 }
             };
@@ -207,7 +223,7 @@ pub fn run(req: Request) -> BoxStream<'static, HostResult<Value>> {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        yield Ok(error_row(url, format!("reading the response: {e}")));
+                        yield Ok(error_row(url, format!("reading the response: {}", with_causes(&e))));
                         return;
                     }
                 }

@@ -463,6 +463,7 @@ impl Outbox {
                 }
                 self.notify(m);
             }
+            let worked = !jobs.is_empty();
             for job in jobs {
                 let id = match job {
                     Job::Send(id) => id,
@@ -475,6 +476,10 @@ impl Outbox {
                     },
                 };
                 self.attempt(&id).await;
+            }
+            if worked {
+                // What was tried has a new next try (or none): plan again before sleeping.
+                continue;
             }
             let sleep = wake.map_or(Duration::from_secs(3600), |w| {
                 Duration::from_micros((w - now_us()).clamp(0, MAX_BACKOFF_US) as u64)
