@@ -1,8 +1,8 @@
 //! The README's tour, run as written: every command of the `sh` blocks under "A
-//! five-minute tour", "VQL", "Server monitoring", "Endpoints" and "Collections and
-//! hunts", one bash script with
+//! five-minute tour", "VQL", "Server monitoring", "Endpoints", "Collections and hunts" and
+//! "Automation", one bash script with
 //! `set -euo pipefail`, against a real master (and the real client the tour starts), in a
-//! scratch directory that links the repository's `docs/`. Only what cannot be verbatim in
+//! scratch directory that links the repository's `docs/` and `tests/`. Only what cannot be verbatim in
 //! a test is replaced: the build line (the binaries under test are put on PATH instead)
 //! and the default addresses (the master here listens on free ports).
 
@@ -16,6 +16,7 @@ const SECTIONS: &[&str] = &[
     "### Server monitoring",
     "## Endpoints",
     "## Collections and hunts",
+    "## Automation",
 ];
 
 /// The `sh` blocks of the section under `heading`, up to the next heading of any level.
@@ -64,6 +65,8 @@ fn the_readme_tour_runs_as_written() {
     )
     .unwrap();
     std::os::unix::fs::symlink(root.join("docs"), work.join("docs")).unwrap();
+    // The Automation section's local SMTP server is the test suite's.
+    std::os::unix::fs::symlink(root.join("tests"), work.join("tests")).unwrap();
 
     let bin_dir = bin("talon").parent().unwrap().to_path_buf();
     let (debug, frontend) = {
@@ -111,6 +114,23 @@ fn the_readme_tour_runs_as_written() {
     assert!(work
         .join("export/server_artifacts/Server.Audit.Logs")
         .is_dir());
+    // The Automation section's mail went out, and the alert was mailed and messaged.
+    assert!(
+        stdout.contains(r#""ErrorStatus":"OK: Message Sent""#),
+        "{stdout}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || std::fs::read_dir(
+            work.join("mailbox")
+        )
+        .map(|d| d.count() >= 2)
+        .unwrap_or(false)),
+        "the alert was not mailed"
+    );
+    assert!(wait_until(Duration::from_secs(30), || ok(
+        &master.talon(&["messages", "list"])
+    )
+    .contains("disk full")));
     let deploys = json_lines(&ok(&master.talon(&["events", "read", "Custom.Deploys"])));
     assert_eq!(deploys.len(), 1);
     assert_eq!(deploys[0]["app"], "web");
