@@ -1,5 +1,6 @@
 //! Server automation, the master's side of the VQL calls that reach outside: `mail()`
-//! into the durable [`outbox`] (sent with lettre by [`smtp`]), `http_client()` ([`http`]),
+//! into the durable [`outbox`] (records in [`record`], sent with lettre by [`smtp`]),
+//! `http_client()` ([`http`]),
 //! typed [`secrets`] that fill both, user [`messages`] and `gui_users()`. Each call arrives
 //! as `(org, principal, call, args)` through [`ServicePort`]; the VQL side has checked
 //! the caller's permission, and what needs more (another user's messages) is checked here.
@@ -7,6 +8,7 @@
 pub mod http;
 pub mod messages;
 pub mod outbox;
+pub mod record;
 pub mod secrets;
 pub mod smtp;
 
