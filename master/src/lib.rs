@@ -17,6 +17,7 @@
 //! - [`persister`]: in a cluster, the durable stream into the store.
 
 pub mod api;
+mod args;
 pub mod artifacts;
 pub mod automation;
 pub mod client_records;

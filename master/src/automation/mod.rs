@@ -21,6 +21,7 @@ use talon_shared::store::Store;
 use talon_shared::vql_host::ServicePort;
 use talon_vql::engine::{HostError, HostResult};
 
+use crate::args::{text, truthy};
 use crate::config::MailConfig;
 use outbox::{Mail, Outbox, Transport};
 use secrets::Secrets;
@@ -46,25 +47,6 @@ fn host_error(e: Error) -> HostError {
         Error::Invalid(m) => HostError::Refused(m),
         Error::NotFound(m) => HostError::NotFound(m),
         Error::Failed(m) => HostError::Failed(std::sync::Arc::new(Error::Failed(m))),
-    }
-}
-
-fn text(args: &Map<String, Value>, k: &str) -> String {
-    match args.get(k) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
-}
-
-fn truthy(args: &Map<String, Value>, k: &str) -> bool {
-    match args.get(k) {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0) != 0.0,
-        Some(Value::String(s)) => {
-            matches!(s.to_ascii_lowercase().as_str(), "true" | "y" | "yes" | "1")
-        }
-        _ => false,
     }
 }
 
@@ -208,10 +190,8 @@ impl Automation {
             ));
         }
         Ok(Mail {
-            id: String::new(),
             org: org.into(),
             principal: principal.into(),
-            created_us: 0,
             to,
             cc: addresses(args, "cc"),
             from,
@@ -225,14 +205,8 @@ impl Automation {
             },
             transport,
             state: "queued".into(),
-            attempts: 0,
             max_attempts: 1,
-            last_error: None,
-            next_us: 0,
-            sent_us: None,
-            held_until_us: None,
-            merged_into: None,
-            digest_of: Vec::new(),
+            ..Mail::default()
         })
     }
 

@@ -40,7 +40,7 @@ impl Transport {
 }
 
 /// One outbox record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Mail {
     pub id: String,
     pub org: String,
@@ -166,25 +166,14 @@ impl Mail {
         Mail {
             id: "M.test".into(),
             org: "root".into(),
-            principal: "test".into(),
-            created_us: 0,
             to: vec!["a@example.org".into()],
-            cc: Vec::new(),
             from: "talon@example.org".into(),
             subject: subject.into(),
             body: body.into(),
-            headers: BTreeMap::new(),
             period_secs: 60,
-            transport: Transport::default(),
             state: "queued".into(),
-            attempts: 0,
             max_attempts: 1,
-            last_error: None,
-            next_us: 0,
-            sent_us: None,
-            held_until_us: None,
-            merged_into: None,
-            digest_of: Vec::new(),
+            ..Mail::default()
         }
     }
 }

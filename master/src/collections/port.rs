@@ -12,6 +12,8 @@ use talon_shared::queue::now_us;
 use talon_shared::vql_host::ServicePort;
 use talon_vql::engine::{HostError, HostResult};
 
+use crate::args::{text, truthy};
+
 use super::{CollectSpec, Collections, Error, HuntAction, HuntSpec};
 
 /// Log lines a read returns at most (the manager keeps no more per flow).
@@ -22,14 +24,6 @@ fn host_error(e: Error) -> HostError {
         Error::NotFound(m) => HostError::NotFound(m),
         Error::Invalid(m) => HostError::Refused(m),
         other => HostError::failed(other),
-    }
-}
-
-fn text(args: &Map<String, Value>, k: &str) -> String {
-    match args.get(k) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
     }
 }
 
@@ -62,17 +56,6 @@ fn number(args: &Map<String, Value>, k: &str) -> HostResult<u64> {
         Some(other) => Err(HostError::Refused(format!(
             "{k} must be a number, not {other}"
         ))),
-    }
-}
-
-fn truthy(args: &Map<String, Value>, k: &str) -> bool {
-    match args.get(k) {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(0.0) != 0.0,
-        Some(Value::String(s)) => {
-            matches!(s.to_ascii_lowercase().as_str(), "true" | "y" | "yes" | "1")
-        }
-        _ => false,
     }
 }
 

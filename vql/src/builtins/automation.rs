@@ -119,20 +119,8 @@ fn plugin_host(
     }
     let args: Row = c.args.iter().cloned().collect();
     let name = c.name.clone();
-    ctx.host
-        .automation(&ctx.info.org, &name, args)
-        .take_while(move |r| {
-            let ok = match r {
-                Ok(_) => true,
-                Err(e) => {
-                    ctx.log("ERROR", format!("{name}: {e}"));
-                    false
-                }
-            };
-            async move { ok }
-        })
-        .filter_map(|r| async move { r.ok() })
-        .boxed()
+    let rows = ctx.host.automation(&ctx.info.org, &name, args);
+    super::rows_or_log(ctx, name, rows)
 }
 
 const NETWORK_MAIL: Option<(Permission, &str)> = Some((Permission::Network, "mail"));

@@ -140,20 +140,8 @@ fn plugin_host(c: PluginCall, allowed: &[&str], required: &[&str]) -> BoxStream<
     let args: Row = c.args.iter().cloned().collect();
     let ctx = c.scope.ctx().clone();
     let name = c.name.clone();
-    ctx.host
-        .collections(&ctx.info.org, &name, args)
-        .take_while(move |r| {
-            let ok = match r {
-                Ok(_) => true,
-                Err(e) => {
-                    ctx.log("ERROR", format!("{name}: {e}"));
-                    false
-                }
-            };
-            async move { ok }
-        })
-        .filter_map(|r| async move { r.ok() })
-        .boxed()
+    let rows = ctx.host.collections(&ctx.info.org, &name, args);
+    super::rows_or_log(ctx, name, rows)
 }
 
 fn flows(c: PluginCall) -> BoxStream<'static, Row> {

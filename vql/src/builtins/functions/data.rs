@@ -10,6 +10,7 @@ use base64::Engine as _;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 
+use super::gofmt::go_type;
 use crate::eval::engine::Place;
 use crate::eval::expr::{eval, materialize, materialize_deep};
 use crate::eval::query::query_rows;
@@ -89,21 +90,6 @@ impl Lambda {
         let child = scope.push(Frame::Row(Arc::new(row)));
         let v = eval(&self.body, &child).await;
         materialize(v, &child).await
-    }
-}
-
-fn go_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "<nil>",
-        Value::Bool(_) => "bool",
-        Value::Int(_) => "int64",
-        Value::Float(_) => "float64",
-        Value::Str(_) => "string",
-        Value::Bytes(_) => "[]uint8",
-        Value::List(_) => "[]interface {}",
-        Value::Dict(_) => "*ordereddict.Dict",
-        Value::Time(_) => "time.Time",
-        Value::Query(_) => "*vfilter.StoredQuery",
     }
 }
 

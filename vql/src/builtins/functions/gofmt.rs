@@ -65,7 +65,8 @@ pub fn sprintf(fmt: &str, args: &[Value]) -> String {
     out
 }
 
-fn go_type(v: &Value) -> &'static str {
+/// Go's name of a value's type, as `%T` and `typeof()` print it.
+pub(crate) fn go_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "<nil>",
         Value::Bool(_) => "bool",
