@@ -174,6 +174,7 @@ pub async fn run(
         "mail-outbox",
         automation.outbox.clone().run(parts.services.clone()),
     );
+    debug_extra = debug_extra.merge(automation::pages::routes(automation.clone()));
     let pool = talon_shared::query_pool::QueryPool::new(config.query_threads)
         .context("cannot start the query pool")?;
     let vql = talon_shared::vql_host::Vql::new(

@@ -4,6 +4,9 @@
   sinks.py smtp DIR   an SMTP server (aiosmtpd) that stores every message it accepts as
                       DIR/<n>.eml; a recipient whose local part starts with "refuse" is
                       refused with 451 (a transient refusal, so the sender retries).
+  sinks.py smtp-starttls DIR CERT KEY
+                      the SMTP server offering STARTTLS with that certificate and key,
+                      and refusing mail until the client has started TLS.
   sinks.py http DIR   an HTTP server that stores every request as DIR/<n>.json
                       ({method, path, headers with lowercase names, body}) and answers 200 {"ok": true}.
 
@@ -39,7 +42,7 @@ def store(directory, suffix, data):
     os.rename(tmp, os.path.join(directory, f"{n}.{suffix}"))
 
 
-def smtp(directory):
+def smtp(directory, tls=None):
     from aiosmtpd.controller import Controller
 
     class Handler:
@@ -57,7 +60,14 @@ def smtp(directory):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    kwargs = {}
+    if tls:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls[0], tls[1])
+        kwargs = {"tls_context": context, "require_starttls": True}
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print(f"port {port}", flush=True)
     while True:
@@ -130,5 +140,7 @@ if __name__ == "__main__":
     os.makedirs(directory, exist_ok=True)
     if kind == "https":
         http(directory, tls=(sys.argv[3], sys.argv[4]))
+    elif kind == "smtp-starttls":
+        smtp(directory, tls=(sys.argv[3], sys.argv[4]))
     else:
         {"smtp": smtp, "http": http}[kind](directory)

@@ -30,6 +30,11 @@ impl Sink {
         Self::start("http", dir)
     }
 
+    /// The SMTP server requiring STARTTLS with a certificate (PEM files).
+    pub fn smtp_starttls(dir: &Path, cert: &Path, key: &Path) -> Sink {
+        Self::start_with("smtp-starttls", dir, &[cert, key])
+    }
+
     /// The HTTP server over TLS with a certificate (PEM files).
     pub fn https(dir: &Path, cert: &Path, key: &Path) -> Sink {
         Self::start_with("https", dir, &[cert, key])

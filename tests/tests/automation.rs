@@ -288,6 +288,21 @@ fn a_failing_query_becomes_an_alert_and_a_mail_and_a_burst_of_alerts_is_mailed_i
         (1..=5).all(|i| msgs.contains(&format!("burst-{i}"))),
         "{msgs}"
     );
+    // The debug pages show the outbox and the messages, escaped, with JSON twins.
+    let (_, page) = master.http_get("/debug/mail");
+    assert!(
+        page.contains("<h1>Mail outbox</h1>") && page.contains("burst-1"),
+        "{page}"
+    );
+    let (_, twin) = master.http_get("/debug/mail?format=json");
+    let twin: Vec<Value> = serde_json::from_str(&twin).unwrap();
+    assert_eq!(twin.len(), outbox(&master).len());
+    let (_, page) = master.http_get("/debug/messages");
+    assert!(
+        page.contains("burst-5") && page.contains("&lt;b&gt;5&lt;/b&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<b>5</b>"), "{page}");
     ok(&master.talon(&["messages", "clear"]));
     let msgs: Vec<Value> =
         serde_json::from_str(&ok(&master.talon(&["messages", "list", "--format", "json"])))
@@ -550,4 +565,45 @@ fn secrets_are_used_but_never_shown_and_messages_and_network_need_their_permissi
 
     // The password never reached a log line.
     assert!(!master.stderr().contains("hunter2"));
+}
+
+#[test]
+fn mail_over_starttls_verifies_the_server_certificate_unless_given_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = talon_tests::deployment::dir();
+    // A server whose certificate is of the deployment's CA, not a public one.
+    let smtp = Sink::smtp_starttls(
+        &dir.path().join("smtp"),
+        &d.join("nats.crt"),
+        &d.join("nats.key"),
+    );
+    let config = dir.path().join("master.yaml");
+    std::fs::write(&config, "mail:\n  tls: starttls\n  max_attempts: 1\n").unwrap();
+    let master = Master::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let send = |extra: &str| {
+        let vql = format!(
+            "SELECT mail(server='127.0.0.1', server_port={}, to='a@example.org', subject='tls', body='x', period=-1{extra}) AS M FROM scope()",
+            smtp.port
+        );
+        let ca = std::fs::read_to_string(d.join("ca.crt")).unwrap();
+        let rows = json_lines(&ok(&master.talon(&[
+            "query",
+            "--env",
+            &format!("CA={ca}"),
+            &vql,
+        ])));
+        rows[0]["M"]["ErrorStatus"].as_str().unwrap().to_string()
+    };
+    let refused = send("");
+    assert!(
+        refused.to_lowercase().contains("certificate")
+            && refused.contains("failed after 1 attempts"),
+        "{refused}"
+    );
+    assert!(smtp.received().is_empty());
+    assert_eq!(send(", root_ca=CA"), "OK: Message Sent");
+    assert_eq!(smtp.received().len(), 1);
 }

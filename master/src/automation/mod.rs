@@ -1,6 +1,6 @@
 //! Server automation, the master's side of the VQL calls that reach outside: `mail()`
 //! into the durable [`outbox`] (records in [`record`], sent with lettre by [`smtp`]),
-//! `http_client()` ([`http`]),
+//! `http_client()` ([`http`]), the debug [`pages`] of the outbox and messages,
 //! typed [`secrets`] that fill both, user [`messages`] and `gui_users()`. Each call arrives
 //! as `(org, principal, call, args)` through [`ServicePort`]; the VQL side has checked
 //! the caller's permission, and what needs more (another user's messages) is checked here.
@@ -8,6 +8,7 @@
 pub mod http;
 pub mod messages;
 pub mod outbox;
+pub mod pages;
 pub mod record;
 pub mod secrets;
 pub mod smtp;
@@ -76,7 +77,7 @@ pub struct Automation {
     pub outbox: Outbox,
     pub secrets: Secrets,
     pub messages: messages::Messages,
-    users: crate::users::Users,
+    pub(crate) users: crate::users::Users,
     mail: MailConfig,
 }
 

@@ -56,6 +56,14 @@ pub(super) fn register(r: &mut Registry) {
     r.plugin("hunts", Place::Server, false, hunts);
     r.plugin("hunt_results", Place::Server, false, hunt_results);
     r.plugin("hunt_flows", Place::Server, false, hunt_flows);
+    r.plugin("uploads", Place::Server, false, uploads);
+}
+
+/// `uploads(client_id=, flow_id=)`: Talon's flows upload no files yet, so there are none
+/// to list (the arguments are still checked).
+fn uploads(c: PluginCall) -> BoxStream<'static, Row> {
+    let _ = c.check(&["client_id", "flow_id"], &[]);
+    stream::empty().boxed()
 }
 
 /// A function call: its arguments evaluated, sent to the host, its one row back.

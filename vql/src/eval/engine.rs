@@ -238,6 +238,23 @@ pub struct Context {
     denied: Mutex<std::collections::HashSet<String>>,
     /// Names looked up and not found, each logged once (not once per row).
     missing: Mutex<std::collections::HashSet<String>>,
+    /// Directories `tempdir()` made; removed when the query tree ends.
+    pub(crate) temp_dirs: Mutex<Vec<std::path::PathBuf>>,
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        for d in self
+            .temp_dirs
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
+            if let Err(e) = std::fs::remove_dir_all(&d) {
+                tracing::warn!(dir = %d.display(), error = %e, "tempdir() not removed");
+            }
+        }
+    }
 }
 
 impl Context {
@@ -259,6 +276,7 @@ impl Context {
             log_dedup: Mutex::new(HashMap::new()),
             denied: Mutex::new(Default::default()),
             missing: Mutex::new(Default::default()),
+            temp_dirs: Mutex::new(Vec::new()),
         })
     }
 

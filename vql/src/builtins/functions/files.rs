@@ -1,6 +1,7 @@
 //! Files on the machine the query runs on: `read_file(filename=, length=, offset=,
 //! accessor=)` (FILESYSTEM_READ; `accessor='data'` reads the filename itself) and
-//! `stat(filename=)`. Reads are bounded, so one call cannot fill memory.
+//! `stat(filename=)`, and `tempdir()` (FILESYSTEM_WRITE; removed when the query ends).
+//! Reads are bounded, so one call cannot fill memory.
 
 use std::io::{Read as _, Seek as _};
 
@@ -18,6 +19,44 @@ const MAX_LENGTH: u64 = crate::limits::MAX_STRING_BYTES as u64;
 pub(super) fn register(r: &mut Registry) {
     r.function("read_file", Place::Both, read_file);
     r.function("stat", Place::Both, stat);
+    r.function("tempdir", Place::Both, tempdir);
+}
+
+/// Most temporary directories one query may make.
+const MAX_TEMP_DIRS: usize = 100;
+
+fn tempdir<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
+    Box::pin(async move {
+        if !c.check(&["remove_last"], &[]).await {
+            return Value::Null;
+        }
+        let ctx = c.scope.ctx().clone();
+        if !ctx.allowed(Permission::FilesystemWrite, "tempdir") {
+            return Value::Null;
+        }
+        let mut dirs = ctx.temp_dirs.lock().expect("temp dirs");
+        if dirs.len() >= MAX_TEMP_DIRS {
+            drop(dirs);
+            return c.fail(format!(
+                "a query may make at most {MAX_TEMP_DIRS} temporary directories"
+            ));
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "talon-vql-{}-{nanos:x}-{}",
+            std::process::id(),
+            dirs.len()
+        ));
+        if let Err(e) = std::fs::create_dir(&path) {
+            drop(dirs);
+            return c.fail(format!("cannot create {}: {e}", path.display()));
+        }
+        dirs.push(path.clone());
+        Value::Str(path.to_string_lossy().into_owned())
+    })
 }
 
 fn read_file<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
