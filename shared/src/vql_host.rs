@@ -339,6 +339,12 @@ fn table_value(entries: Vec<(String, std::collections::BTreeMap<String, String>)
             let mut d = Row::new();
             d.insert("artifact".into(), Value::Str(artifact));
             d.insert("parameters".into(), Value::Dict(p));
+            // In Velociraptor a spec is a record, not a dict, so `foreach(row=...specs)`
+            // yields it as `_value` (its artifacts read `_value.artifact`); Talon's spec is
+            // a dict, which foreach yields as the row itself, so it carries itself as
+            // `_value` too.
+            let whole = Value::Dict(d.clone());
+            d.insert("_value".into(), whole);
             Value::Dict(d)
         })
         .collect();

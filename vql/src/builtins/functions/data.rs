@@ -227,11 +227,14 @@ fn to_dict<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
         }
         let mut out = Dict::new();
         for row in rows_of(item, c.scope).await {
-            match (row.get("_key"), row.get("_value")) {
-                (Some(k), Some(v)) => {
-                    out.insert(k.to_text(), v.clone());
+            // `{_key, _value}` rows make one member each (a missing `_value` is NULL);
+            // other rows are merged in.
+            match row.get("_key") {
+                Some(k) => {
+                    let v = row.get("_value").cloned().unwrap_or_default();
+                    out.insert(k.to_text(), v);
                 }
-                _ => out.extend(row),
+                None => out.extend(row),
             }
         }
         Value::Dict(out)

@@ -116,6 +116,15 @@ pub fn parse_time_text(s: &str) -> Value {
     if let Ok(d) = chrono::DateTime::parse_from_rfc2822(t) {
         return Value::Time(d.with_timezone(&chrono::Utc));
     }
+    // Go's time.String(): `2006-01-02 15:04:05.999999999 -0700 MST` (the zone name is
+    // redundant with the offset, and chrono cannot read names).
+    let without_name = match t.rsplit_once(' ') {
+        Some((head, name)) if name.chars().all(|c| c.is_ascii_alphabetic()) => head,
+        _ => t,
+    };
+    if let Ok(d) = chrono::DateTime::parse_from_str(without_name, "%Y-%m-%d %H:%M:%S%.f %z") {
+        return Value::Time(d.with_timezone(&chrono::Utc));
+    }
     for layout in [
         "%Y-%m-%d %H:%M:%S%.f",
         "%Y-%m-%dT%H:%M:%S%.f",
@@ -157,6 +166,10 @@ fn timestamp<'a>(mut c: Call<'a>) -> BoxFuture<'a, Value> {
                 Value::Str(s) => parse_time_text(&s),
                 _ => Value::Null,
             };
+        }
+        if let Some(v @ (Value::Int(_) | Value::Float(_))) = c.args.get("string").await {
+            // A number given as the string is an epoch, as the log rows' Timestamp.
+            return epoch_to_time(num(&v).unwrap_or(0.0));
         }
         if let Some(Value::Str(s)) = c.args.get("string").await {
             if let Some(Value::Str(fmt)) = c.args.get("format").await {
