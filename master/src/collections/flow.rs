@@ -96,6 +96,11 @@ pub struct Flow {
     pub total_collected_rows: u64,
     #[serde(default)]
     pub total_logs: u64,
+    /// Flows upload no files yet; Velociraptor's fields, always 0, for artifacts that read them.
+    #[serde(default)]
+    pub total_uploaded_files: u64,
+    #[serde(default)]
+    pub total_uploaded_bytes: u64,
     /// Nanoseconds.
     #[serde(default)]
     pub execution_duration: i64,

@@ -3,11 +3,13 @@
 use crate::eval::value::{rfc3339, Value};
 
 /// Formats `args` by the Go format string `fmt`: `%v %s %d %x %X %q %T %f %e %t %%`, with
-/// flags `-`, `0`, `+`, width and precision. Missing args render `%!v(MISSING)`.
+/// flags `-`, `0`, `+`, width and precision, and explicit argument indexes (`%[2]s`).
+/// Missing args render `%!v(MISSING)`.
 pub fn sprintf(fmt: &str, args: &[Value]) -> String {
     let mut out = String::new();
     let mut chars = fmt.chars().peekable();
     let mut next = 0usize;
+    let mut reordered = false;
     while let Some(c) = chars.next() {
         if c != '%' {
             out.push(c);
@@ -37,6 +39,25 @@ pub fn sprintf(fmt: &str, args: &[Value]) -> String {
             }
             precision = Some(p.parse().unwrap_or(0));
         }
+        if chars.peek() == Some(&'[') {
+            // `%[n]verb`: argument n (from 1); the following verbs go on after it.
+            chars.next();
+            let mut n = String::new();
+            while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                n.push(d);
+                chars.next();
+            }
+            match (chars.next(), n.parse::<usize>()) {
+                (Some(']'), Ok(i)) if i >= 1 => {
+                    next = i - 1;
+                    reordered = true;
+                }
+                _ => {
+                    out.push_str("%!(BADINDEX)");
+                    continue;
+                }
+            }
+        }
         let Some(verb) = chars.next() else {
             out.push_str("%!(NOVERB)");
             break;
@@ -53,7 +74,7 @@ pub fn sprintf(fmt: &str, args: &[Value]) -> String {
         let text = render(verb, arg, precision, flags.contains('+'));
         out.push_str(&pad(&text, width.parse().unwrap_or(0), &flags, verb));
     }
-    if next < args.len() {
+    if !reordered && next < args.len() {
         out.push_str("%!(EXTRA ");
         let extra: Vec<String> = args[next..]
             .iter()
