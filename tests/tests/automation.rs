@@ -105,6 +105,13 @@ fn mail_goes_through_the_outbox_and_a_refused_mail_is_retried_then_failed() {
         "{table}"
     );
 
+    // Oversized mail is refused with a clear error, and the outbox keeps working.
+    let rows = query(
+        &master,
+        "SELECT mail(to='ops@example.org', body=format(format='%026214500d', args=[0]), period=-1) AS M FROM scope()",
+    );
+    let status = rows[0]["M"]["ErrorStatus"].as_str().unwrap();
+    assert!(status.contains("over the limit of 26214400"), "{status}");
     // A mail that cannot be sent at all is an error row, never a silent drop.
     let rows = query(
         &master,
@@ -403,6 +410,25 @@ fn clients_coming_online_are_posted_to_a_webhook_and_unlabelled() {
         let c: Value = serde_json::from_str(&ok(&master.talon(&["clients", "show", &id]))).unwrap();
         c["labels"].as_array().is_some_and(|l| l.is_empty())
     }));
+
+    // A peer that accepts and never answers cannot hold the query: the timeout ends it
+    // with an error row.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let rows = query(
+        &master,
+        &format!(
+            "SELECT Response, Content FROM http_client(url='http://{}/', timeout=1)",
+            silent.local_addr().unwrap()
+        ),
+    );
+    assert_eq!(rows[0]["Response"], 500, "{rows:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
 
     // TLS is verified by default: a server whose certificate is of the deployment's CA
     // (not a public one) is refused, and the row says why; with that CA as root_ca the
