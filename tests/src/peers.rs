@@ -115,3 +115,56 @@ pub fn parse_mail(path: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("parse prints JSON")
 }
+
+/// A master whose `mail:` section points at `smtp` (when given), retrying quickly (3
+/// tries, 1 s apart); with None, no mail server (2 tries).
+pub fn master_with_mail(dir: &Path, smtp: Option<u16>) -> crate::Master {
+    let config = dir.join("master.yaml");
+    let mail = match smtp {
+        Some(port) => format!(
+            "mail:\n  server: 127.0.0.1\n  server_port: {port}\n  from: talon@example.org\n  max_attempts: 3\n  retry_secs: 1\n"
+        ),
+        None => "mail:\n  max_attempts: 2\n  retry_secs: 1\n".to_string(),
+    };
+    std::fs::write(&config, mail).unwrap();
+    crate::Master::start(&dir.join("data"), &["--config", config.to_str().unwrap()])
+}
+
+/// Adds an artifact from YAML text (written as `dir/<file>.yaml`).
+pub fn add_artifact(master: &crate::Master, dir: &Path, file: &str, text: &str) {
+    let f = dir.join(format!("{file}.yaml"));
+    std::fs::write(&f, text).unwrap();
+    crate::ok(&master.talon(&["artifacts", "add", f.to_str().unwrap()]));
+}
+
+/// A query's rows.
+pub fn query(master: &crate::Master, vql: &str) -> Vec<serde_json::Value> {
+    crate::json_lines(&crate::ok(&master.talon(&["query", vql])))
+}
+
+/// The outbox as `talon mail list --format json` prints it.
+pub fn outbox(master: &crate::Master) -> Vec<serde_json::Value> {
+    serde_json::from_str(&crate::ok(
+        &master.talon(&["mail", "list", "--format", "json"]),
+    ))
+    .unwrap()
+}
+
+/// Every mail the sink received, parsed.
+pub fn mails(sink: &Sink) -> Vec<serde_json::Value> {
+    sink.received().iter().map(|p| parse_mail(p)).collect()
+}
+
+/// The decoded text of every part of a parsed mail.
+pub fn mail_text(mail: &serde_json::Value) -> String {
+    mail["parts"]
+        .as_array()
+        .map(|parts| {
+            parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
