@@ -136,9 +136,16 @@ pub async fn run(
 
     let nodes = nodes::Nodes::default();
     let mut debug_extra = axum::Router::new();
+    let mut debug_index = Vec::new();
     if let Some(bus) = &parts.bus {
         let progress = start_cluster(&parts, bus, &nodes).await?;
         // What the persister has stored, for operators and the cluster benchmark.
+        debug_index.push(talon_shared::debug::view::IndexEntry::new(
+            "Cluster",
+            "Persister",
+            "/debug/persister",
+            "what the persister has stored from the durable stream (JSON)",
+        ));
         debug_extra = debug_extra.route(
             "/debug/persister",
             axum::routing::get(move || {
@@ -174,7 +181,11 @@ pub async fn run(
         "mail-outbox",
         automation.outbox.clone().run(parts.services.clone()),
     );
-    debug_extra = debug_extra.merge(automation::pages::routes(automation.clone()));
+    debug_extra = debug_extra.merge(automation::pages::routes(
+        automation.clone(),
+        &config.node_name,
+    ));
+    debug_index.extend(automation::pages::index());
     let pool = talon_shared::query_pool::QueryPool::new(config.query_threads)
         .context("cannot start the query pool")?;
     let vql = talon_shared::vql_host::Vql::new(
@@ -245,7 +256,7 @@ pub async fn run(
         users: users::Users::new(parts.store.clone()),
         config_tokens: config.debug_token_sha256.clone(),
     });
-    parts.serve_debug(debug_listener, debug_extra, debug_auth)?;
+    parts.serve_debug(debug_listener, debug_extra, debug_index, debug_auth)?;
     start_retention(&parts.qm, config.retention.clone(), &parts.services);
     on_ready(bound);
 

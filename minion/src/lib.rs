@@ -175,6 +175,7 @@ pub async fn run(
     parts.serve_debug(
         debug_listener,
         axum::Router::new(),
+        Vec::new(),
         std::sync::Arc::new(talon_shared::debug::ConfigTokens(
             config.debug_token_sha256.clone(),
         )),

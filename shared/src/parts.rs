@@ -163,10 +163,13 @@ impl Parts {
         &self,
         listener: TcpListener,
         extra: axum::Router,
+        extra_index: Vec<crate::debug::view::IndexEntry>,
         auth: std::sync::Arc<dyn crate::debug::DebugAuth>,
     ) -> anyhow::Result<SocketAddr> {
         let addr = listener.local_addr()?;
         let mut router = crate::debug::router(crate::debug::Pages {
+            node: self.node.clone(),
+            extra: std::sync::Arc::new(extra_index),
             qm: self.qm.clone(),
             bus: self.bus.clone(),
             stop: self.intake.clone(),

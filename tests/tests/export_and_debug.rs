@@ -109,9 +109,12 @@ fn debug_pages_show_queue_statistics() {
     assert!(status.contains("200"), "{status}");
     assert!(html.contains("<table"), "{html}");
     assert!(html.contains("<td>Server.Audit.Logs</td><td>SERVER_EVENT</td><td>true</td><td>1</td><td>4</td><td>0</td><td>0</td></tr>"), "{html}");
+    // The JSON twin: {title, category, node, generated, sections: [{heading, columns, rows}]}.
     let (_, json) = master.http_get("/debug/queues?format=json");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let q = v
+    assert_eq!(v["node"], "master");
+    assert_eq!(v["sections"][0]["heading"], "Queues");
+    let q = v["sections"][0]["rows"]
         .as_array()
         .unwrap()
         .iter()
@@ -123,6 +126,13 @@ fn debug_pages_show_queue_statistics() {
     assert_eq!(w["name"], "admin", "{w}");
     assert!(html.contains("<h2>Watchers</h2>"), "{html}");
     assert!(w["lag"].as_u64().unwrap() <= 1, "{w}");
+    let watchers = v["sections"][1]["rows"].as_array().unwrap();
+    assert!(
+        watchers
+            .iter()
+            .any(|r| r["queue"] == QUEUE && r["watcher"] == "admin"),
+        "{v}"
+    );
     let (_, metrics) = master.http_get("/metrics");
     assert!(
         metrics.contains("# TYPE talon_queue_rows_pushed_total counter"),

@@ -445,7 +445,7 @@ fn failed_queries_exit_1_and_a_closed_pipe_is_quiet() {
 
     let (status, body) = master.http_get("/debug");
     assert!(
-        status.contains("200") && body.contains("/debug/queues"),
+        status.contains("200") && body.contains("Queues of every org"),
         "{status} {body}"
     );
     let (status, body) = master.http_get("/debug/persister");

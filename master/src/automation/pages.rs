@@ -1,17 +1,15 @@
 //! The automation debug pages: `/debug/mail` (the outbox, newest first: every mail's
-//! state, tries and last error) and `/debug/messages` (each user's messages), each as an
-//! HTML table and, with `?format=json`, as JSON (the rows of `mail_outbox()` and
-//! `user_messages()`). They sit behind the debug server's bearer check off loopback.
-
-use std::fmt::Write as _;
+//! state, tries and last error) and `/debug/messages` (each user's messages), shown
+//! through the debug view (HTML, escaped, or JSON with `?format=json`; the rows are those
+//! of `mail_outbox()` and `user_messages()`). They sit behind the debug server's bearer
+//! check off loopback.
 
 use axum::extract::{Query, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use serde_json::Value;
-use talon_shared::debug::escape;
+use talon_shared::debug::view::{respond, IndexEntry, Section, View};
 
 use super::record::Mail;
 use super::Automation;
@@ -24,106 +22,92 @@ struct PageQuery {
     format: Option<String>,
 }
 
-/// The routes, to merge into the debug server.
-pub fn routes(a: Automation) -> Router {
+#[derive(Clone)]
+struct PageState {
+    a: Automation,
+    node: String,
+}
+
+/// The routes, to merge into the debug server of node `node`.
+pub fn routes(a: Automation, node: &str) -> Router {
     Router::new()
         .route("/debug/mail", get(mail_page))
         .route("/debug/messages", get(messages_page))
-        .with_state(a)
+        .with_state(PageState {
+            a,
+            node: node.into(),
+        })
 }
 
-fn json(v: &Value) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_string_pretty(v).unwrap_or_default(),
-    )
-        .into_response()
+/// The index entries of these pages.
+pub fn index() -> Vec<IndexEntry> {
+    vec![
+        IndexEntry::new(
+            "Global",
+            "Mail outbox",
+            "/debug/mail",
+            "every mail(): queued, held, sent, failed with the SMTP answer, merged into a digest",
+        ),
+        IndexEntry::new(
+            "Global",
+            "User messages",
+            "/debug/messages",
+            "each API user's messages (user_message(), Server.Monitor.Alerts.UserMessage)",
+        ),
+    ]
 }
 
-fn html(title: &str, table: String) -> Response {
-    let body = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Talon {t}</title></head>\
-         <body><h1>{t}</h1>{table}</body></html>",
-        t = escape(title)
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+async fn mail_page(State(s): State<PageState>, Query(q): Query<PageQuery>) -> Response {
+    let rows: Vec<Value> =
+        s.a.outbox
+            .list(None, None, PAGE_MAILS)
+            .iter()
+            .map(Mail::row)
+            .collect();
+    let view = View {
+        title: "Mail outbox".into(),
+        category: "Global".into(),
+        about: format!("The newest {PAGE_MAILS} mails of the outbox; nothing is dropped: a mail is sent, held for its recipients' send interval, merged into a digest, or failed after its last try."),
+        sections: vec![Section::of_values(
+            "Mails",
+            &[
+                "id", "state", "created", "org", "to", "subject", "attempts", "last_error",
+                "next_attempt", "held_until", "sent", "merged_into", "principal",
+            ],
+            rows,
+        )],
+        refresh_secs: 5,
+        org: None,
+    };
+    respond(view, &s.node, q.format.as_deref())
 }
 
-fn cell(v: &Value) -> String {
-    escape(&match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    })
-}
-
-async fn mail_page(State(a): State<Automation>, Query(q): Query<PageQuery>) -> Response {
-    let rows: Vec<Value> = a
-        .outbox
-        .list(None, None, PAGE_MAILS)
-        .iter()
-        .map(Mail::row)
-        .collect();
-    if q.format.as_deref() == Some("json") {
-        return json(&Value::Array(rows));
-    }
-    let cols = [
-        "id",
-        "state",
-        "created",
-        "org",
-        "to",
-        "subject",
-        "attempts",
-        "last_error",
-        "held_until",
-        "sent",
-        "merged_into",
-        "principal",
-    ];
-    let mut t = String::from("<table border=\"1\"><thead><tr>");
-    for c in cols {
-        let _ = write!(t, "<th>{c}</th>");
-    }
-    t.push_str("</tr></thead><tbody>");
-    for r in &rows {
-        t.push_str("<tr>");
-        for c in cols {
-            let _ = write!(t, "<td>{}</td>", cell(&r[c]));
-        }
-        t.push_str("</tr>");
-    }
-    t.push_str("</tbody></table>");
-    html("Mail outbox", t)
-}
-
-async fn messages_page(State(a): State<Automation>, Query(q): Query<PageQuery>) -> Response {
+async fn messages_page(State(s): State<PageState>, Query(q): Query<PageQuery>) -> Response {
     let mut rows = Vec::new();
-    for user in a.users.list().unwrap_or_default() {
-        for m in a.messages.read(&user.name, false).await.unwrap_or_default() {
-            let mut m = m;
+    for user in s.a.users.list().unwrap_or_default() {
+        for mut m in
+            s.a.messages
+                .read(&user.name, false)
+                .await
+                .unwrap_or_default()
+        {
             if let Value::Object(o) = &mut m {
                 o.insert("User".into(), Value::String(user.name.clone()));
             }
             rows.push(m);
         }
     }
-    if q.format.as_deref() == Some("json") {
-        return json(&Value::Array(rows));
-    }
-    let mut t = String::from(
-        "<table border=\"1\"><thead><tr><th>user</th><th>time</th><th>from</th><th>message</th></tr></thead><tbody>",
-    );
-    for r in &rows {
-        let _ = write!(
-            t,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            cell(&r["User"]),
-            cell(&r["Timestamp"]),
-            cell(&r["From"]),
-            cell(&r["Message"])
-        );
-    }
-    t.push_str("</tbody></table>");
-    html("User messages", t)
+    let view = View {
+        title: "User messages".into(),
+        category: "Global".into(),
+        about: "Every API user's messages, oldest first; a user reads and clears their own with talon messages list|clear.".into(),
+        sections: vec![Section::of_values(
+            "Messages",
+            &["User", "Timestamp", "From", "Message"],
+            rows,
+        )],
+        refresh_secs: 5,
+        org: None,
+    };
+    respond(view, &s.node, q.format.as_deref())
 }

@@ -1,10 +1,15 @@
-//! Debug HTTP: `/debug/queues` (HTML table, `?format=json` for JSON) and `/metrics`
-//! (Prometheus text format). Every node serves it. Bound to a loopback address it is open
+//! Debug HTTP, on every node: the index `/debug` (every page by category), the pages
+//! (`/debug/queues` per org, `/debug/logs`, and those a node adds, each HTML and JSON
+//! with `?format=json`, shown through [`view`]), `/debug/watch` and `/metrics`
+//! (Prometheus text format). Bound to a loopback address it is open
 //! to the host; bound to any other, every page needs `Authorization: Bearer TOKEN` of a
 //! user (`talon user add` writes one into the user's API config) holding READ_RESULTS in
 //! the page's org (`?org=`, default root), or a token of the node's config.
 
+pub mod view;
+
 use std::fmt::Write;
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -19,6 +24,10 @@ use crate::queue::{QueueManager, QueueStats};
 /// What the debug pages read: the queue manager and, in a cluster, the bus.
 #[derive(Clone)]
 pub struct Pages {
+    /// This node's name, shown on every page.
+    pub node: String,
+    /// Pages the node adds (the master's mail outbox ...), listed on the index.
+    pub extra: Arc<Vec<view::IndexEntry>>,
     pub qm: QueueManager,
     pub bus: Option<crate::bus::Bus>,
     /// Streaming pages (`/debug/watch`) end when this fires, so they never hold up a
@@ -96,6 +105,7 @@ pub fn router(pages: Pages) -> Router {
         .route("/", get(index))
         .route("/debug", get(index))
         .route("/debug/queues", get(queues_page))
+        .route("/debug/logs", get(logs_page))
         .route("/metrics", get(metrics))
         .route("/debug/watch", get(watch))
         .fallback(not_found)
@@ -112,15 +122,75 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     (
         axum::http::StatusCode::NOT_FOUND,
         format!(
-            "no page {}{only_cluster}; pages: /debug, /debug/queues, /metrics, /debug/watch?queue=NAME\n",
+            "no page {}{only_cluster}; /debug lists every page\n",
             uri.path()
         ),
     )
         .into_response()
 }
 
-async fn index() -> Response {
-    html("<h1>Talon debug</h1><ul><li><a href=\"/debug/queues\">queues</a></li><li><a href=\"/metrics\">metrics</a></li><li>/debug/watch?queue=NAME&amp;org=ORG: a queue's rows as JSON Lines</li></ul>".into())
+#[derive(Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+async fn index(State(p): State<Pages>, Query(q): Query<FormatQuery>) -> Response {
+    use view::IndexEntry as E;
+    let mut entries = vec![
+        E::new(
+            "Global",
+            "Queues of every org",
+            "/debug/queues",
+            "each queue: type, durability, watchers, rows pushed, dropped, caught up",
+        ),
+        E::new(
+            "Global",
+            "Logs",
+            "/debug/logs",
+            "the last log lines of this process",
+        ),
+        E::new("Global", "Metrics", "/metrics", "Prometheus text"),
+        E::new(
+            "Global",
+            "Watch a queue",
+            "/debug/watch?queue=Server.Audit.Logs",
+            "a queue's rows as JSON Lines, from now on (?queue=NAME&org=ORG)",
+        ),
+    ];
+    for org in p.qm.orgs() {
+        entries.push(E::new(
+            &format!("Org / {org} / Services"),
+            "QueueManager",
+            &format!("/debug/queues?org={org}"),
+            "the org's queues and their watchers",
+        ));
+    }
+    entries.extend(p.extra.iter().cloned());
+    view::index(&entries, &p.node, q.format.as_deref())
+}
+
+async fn logs_page(State(p): State<Pages>, Query(q): Query<FormatQuery>) -> Response {
+    let rows = talon_core::telemetry::recent_lines()
+        .into_iter()
+        .rev()
+        .map(|line| {
+            let mut m = serde_json::Map::new();
+            m.insert("line".into(), serde_json::Value::String(line));
+            m
+        })
+        .collect();
+    let v = view::View {
+        title: "Logs".into(),
+        category: "Global".into(),
+        about: format!(
+            "The last {} log lines of this process, newest first.",
+            talon_core::telemetry::RECENT_LINES
+        ),
+        sections: vec![view::Section::new("Log lines", &["line"], rows)],
+        refresh_secs: 5,
+        org: None,
+    };
+    view::respond(v, &p.node, q.format.as_deref())
 }
 
 #[derive(Deserialize)]
@@ -173,52 +243,47 @@ fn all_stats(qm: &QueueManager, org: Option<&str>) -> Vec<QueueStats> {
     }
 }
 
-async fn queues_page(
-    State(Pages { qm, .. }): State<Pages>,
-    Query(q): Query<QueuesQuery>,
-) -> Response {
-    let stats = all_stats(&qm, q.org.as_deref());
-    if q.format.as_deref() == Some("json") {
-        let body = serde_json::to_string_pretty(&stats).expect("stats serialise");
-        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    }
-    let mut body = String::from(
-        "<!doctype html><html><head><title>Talon queues</title></head><body><h1>Queues</h1>\
-         <table border=\"1\"><thead><tr><th>org</th><th>queue</th><th>type</th><th>durable</th>\
-         <th>watchers</th><th>rows pushed</th><th>rows dropped</th><th>rows caught up</th></tr></thead><tbody>",
-    );
-    for s in &stats {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&s.org),
-            escape(&s.name),
-            s.kind,
-            s.durable,
-            s.watchers,
-            s.rows_pushed,
-            s.rows_dropped,
-            s.rows_caught_up
-        );
-    }
-    body.push_str(
-        "</tbody></table><h2>Watchers</h2><table border=\"1\"><thead><tr><th>org</th>\
-         <th>queue</th><th>watcher</th><th>rows behind</th></tr></thead><tbody>",
-    );
-    for s in &stats {
-        for w in &s.watcher_list {
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&s.org),
-                escape(&s.name),
-                escape(&w.name),
-                w.lag
-            );
-        }
-    }
-    body.push_str("</tbody></table></body></html>");
-    html(body)
+async fn queues_page(State(p): State<Pages>, Query(q): Query<QueuesQuery>) -> Response {
+    let stats = all_stats(&p.qm, q.org.as_deref());
+    let to_map = |v: serde_json::Value| match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    let queues = stats
+        .iter()
+        .map(|s| to_map(serde_json::to_value(s).unwrap_or_default()))
+        .collect();
+    let watchers = stats
+        .iter()
+        .flat_map(|s| {
+            s.watcher_list.iter().map(|w| {
+                to_map(serde_json::json!({"org": s.org, "queue": s.name, "watcher": w.name, "rows_behind": w.lag}))
+            })
+        })
+        .collect();
+    let (title, category) = match &q.org {
+        Some(o) => (
+            format!("QueueManager of {o}"),
+            format!("Org / {o} / Services"),
+        ),
+        None => ("Queues of every org".to_string(), "Global".to_string()),
+    };
+    let v = view::View {
+        title,
+        category,
+        about: "Rows pushed, dropped (missed by slow watchers) and caught up (read back from the store) since this node started.".into(),
+        sections: vec![
+            view::Section::new(
+                "Queues",
+                &["org", "name", "type", "durable", "watchers", "rows_pushed", "rows_dropped", "rows_caught_up"],
+                queues,
+            ),
+            view::Section::new("Watchers", &["org", "queue", "watcher", "rows_behind"], watchers),
+        ],
+        refresh_secs: 5,
+        org: q.org.clone(),
+    };
+    view::respond(v, &p.node, q.format.as_deref())
 }
 
 /// A Prometheus metric family: name, type, help, and how to read it from a queue's stats.
@@ -279,18 +344,6 @@ async fn metrics(State(Pages { qm, bus, .. }): State<Pages>) -> Response {
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-fn html(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
-}
-
-/// Text for HTML: `& < > "` escaped.
-pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn label(s: &str) -> String {
