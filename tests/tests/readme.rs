@@ -1,6 +1,6 @@
 //! The README's tour, run as written: every command of the `sh` blocks under "A
-//! five-minute tour", "VQL", "Server monitoring", "Endpoints", "Collections and hunts" and
-//! "Automation", one bash script with
+//! five-minute tour", "VQL", "Server monitoring", "Endpoints", "Collections and hunts",
+//! "Automation" and "Debug pages", one bash script with
 //! `set -euo pipefail`, against a real master (and the real client the tour starts), in a
 //! scratch directory that links the repository's `docs/` and `tests/`. Only what cannot be verbatim in
 //! a test is replaced: the build line (the binaries under test are put on PATH instead)
@@ -17,6 +17,7 @@ const SECTIONS: &[&str] = &[
     "## Endpoints",
     "## Collections and hunts",
     "## Automation",
+    "## Debug pages",
 ];
 
 /// The `sh` blocks of the section under `heading`, up to the next heading of any level.
