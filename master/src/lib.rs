@@ -13,7 +13,8 @@
 //! - [`users`]: API users and their roles per org.
 //! - [`state`]: in a cluster, the shared state (user artifacts, client tables) for nodes.
 //! - [`error`]: API errors and their gRPC status codes.
-//! - [`monitor`]: the server monitoring table and its running queries.
+//! - [`monitor`]: the server monitoring table and its running queries (its debug page
+//!   in `monitor_page`).
 //! - [`persister`]: in a cluster, the durable stream into the store.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod collections;
 pub mod config;
 pub mod error;
 pub mod monitor;
+mod monitor_page;
 pub mod nodes;
 pub mod persister;
 pub mod registrations;
@@ -206,6 +208,8 @@ pub async fn run(
         vql.clone(),
         parts.services.clone(),
     );
+    debug_extra = debug_extra.merge(monitor_page::routes(monitor.clone(), &config.node_name));
+    debug_index.push(monitor_page::index());
     if config.monitoring {
         let monitored = monitor.start_stored()?;
         tracing::info!(monitored, "server monitoring table started");

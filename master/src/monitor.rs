@@ -100,6 +100,8 @@ struct Inner {
     repo: Repository,
     vql: Vql,
     running: Mutex<HashMap<(String, String), CancellationToken>>,
+    /// How each running source is doing, for the debug page: by (org, queue).
+    status: Mutex<HashMap<(String, String), SourceStatus>>,
     /// Set by `--no-monitoring`: the table is edited, nothing on it starts.
     suspended: std::sync::atomic::AtomicBool,
     shutdown: Shutdown,
@@ -122,6 +124,7 @@ impl ServerMonitor {
                 repo,
                 vql,
                 running: Mutex::new(HashMap::new()),
+                status: Mutex::new(HashMap::new()),
                 suspended: Default::default(),
                 shutdown,
             }),
@@ -281,6 +284,51 @@ impl ServerMonitor {
     }
 }
 
+/// How one running source of the table is doing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceStatus {
+    pub org: String,
+    pub artifact: String,
+    pub queue: String,
+    /// Who its queries run as.
+    pub principal: String,
+    /// When it first started, and when its current run started (RFC 3339).
+    pub started: String,
+    pub run_started: String,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+}
+
+impl ServerMonitor {
+    /// Every running source, by org and queue.
+    pub fn status(&self) -> Vec<SourceStatus> {
+        let mut all: Vec<SourceStatus> = self
+            .inner
+            .status
+            .lock()
+            .expect("status lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| (&a.org, &a.queue).cmp(&(&b.org, &b.queue)));
+        all
+    }
+
+    /// The last `n` monitoring log lines of an artifact, oldest first.
+    pub fn last_log_lines(&self, org: &str, artifact: &str, n: u64) -> Vec<serde_json::Value> {
+        let stream = talon_shared::vql_host::log_stream(org, artifact);
+        let store = &self.inner.store;
+        let last = store.last_seq(&stream).unwrap_or(0);
+        store
+            .read_seq(&stream, last.saturating_sub(n) + 1, last + 1, n as usize)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, r)| serde_json::from_str(&r.json).ok())
+            .collect()
+    }
+}
+
 struct SourceRunner {
     inner: Arc<Inner>,
     org: String,
@@ -302,13 +350,43 @@ impl SourceRunner {
         append_log(&self.inner.store, &self.org, &self.artifact, &line).await;
     }
 
+    fn note(&self, f: impl FnOnce(&mut SourceStatus)) {
+        let now = talon_core::timefmt::rfc3339(talon_shared::queue::now_us());
+        let key = (self.org.clone(), self.queue.clone());
+        let mut all = self.inner.status.lock().expect("status lock");
+        let s = all.entry(key).or_insert_with(|| SourceStatus {
+            org: self.org.clone(),
+            artifact: self.artifact.clone(),
+            queue: self.queue.clone(),
+            principal: self.principal.clone(),
+            started: now.clone(),
+            run_started: now.clone(),
+            restarts: 0,
+            last_error: None,
+            last_error_at: None,
+        });
+        f(s);
+    }
+
+    fn note_error(&self, error: String) {
+        let now = talon_core::timefmt::rfc3339(talon_shared::queue::now_us());
+        self.note(|s| {
+            s.restarts += 1;
+            s.last_error = Some(error);
+            s.last_error_at = Some(now.clone());
+            s.run_started = now;
+        });
+    }
+
     async fn run(self) {
         let mut backoff = MIN_BACKOFF;
+        self.note(|_| {});
         while !self.cancel.is_cancelled() {
             let started = Instant::now();
             match self.run_once().await {
                 Ok(()) if self.cancel.is_cancelled() => break,
                 Ok(()) => {
+                    self.note_error("query ended".into());
                     self.log(
                         "ERROR",
                         format!(
@@ -320,6 +398,7 @@ impl SourceRunner {
                     .await
                 }
                 Err(e) => {
+                    self.note_error(e.clone());
                     self.log(
                         "ERROR",
                         format!("{}: {e}; restarting in {}s", self.queue, backoff.as_secs()),
@@ -336,7 +415,21 @@ impl SourceRunner {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        // The last line of a run: after it, this source pushes nothing more.
+        // The last line of a run: after it, this source pushes nothing more. Its status
+        // goes with the artifact (an update's new run keeps it).
+        let still_listed = self
+            .inner
+            .running
+            .lock()
+            .expect("running lock")
+            .contains_key(&(self.org.clone(), self.artifact.clone()));
+        if !still_listed {
+            self.inner
+                .status
+                .lock()
+                .expect("status lock")
+                .remove(&(self.org.clone(), self.queue.clone()));
+        }
         self.log("INFO", format!("{}: stopped", self.queue)).await;
         tracing::info!(org = %self.org, queue = %self.queue, "monitoring query stopped");
     }

@@ -150,6 +150,26 @@ fn a_failing_query_is_restarted_and_its_error_is_in_its_monitoring_log() {
     );
     let last = ok(&master.talon(&["monitoring", "logs", "Custom.Broken", "--count", "1"]));
     assert_eq!(last.lines().count(), 1);
+    // The Server monitoring debug page shows the source with its restarts and last error.
+    let (_, page) = master.http_get("/debug/monitoring?format=json");
+    let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let broken = page["sections"][0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["artifact"] == "Custom.Broken")
+        .cloned()
+        .unwrap_or_else(|| panic!("Custom.Broken is not on the page: {page}"));
+    assert!(broken["restarts"].as_u64().unwrap() >= 1, "{broken}");
+    assert_eq!(broken["last_error"], "query ended", "{broken}");
+    assert!(
+        broken["last_log_lines"]
+            .as_str()
+            .unwrap()
+            .contains("restarting"),
+        "{broken}"
+    );
+    assert_eq!(broken["principal"], "server:admin");
     // The server is fine: other queries run.
     ok(&master.talon(&["query", "SELECT 1 FROM scope()"]));
     let err = fails(
