@@ -269,8 +269,8 @@ impl Minion {
         let mut body = String::new();
         std::io::Read::read_to_string(&mut s, &mut body).ok()?;
         let json = body.split_once("\r\n\r\n").map(|(_, b)| b)?;
-        serde_json::from_str::<serde_json::Value>(json)
-            .ok()?
+        // The page's JSON twin: its first section holds a row per queue.
+        serde_json::from_str::<serde_json::Value>(json).ok()?["sections"][0]["rows"]
             .as_array()?
             .iter()
             .find(|q| q["name"] == queue)
@@ -289,7 +289,8 @@ impl Minion {
         serde_json::from_str::<serde_json::Value>(json)
             .ok()
             .and_then(|v| {
-                v.as_array()?
+                v["sections"][0]["rows"]
+                    .as_array()?
                     .iter()
                     .find(|q| q["name"] == queue)
                     .and_then(|q| q["watchers"].as_u64())
