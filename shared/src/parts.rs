@@ -172,6 +172,7 @@ impl Parts {
             extra: std::sync::Arc::new(extra_index),
             qm: self.qm.clone(),
             bus: self.bus.clone(),
+            frontend: self.frontend.clone(),
             stop: self.intake.clone(),
         })
         .merge(extra);

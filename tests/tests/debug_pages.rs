@@ -1,7 +1,8 @@
 //! The debug pages in a real browser and their metrics in a real checker: headless
 //! Chromium (Debian's `chromium`) opens every page the index of a cluster's master and of
 //! a minion lists, with its script running, and each renders its heading and rows; every
-//! JSON twin has the documented shape; `promtool check metrics` (Debian's `prometheus`)
+//! JSON twin has the documented shape, a client connected to the minion is on its Clients
+//! page; `promtool check metrics` (Debian's `prometheus`)
 //! accepts each node's `/metrics`.
 
 use std::net::SocketAddr;
@@ -138,6 +139,22 @@ fn check_node(debug: SocketAddr, node: &str) {
 #[test]
 fn every_page_of_a_master_and_a_minion_renders_in_a_browser_and_metrics_pass_promtool() {
     let c = cluster();
+    // A client on minion a, so its Clients page has a row.
+    let state = c.dir.path().join("client");
+    let client =
+        talon_tests::Client::start(&c.a.frontend.to_string(), &state, &["--hostname", "web-9"]);
+    let id = client.id();
+    assert!(
+        talon_tests::wait_until(std::time::Duration::from_secs(30), || {
+            let page: Value =
+                serde_json::from_str(&get(c.a.debug, "/debug/clients?format=json")).unwrap();
+            page["sections"][0]["rows"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|r| r["client_id"] == id.as_str() && r["hostname"] == "web-9")
+            })
+        }),
+        "the client never showed on minion a's Clients page"
+    );
     check_node(c.master.debug, "master");
     check_node(c.a.debug, &c.a.name);
     // The master lists its own pages too.

@@ -30,6 +30,8 @@ pub struct Pages {
     pub extra: Arc<Vec<view::IndexEntry>>,
     pub qm: QueueManager,
     pub bus: Option<crate::bus::Bus>,
+    /// The clients connected to this node.
+    pub frontend: crate::frontend::FrontendService,
     /// Streaming pages (`/debug/watch`) end when this fires, so they never hold up a
     /// graceful shutdown.
     pub stop: talon_core::Shutdown,
@@ -106,6 +108,7 @@ pub fn router(pages: Pages) -> Router {
         .route("/debug", get(index))
         .route("/debug/queues", get(queues_page))
         .route("/debug/logs", get(logs_page))
+        .route("/debug/clients", get(clients_page))
         .route("/metrics", get(metrics))
         .route("/debug/watch", get(watch))
         .fallback(not_found)
@@ -151,6 +154,12 @@ async fn index(State(p): State<Pages>, Query(q): Query<FormatQuery>) -> Response
         ),
         E::new("Global", "Metrics", "/metrics", "Prometheus text"),
         E::new(
+            "Client",
+            "Connected clients",
+            "/debug/clients",
+            "the clients connected to this node, with their records",
+        ),
+        E::new(
             "Global",
             "Watch a queue",
             "/debug/watch?queue=Server.Audit.Logs",
@@ -167,6 +176,71 @@ async fn index(State(p): State<Pages>, Query(q): Query<FormatQuery>) -> Response
     }
     entries.extend(p.extra.iter().cloned());
     view::index(&entries, &p.node, q.format.as_deref())
+}
+
+/// Clients a page lists at most.
+const PAGE_CLIENTS: usize = 5000;
+
+async fn clients_page(State(p): State<Pages>, Query(q): Query<FormatQuery>) -> Response {
+    let records = p.frontend.clients();
+    let mut rows = Vec::new();
+    let mut connected = 0usize;
+    for org in p.qm.orgs() {
+        for id in p.frontend.connected(&org) {
+            connected += 1;
+            if rows.len() >= PAGE_CLIENTS {
+                continue;
+            }
+            let r = records.get(&org, &id).ok().flatten();
+            let mut m = serde_json::Map::new();
+            m.insert("org".into(), org.clone().into());
+            m.insert("client_id".into(), id.clone().into());
+            if let Some(r) = r {
+                m.insert("hostname".into(), r.hostname.into());
+                m.insert("os".into(), r.os.into());
+                m.insert("labels".into(), r.labels.join(",").into());
+                m.insert("last_ip".into(), r.last_ip.into());
+                m.insert(
+                    "last_seen".into(),
+                    talon_core::timefmt::rfc3339(r.last_seen_at).into(),
+                );
+                m.insert("version".into(), r.version.into());
+                m.insert("table_version".into(), r.last_event_table_version.into());
+            }
+            rows.push(m);
+        }
+    }
+    let v = view::View {
+        title: "Connected clients".into(),
+        category: "Client".into(),
+        about: format!(
+            "{connected} clients connected to node {}{}.",
+            p.node,
+            if connected > PAGE_CLIENTS {
+                format!("; the first {PAGE_CLIENTS} are listed")
+            } else {
+                String::new()
+            }
+        ),
+        sections: vec![view::Section::new(
+            "Clients",
+            &[
+                "org",
+                "client_id",
+                "hostname",
+                "os",
+                "labels",
+                "last_ip",
+                "last_seen",
+                "version",
+                "table_version",
+            ],
+            rows,
+        )],
+        refresh_secs: 5,
+        org: None,
+    };
+    view::respond(v, &p.node, q.format.as_deref())
 }
 
 async fn logs_page(State(p): State<Pages>, Query(q): Query<FormatQuery>) -> Response {
