@@ -399,6 +399,42 @@ fn debug_pages_off_loopback_need_a_token_with_read_results_in_the_org() {
     let ria = ria.debug_token.unwrap();
     assert!(status_of(master.debug, watch, Some(&ria)).contains(" 401 "));
     assert!(status_of(master.debug, &format!("{watch}&org=A"), Some(&ria)).contains(" 200 "));
+    // User messages: a reader of root sees that the administrator has messages, not what
+    // they say; the administrator sees them.
+    ok(&master.talon(&[
+        "query",
+        "SELECT user_message(user='admin', text='the vault code is 1234') FROM scope()",
+    ]));
+    let out = dir.path().join("rob.yaml");
+    ok(&master.talon(&[
+        "user",
+        "add",
+        "rob",
+        "--role",
+        "reader",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let rob: talon_core::deploy::ApiClientConfig = talon_core::deploy::read(&out).unwrap();
+    let rob = rob.debug_token.unwrap();
+    let page = |token: &str| {
+        let mut s = std::net::TcpStream::connect(master.debug).unwrap();
+        write!(
+            s,
+            "GET /debug/messages?format=json HTTP/1.0\r\nHost: talon\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        std::io::Read::read_to_string(&mut s, &mut body).unwrap();
+        body
+    };
+    let as_rob = page(&rob);
+    assert!(
+        as_rob.contains(" 200 ") && as_rob.contains("(needs SERVER_ADMIN)"),
+        "{as_rob}"
+    );
+    assert!(!as_rob.contains("vault code"), "{as_rob}");
+    assert!(page(&token).contains("the vault code is 1234"));
     // The master never logs a token.
     assert!(!master.stderr().contains(&token) && !master.stderr().contains(&ria));
 }

@@ -82,7 +82,14 @@ async fn mail_page(State(s): State<PageState>, Query(q): Query<PageQuery>) -> Re
     respond(view, &s.node, q.format.as_deref())
 }
 
-async fn messages_page(State(s): State<PageState>, Query(q): Query<PageQuery>) -> Response {
+async fn messages_page(
+    State(s): State<PageState>,
+    Query(q): Query<PageQuery>,
+    bearer: Option<axum::Extension<talon_shared::debug::Bearer>>,
+) -> Response {
+    // Off loopback, other users' messages need SERVER_ADMIN, as `talon messages list
+    // --user` does: without it the page shows that they exist, not what they say.
+    let hidden = bearer.is_some_and(|b| !b.0 .0.has(talon_core::acl::Permission::ServerAdmin));
     let mut rows = Vec::new();
     for user in s.a.users.list().unwrap_or_default() {
         for mut m in
@@ -93,6 +100,9 @@ async fn messages_page(State(s): State<PageState>, Query(q): Query<PageQuery>) -
         {
             if let Value::Object(o) = &mut m {
                 o.insert("User".into(), Value::String(user.name.clone()));
+                if hidden {
+                    o.insert("Message".into(), Value::from("(needs SERVER_ADMIN)"));
+                }
             }
             rows.push(m);
         }

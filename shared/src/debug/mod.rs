@@ -56,10 +56,15 @@ impl DebugAuth for ConfigTokens {
     }
 }
 
+/// What the bearer of a request's token may do (set off loopback, where pages that show
+/// more than READ_RESULTS allows check it; absent on loopback, which the host owns).
+#[derive(Debug, Clone, Copy)]
+pub struct Bearer(pub talon_core::acl::Permissions);
+
 /// Requires a bearer token with READ_RESULTS in the request's org (`org=`, else root).
 pub async fn require_token(
     State(auth): State<std::sync::Arc<dyn DebugAuth>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let unauthorized = |why: String| {
@@ -91,7 +96,10 @@ pub async fn require_token(
         })
         .unwrap_or_else(|| crate::queue::ROOT_ORG.to_string());
     match auth.check(token, &org) {
-        Ok(p) if p.has(talon_core::acl::Permission::ReadResults) => next.run(req).await,
+        Ok(p) if p.has(talon_core::acl::Permission::ReadResults) => {
+            req.extensions_mut().insert(Bearer(p));
+            next.run(req).await
+        }
         Ok(_) => (
             axum::http::StatusCode::FORBIDDEN,
             format!("no READ_RESULTS permission in org {org}\n"),
